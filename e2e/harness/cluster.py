@@ -1,0 +1,508 @@
+"""A real Kubernetes control plane on loopback: etcd, kube-apiserver, kube-controller-manager,
+kube-scheduler and kwok, started as plain processes from the binaries that
+e2e/build-control-plane.sh builds into ~/.cache/perfpilot/bin.
+
+Why our own launcher rather than kwokctl: every flag is visible here, the processes are
+ours to stop (pid files plus a sweep for anything whose command line names our state
+directory), pod IPs come from loopback CIDRs we set on the nodes, and nothing is written
+outside the checkout's e2e/.state and the cache.
+
+    python -m e2e.harness.cluster up|down|status
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from e2e.harness.pki import Pki, ensure_pki
+
+ROOT = Path(__file__).resolve().parents[2]
+CACHE = Path(os.environ.get("PERFPILOT_CACHE", Path.home() / ".cache" / "perfpilot"))
+BIN = CACHE / "bin"
+STATE = Path(os.environ.get("PERFPILOT_STATE", ROOT / "e2e" / ".state"))
+
+# Component order matters: each one needs the previous ones.
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+
+NODE_COUNT = int(os.environ.get("PERFPILOT_KWOK_NODES", "2"))
+SERVICE_CIDR = "10.0.0.0/24"
+
+
+def _log(msg: str) -> None:
+    print(f"[cluster {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+@dataclass
+class Ports:
+    """Loopback ports; override with PERFPILOT_PORT_BASE to run two clusters side by side."""
+
+    base: int = int(os.environ.get("PERFPILOT_PORT_BASE", "0"))
+    etcd_client: int = field(init=False)
+    etcd_peer: int = field(init=False)
+    apiserver: int = field(init=False)
+    kcm: int = field(init=False)
+    scheduler: int = field(init=False)
+    kwok: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        b = self.base
+        self.etcd_client = 2379 + b
+        self.etcd_peer = 2380 + b
+        self.apiserver = 6443 + b
+        self.kcm = 10257 + b
+        self.scheduler = 10259 + b
+        self.kwok = 10247 + b
+
+
+class ClusterError(RuntimeError):
+    """The control plane could not be started; the message names the component and its log."""
+
+
+class KubectlError(subprocess.CalledProcessError):
+    """A failed kubectl call whose message carries kubectl's own error text."""
+
+    def __str__(self) -> str:
+        return f"kubectl {' '.join(self.cmd[2:])} failed ({self.returncode}): {self.stderr.strip()}"
+
+
+class LocalCluster:
+    """Start, probe and stop the local control plane. Safe to call `up` twice."""
+
+    def __init__(self, state: Path = STATE, bin_dir: Path = BIN) -> None:
+        self.state = state
+        self.bin = bin_dir
+        self.ports = Ports()
+        self.pki = Pki(state / "pki")
+        self.kubeconfig = state / "kubeconfig"
+        self.logs = state / "logs"
+        self.pids = state / "pids"
+
+    # ---------------------------------------------------------------- paths / env
+    def binary(self, name: str) -> str:
+        path = self.bin / name
+        if not path.exists():
+            raise ClusterError(
+                f"{path} is missing: run `make cluster-build` (e2e/build-control-plane.sh) first"
+            )
+        return str(path)
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.ports.apiserver}"
+
+    def env(self) -> dict[str, str]:
+        """Environment for child tools: our kubectl/helm first on PATH, our kubeconfig."""
+        env = dict(os.environ)
+        env["KUBECONFIG"] = str(self.kubeconfig)
+        env["PATH"] = f"{self.bin}{os.pathsep}{env.get('PATH', '')}"
+        return env
+
+    # ---------------------------------------------------------------- kubectl
+    def kubectl(
+        self,
+        *args: str,
+        input: str | None = None,
+        check: bool = True,
+        timeout: float = 60,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the built kubectl against this cluster, text in and out."""
+        cmd = [self.binary("kubectl"), f"--kubeconfig={self.kubeconfig}", *args]
+        proc = subprocess.run(
+            cmd, input=input, capture_output=True, text=True, timeout=timeout, env=self.env()
+        )
+        if check and proc.returncode != 0:
+            raise KubectlError(proc.returncode, cmd, output=proc.stdout, stderr=proc.stderr)
+        return proc
+
+    def apply_crds(self) -> None:
+        """Apply every CRD in crds/ and wait until each one is Established."""
+        import yaml  # the operator extra's pyyaml; only the harness needs it here
+
+        files = sorted(p for p in (ROOT / "crds").glob("*.yaml"))
+        if not files:
+            raise ClusterError(f"no CRDs found in {ROOT / 'crds'}")
+        names = [
+            doc["metadata"]["name"]
+            for f in files
+            for doc in yaml.safe_load_all(f.read_text())
+            if doc and doc.get("kind") == "CustomResourceDefinition"
+        ]
+        for f in files:
+            self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(f))
+        self.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                     *[f"crd/{n}" for n in names])
+
+    # ---------------------------------------------------------------- lifecycle
+    def is_up(self) -> bool:
+        """True when the API server answers /readyz with our admin credentials."""
+        if not self.kubeconfig.exists() or not self.pki.exists():
+            return False
+        try:
+            return self._get(f"{self.server}/readyz", timeout=2) == "ok"
+        except OSError:
+            return False
+
+    def up(self) -> float:
+        """Start everything (or reuse a healthy cluster); return the seconds it took."""
+        t0 = time.monotonic()
+        if self.is_up() and all(self._alive(c) for c in COMPONENTS) and self._nodes_ready():
+            _log(f"cluster already up at {self.server} (KUBECONFIG={self.kubeconfig})")
+            return 0.0
+        self.down(quiet=True)
+        for c in COMPONENTS:
+            self.binary(c)
+        self.state.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self.state / "etcd", ignore_errors=True)
+        self.logs.mkdir(exist_ok=True)
+        self.pids.mkdir(exist_ok=True)
+        ensure_pki(self.pki.dir)
+        self._write_kubeconfig()
+        try:
+            self._start("etcd", self._etcd_args())
+            self._wait(lambda: self._http_ok(f"http://127.0.0.1:{self.ports.etcd_client}/health"),
+                       "etcd", 30)
+            self._start("kube-apiserver", self._apiserver_args())
+            self._wait(self.is_up, "kube-apiserver", 90)
+            self._start("kube-controller-manager", self._kcm_args())
+            self._start("kube-scheduler", self._scheduler_args())
+            self._write_kwok_config()
+            self._start("kwok", self._kwok_args())
+            self._create_nodes()
+            self._wait(self._nodes_ready, "kwok nodes Ready", 60)
+            self._wait(self._default_sa, "the default ServiceAccount", 60)
+        except ClusterError:
+            self.down(quiet=True)
+            raise
+        took = time.monotonic() - t0
+        _log(f"cluster up in {took:.1f}s: {self.server}, {NODE_COUNT} kwok nodes, "
+             f"KUBECONFIG={self.kubeconfig}")
+        return took
+
+    def down(self, quiet: bool = False) -> None:
+        """Stop every component (reverse order), then sweep for strays naming our state dir."""
+        stopped = []
+        for name in reversed(COMPONENTS):
+            pid = self._pid(name)
+            if pid and _terminate(pid):
+                stopped.append(name)
+            (self.pids / f"{name}.pid").unlink(missing_ok=True)
+        strays = _processes_mentioning(str(self.state))
+        for pid in strays:
+            _terminate(pid)
+        if not quiet:
+            _log(f"stopped {', '.join(stopped) or 'nothing (not running)'}"
+                 + (f"; swept {len(strays)} stray process(es)" if strays else ""))
+
+    def status(self) -> dict[str, bool]:
+        return {c: self._alive(c) for c in COMPONENTS} | {"ready": self.is_up()}
+
+    # ---------------------------------------------------------------- components
+    def _etcd_args(self) -> list[str]:
+        p = self.ports
+        return [
+            "--name=perfpilot",
+            f"--data-dir={self.state / 'etcd'}",
+            f"--listen-client-urls=http://127.0.0.1:{p.etcd_client}",
+            f"--advertise-client-urls=http://127.0.0.1:{p.etcd_client}",
+            f"--listen-peer-urls=http://127.0.0.1:{p.etcd_peer}",
+            f"--initial-advertise-peer-urls=http://127.0.0.1:{p.etcd_peer}",
+            f"--initial-cluster=perfpilot=http://127.0.0.1:{p.etcd_peer}",
+            "--unsafe-no-fsync",  # a throwaway test store: durability buys nothing here
+            "--quota-backend-bytes=2147483648",
+            "--log-level=warn",
+        ]
+
+    def _apiserver_args(self) -> list[str]:
+        p, k = self.ports, self.pki
+        return [
+            f"--etcd-servers=http://127.0.0.1:{p.etcd_client}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",  # closed network: no default route to pick from
+            f"--secure-port={p.apiserver}",
+            f"--tls-cert-file={k.server_crt}",
+            f"--tls-private-key-file={k.server_key}",
+            f"--client-ca-file={k.ca_crt}",
+            "--authorization-mode=Node,RBAC",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--allow-privileged=true",
+            f"--service-account-issuer=https://127.0.0.1:{p.apiserver}",
+            f"--service-account-key-file={k.sa_pub}",
+            f"--service-account-signing-key-file={k.sa_key}",
+            # Defaults keep MutatingAdmissionWebhook and ValidatingAdmissionWebhook on; we
+            # name them so a reader of `ps` sees that webhooks are live.
+            "--enable-admission-plugins=NamespaceLifecycle,LimitRanger,ServiceAccount,"
+            "DefaultStorageClass,ResourceQuota,MutatingAdmissionWebhook,"
+            "ValidatingAdmissionWebhook,ValidatingAdmissionPolicy",
+            "--endpoint-reconciler-type=none",
+            f"--cert-dir={self.state / 'apiserver-certs'}",
+            "--profiling=false",
+            "--v=0",
+        ]
+
+    def _component_common(self) -> list[str]:
+        return [
+            f"--kubeconfig={self.kubeconfig}",
+            f"--authentication-kubeconfig={self.kubeconfig}",
+            f"--authorization-kubeconfig={self.kubeconfig}",
+            "--leader-elect=false",
+            "--bind-address=127.0.0.1",
+            "--profiling=false",
+        ]
+
+    def _kcm_args(self) -> list[str]:
+        k = self.pki
+        return [
+            *self._component_common(),
+            f"--secure-port={self.ports.kcm}",
+            f"--cert-dir={self.state / 'kcm-certs'}",
+            f"--service-account-private-key-file={k.sa_key}",
+            f"--root-ca-file={k.ca_crt}",
+            f"--cluster-signing-cert-file={k.ca_crt}",
+            f"--cluster-signing-key-file={k.ca_key}",
+            "--use-service-account-credentials=false",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            # Pod CIDRs are set on our nodes by hand (loopback); no allocator.
+            "--allocate-node-cidrs=false",
+            "--controllers=*,-nodeipam,-service-lb-controller,-route,-cloud-node-lifecycle",
+        ]
+
+    def _scheduler_args(self) -> list[str]:
+        return [
+            *self._component_common(),
+            f"--secure-port={self.ports.scheduler}",
+            f"--cert-dir={self.state / 'scheduler-certs'}",
+        ]
+
+    def _kwok_args(self) -> list[str]:
+        return [
+            f"--kubeconfig={self.kubeconfig}",
+            f"--config={self.state / 'kwok.yaml'}",
+            "--manage-all-nodes=false",
+            "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+            "--node-ip=127.0.0.1",
+            "--node-lease-duration-seconds=40",
+            f"--server-address=127.0.0.1:{self.ports.kwok}",
+        ]
+
+    def _write_kwok_config(self) -> None:
+        """kwok's own options; its metrics/health server listens on loopback only."""
+        (self.state / "kwok.yaml").write_text(
+            "apiVersion: config.kwok.x-k8s.io/v1alpha1\n"
+            "kind: KwokConfiguration\n"
+            "options:\n"
+            "  cidr: 127.1.0.0/16\n"
+            "  nodeIP: 127.0.0.1\n"
+        )
+
+    def _create_nodes(self) -> None:
+        """kwok nodes with loopback pod CIDRs (127.1.N.0/24): pods get 127.x IPs."""
+        items = []
+        for i in range(NODE_COUNT):
+            items.append({
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {
+                    "name": f"kwok-node-{i}",
+                    "annotations": {"kwok.x-k8s.io/node": "fake",
+                                    "node.alpha.kubernetes.io/ttl": "0"},
+                    "labels": {"type": "kwok", "kubernetes.io/hostname": f"kwok-node-{i}",
+                               "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
+                               "node-role.kubernetes.io/agent": ""},
+                },
+                "spec": {"podCIDR": f"127.1.{i}.0/24", "podCIDRs": [f"127.1.{i}.0/24"]},
+                "status": {
+                    "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110"},
+                    "capacity": {"cpu": "32", "memory": "256Gi", "pods": "110"},
+                },
+            })
+        self.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
+                                                           "items": items}))
+
+    # ---------------------------------------------------------------- probes
+    def _nodes_ready(self) -> bool:
+        out = self.kubectl("get", "nodes", "-o", "json", check=False)
+        if out.returncode != 0:
+            return False
+        nodes = json.loads(out.stdout)["items"]
+        ready = [
+            n for n in nodes
+            if any(c["type"] == "Ready" and c["status"] == "True"
+                   for c in n.get("status", {}).get("conditions", []))
+        ]
+        return len(ready) >= NODE_COUNT
+
+    def _default_sa(self) -> bool:
+        return self.kubectl("get", "serviceaccount", "default", "-n", "default",
+                            check=False).returncode == 0
+
+    def _ssl(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.pki.ca_crt))
+        ctx.load_cert_chain(str(self.pki.admin_crt), str(self.pki.admin_key))
+        return ctx
+
+    def _get(self, url: str, timeout: float) -> str:
+        with urllib.request.urlopen(url, timeout=timeout, context=self._ssl()) as r:
+            return r.read().decode()
+
+    @staticmethod
+    def _http_ok(url: str) -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def _wait(self, probe, what: str, timeout: float) -> None:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + timeout
+        delay = 0.05
+        while time.monotonic() < deadline:
+            if probe():
+                return
+            for name in COMPONENTS:
+                pidfile = self.pids / f"{name}.pid"
+                if pidfile.exists() and not self._alive(name):
+                    raise ClusterError(
+                        f"{name} exited while waiting for {what}; last log lines:\n"
+                        + _tail(self.logs / f"{name}.log")
+                    )
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.5)
+        raise ClusterError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+    # ---------------------------------------------------------------- processes
+    def _start(self, name: str, args: list[str]) -> None:
+        log = (self.logs / f"{name}.log").open("ab")
+        proc = subprocess.Popen(
+            [self.binary(name), *args],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, cwd=self.state,
+        )
+        (self.pids / f"{name}.pid").write_text(str(proc.pid))
+        _log(f"started {name} (pid {proc.pid}, log {self.logs / (name + '.log')})")
+
+    def _pid(self, name: str) -> int | None:
+        try:
+            return int((self.pids / f"{name}.pid").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _alive(self, name: str) -> bool:
+        pid = self._pid(name)
+        return pid is not None and _pid_alive(pid)
+
+    def _write_kubeconfig(self) -> None:
+        k = self.pki
+        self.kubeconfig.write_text(f"""apiVersion: v1
+kind: Config
+clusters:
+- name: perfpilot-local
+  cluster:
+    server: {self.server}
+    certificate-authority: {k.ca_crt}
+users:
+- name: perfpilot-admin
+  user:
+    client-certificate: {k.admin_crt}
+    client-key: {k.admin_key}
+contexts:
+- name: perfpilot-local
+  context: {{cluster: perfpilot-local, user: perfpilot-admin, namespace: default}}
+current-context: perfpilot-local
+""")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours counts as gone.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _terminate(pid: int, grace: float = 10.0) -> bool:
+    """SIGTERM the process group, then SIGKILL after `grace` seconds. True if it was alive."""
+    if not _pid_alive(pid):
+        return False
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                return True
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            if not _pid_alive(pid):
+                return True
+            time.sleep(0.05)
+    return True
+
+
+def _processes_mentioning(needle: str) -> list[int]:
+    """PIDs (not ours) whose command line contains `needle`: strays from a crashed run."""
+    found = []
+    me = os.getpid()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if needle in cmd and "e2e.harness.cluster" not in cmd and "pytest" not in cmd:
+            found.append(int(entry.name))
+    return found
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return f"(no log at {path})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m e2e.harness.cluster", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["up", "down", "status"])
+    args = parser.parse_args(argv)
+    cluster = LocalCluster()
+    try:
+        if args.command == "up":
+            cluster.up()
+        elif args.command == "down":
+            cluster.down()
+        else:
+            for k, v in cluster.status().items():
+                print(f"{k:26} {'yes' if v else 'no'}")
+    except ClusterError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
