@@ -1,0 +1,1 @@
+"""Generated protocol packages (see protos/). Do not edit."""

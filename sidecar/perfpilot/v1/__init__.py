@@ -1,0 +1,1 @@
+"""Generated from protos/perfpilot/v1 by `python -m scripts.genprotos`. Do not edit."""
