@@ -2,6 +2,7 @@
 # Build the pinned control-plane binaries from Go modules into a cache outside the checkout.
 # Idempotent: a binary whose stamp matches the pinned version is reused.
 set -euo pipefail
+shopt -s inherit_errexit 2>/dev/null || true
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CACHE="${PERFPILOT_CACHE:-$HOME/.cache/perfpilot}"
@@ -30,8 +31,12 @@ build_step() { # build_step LABEL CMD... ; shows elapsed time
   local label="$1"; shift
   local t0=$SECONDS
   log "building $label ..."
-  # Show Go's download/compile progress as one line per package group, not a flood.
-  "$@" 2>&1 | sed -u 's/^/    /'
+  # `go build -v` names each package as it compiles: show a count every 100 packages and
+  # pass through everything else (downloads, errors) as is.
+  "$@" 2>&1 | awk -v label="$label" '
+    /^[^ :]+$/ { n++; if (n % 100 == 0) { printf "    ... %d packages compiled (now: %s)\n", n, $0; fflush() } ; next }
+    { print "    " $0; fflush() }
+    END { if (n) printf "    ... %d packages compiled\n", n }'
   log "built $label in $((SECONDS - t0))s"
 }
 
