@@ -197,7 +197,7 @@ class LocalCluster:
             if pid and _terminate(pid):
                 stopped.append(name)
             (self.pids / f"{name}.pid").unlink(missing_ok=True)
-        strays = _processes_mentioning(str(self.state))
+        strays = _processes_mentioning(str(self.state), self.bin)
         for pid in strays:
             _terminate(pid)
         if not quiet:
@@ -461,19 +461,22 @@ def _terminate(pid: int, grace: float = 10.0) -> bool:
     return True
 
 
-def _processes_mentioning(needle: str) -> list[int]:
-    """PIDs (not ours) whose command line contains `needle`: strays from a crashed run."""
+def _processes_mentioning(needle: str, bin_dir: Path = BIN) -> list[int]:
+    """PIDs of our binaries (argv[0] in bin_dir) whose arguments name `needle`: strays from a
+    crashed run of the cluster that owns that state directory."""
     found = []
-    me = os.getpid()
+    prefix = str(bin_dir) + os.sep
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == me:
+        if not entry.name.isdigit():
             continue
         try:
-            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if needle in cmd and "e2e.harness.cluster" not in cmd and "pytest" not in cmd:
-            found.append(int(entry.name))
+        args = [a.decode(errors="replace") for a in argv if a]
+        if args and args[0].startswith(prefix) and any(needle in a for a in args[1:]):
+            if _pid_alive(int(entry.name)):
+                found.append(int(entry.name))
     return found
 
 
