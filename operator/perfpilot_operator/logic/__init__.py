@@ -1,0 +1,1 @@
+"""Pure logic of the operator: no kopf, no I/O; unit-tested without a cluster."""

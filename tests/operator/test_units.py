@@ -1,0 +1,34 @@
+from decimal import Decimal
+
+import pytest
+
+from perfpilot_operator.logic.units import parse_duration, parse_quantity
+
+
+@pytest.mark.parametrize("text, seconds", [
+    ("0", 0.0), ("0s", 0.0), ("5s", 5.0), ("200ms", 0.2), ("1m30s", 90.0), ("1h", 3600.0),
+    ("1.5h", 5400.0), ("10us", 1e-5), ("10µs", 1e-5), ("100ns", 1e-7), ("2h45m30.5s", 9930.5),
+])
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "5", "s", "5 s", "5sec", "1d", "-", "1m-30s"])
+def test_bad_durations_name_the_input(text: str) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("500m", Decimal("0.5")), ("2", Decimal(2)), (2, Decimal(2)), ("512Mi", Decimal(512 * 2**20)),
+    ("2Gi", Decimal(2 * 2**30)), ("1G", Decimal(10**9)), ("1e3", Decimal(1000)),
+    ("100k", Decimal(100_000)), (".5", Decimal("0.5")),
+])
+def test_quantities(value: str | int, expected: Decimal) -> None:
+    assert parse_quantity(value) == expected
+
+
+@pytest.mark.parametrize("text", ["", "abc", "1Gb", "1.2.3", "--1", "5 Mi"])
+def test_bad_quantities(text: str) -> None:
+    with pytest.raises(ValueError, match="quantity"):
+        parse_quantity(text)
