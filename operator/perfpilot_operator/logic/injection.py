@@ -1,0 +1,192 @@
+"""Sidecar injection: the changes a mutating webhook makes to an opted-in pod.
+
+Pure: takes the pod and the matching profile as plain dicts, returns the new values of the
+fields it changes. Lists are returned whole (kopf replaces lists in a patch). Re-admission of
+an already injected pod returns no changes.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+ANNOTATION_INJECTED = "perfpilot.io/injected"
+ANNOTATION_GENERATION = "perfpilot.io/profile-generation"
+LABEL_PROFILE = "perfpilot.io/profile"
+OPT_IN_LABEL = "perfpilot.io/inject"
+SIDECAR_NAME = "perfpilot-agent"
+SOCKET_VOLUME = "perfpilot-socket"
+SOCKET_DIR = "/var/run/perfpilot"
+
+
+@dataclass(frozen=True)
+class SidecarTemplate:
+    """How the sidecar container is started; the operator's settings fill this in."""
+
+    image: str = "perfpilot/sidecar:0.1.0"
+    command: tuple[str, ...] = ("perfpilot-sidecar",)
+    grpc_port: int = 50051
+    metrics_port: int = 9464
+    token_secret: str = "perfpilot-agent-token"
+    native_sidecar: bool = True           # initContainer with restartPolicy: Always
+    extra_env: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+
+    @property
+    def socket_path(self) -> str:
+        return f"{SOCKET_DIR}/agent.sock"
+
+
+@dataclass(frozen=True)
+class Injection:
+    """Field -> new value, plus human-readable warnings for the admission response."""
+
+    changes: dict[str, Any]
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not self.changes
+
+
+def is_injected(pod: dict[str, Any]) -> bool:
+    spec = pod.get("spec", {})
+    names = {c.get("name") for c in spec.get("initContainers", []) + spec.get("containers", [])}
+    return SIDECAR_NAME in names
+
+
+def _resources(block: dict[str, Any] | None) -> dict[str, Any]:
+    if not block:
+        return {}
+    return {k: dict(block[k]) for k in ("requests", "limits") if block.get(k)}
+
+
+def sidecar_container(profile_ns: str, profile_name: str, tmpl: SidecarTemplate,
+                      resources: dict[str, Any]) -> dict[str, Any]:
+    """The sidecar's container spec. Its command line is what the e2e pod runner executes."""
+    env = [
+        {"name": "PERFPILOT_SOCKET", "value": tmpl.socket_path},
+        {"name": "PERFPILOT_PORT", "value": str(tmpl.grpc_port)},
+        {"name": "PERFPILOT_METRICS_PORT", "value": str(tmpl.metrics_port)},
+        {"name": "PERFPILOT_LISTEN_HOST",
+         "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": "PERFPILOT_PROFILE", "value": f"{profile_ns}/{profile_name}"},
+        {"name": "PERFPILOT_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "PERFPILOT_TOKEN", "valueFrom": {"secretKeyRef": {
+            "name": tmpl.token_secret, "key": "token", "optional": True}}},
+        *({"name": k, "value": v} for k, v in tmpl.extra_env),
+    ]
+    container: dict[str, Any] = {
+        "name": SIDECAR_NAME,
+        "image": tmpl.image,
+        "command": list(tmpl.command),
+        "env": env,
+        "ports": [
+            {"name": "pp-grpc", "containerPort": tmpl.grpc_port, "protocol": "TCP"},
+            {"name": "pp-metrics", "containerPort": tmpl.metrics_port, "protocol": "TCP"},
+        ],
+        "volumeMounts": [{"name": SOCKET_VOLUME, "mountPath": SOCKET_DIR}],
+        "readinessProbe": {"grpc": {"port": tmpl.grpc_port}, "periodSeconds": 5},
+    }
+    if resources:
+        container["resources"] = resources
+    if tmpl.native_sidecar:
+        container["restartPolicy"] = "Always"
+    return container
+
+
+def inject(pod: dict[str, Any], profile: dict[str, Any], tmpl: SidecarTemplate) -> Injection:
+    """The changes that give `pod` the sidecar and the profile's resources."""
+    if is_injected(pod):
+        return Injection({})
+    meta, spec = profile["metadata"], profile.get("spec", {})
+    pod_spec = pod.get("spec", {})
+    containers = copy.deepcopy(pod_spec.get("containers", []))
+    if not containers:
+        return Injection({}, ("pod has no containers; nothing injected",))
+    warnings: list[str] = []
+
+    app_res = spec.get("resources", {}).get("app", {})
+    app_name = app_res.get("container")
+    app_index = 0
+    if app_name:
+        matches = [i for i, c in enumerate(containers) if c.get("name") == app_name]
+        if matches:
+            app_index = matches[0]
+        else:
+            warnings.append(f"spec.resources.app.container {app_name!r} is not in the pod; "
+                            f"using the first container {containers[0].get('name')!r}")
+    app = containers[app_index]
+    if _resources(app_res):
+        app["resources"] = _resources(app_res)
+    mount = {"name": SOCKET_VOLUME, "mountPath": SOCKET_DIR}
+    mounts = app.setdefault("volumeMounts", [])
+    if mount not in mounts:
+        mounts.append(mount)
+    env = app.setdefault("env", [])
+    known = {e.get("name") for e in env}
+    for name, value in (("PERFPILOT_SOCKET", tmpl.socket_path),
+                        ("PERFPILOT_PROFILE", f"{meta['namespace']}/{meta['name']}")):
+        if name not in known:
+            env.append({"name": name, "value": value})
+
+    sidecar = sidecar_container(meta["namespace"], meta["name"], tmpl,
+                                _resources(spec.get("resources", {}).get("sidecar")))
+    changes: dict[str, Any] = {}
+    if tmpl.native_sidecar:
+        changes["spec.initContainers"] = [*copy.deepcopy(pod_spec.get("initContainers", [])),
+                                          sidecar]
+        changes["spec.containers"] = containers
+    else:
+        changes["spec.containers"] = [*containers, sidecar]
+    volumes = copy.deepcopy(pod_spec.get("volumes", []))
+    if not any(v.get("name") == SOCKET_VOLUME for v in volumes):
+        volumes.append({"name": SOCKET_VOLUME, "emptyDir": {"medium": "Memory",
+                                                            "sizeLimit": "1Mi"}})
+    changes["spec.volumes"] = volumes
+    changes["metadata.labels"] = {LABEL_PROFILE: meta["name"]}
+    changes["metadata.annotations"] = {
+        ANNOTATION_INJECTED: "true",
+        ANNOTATION_GENERATION: str(meta.get("generation", 0)),
+    }
+    return Injection(changes, tuple(warnings))
+
+
+def selector_matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """metav1.LabelSelector semantics (matchLabels AND matchExpressions); empty matches nothing
+    here, because the CRD forbids empty selectors and a profile must never grab every pod."""
+    match_labels = selector.get("matchLabels") or {}
+    exprs = selector.get("matchExpressions") or []
+    if not match_labels and not exprs:
+        return False
+    if any(labels.get(k) != v for k, v in match_labels.items()):
+        return False
+    for e in exprs:
+        key, op, values = e["key"], e["operator"], e.get("values") or []
+        if op == "In" and labels.get(key) not in values:
+            return False
+        if op == "NotIn" and key in labels and labels[key] in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+def choose_profile(profiles: list[dict[str, Any]], labels: dict[str, str]
+                   ) -> tuple[dict[str, Any] | None, list[str]]:
+    """The one profile whose selector matches; with several (the validating webhook prevents
+    that) the oldest wins and a warning names the others."""
+    matching = [p for p in profiles if selector_matches(p.get("spec", {}).get("selector", {}),
+                                                        labels)]
+    if not matching:
+        return None, []
+    matching.sort(key=lambda p: (p["metadata"].get("creationTimestamp", ""),
+                                 p["metadata"]["name"]))
+    warnings = []
+    if len(matching) > 1:
+        others = ", ".join(p["metadata"]["name"] for p in matching[1:])
+        warnings.append(f"several PerfProfiles select this pod; using "
+                        f"{matching[0]['metadata']['name']!r}, ignoring {others}")
+    return matching[0], warnings

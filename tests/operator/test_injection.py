@@ -1,0 +1,98 @@
+import copy
+
+from perfpilot_operator.logic.injection import (
+    ANNOTATION_INJECTED, SIDECAR_NAME, SOCKET_VOLUME, SidecarTemplate, choose_profile, inject,
+    selector_matches,
+)
+
+PROFILE = {
+    "metadata": {"name": "agents", "namespace": "ai", "generation": 3,
+                 "creationTimestamp": "2026-01-01T00:00:00Z"},
+    "spec": {
+        "selector": {"matchLabels": {"app": "agent"}},
+        "resources": {
+            "app": {"container": "agent", "requests": {"cpu": "500m", "memory": "512Mi"},
+                    "limits": {"cpu": "2", "memory": "2Gi"}},
+            "sidecar": {"requests": {"cpu": "50m"}, "limits": {"cpu": "500m"}},
+        },
+    },
+}
+POD = {
+    "metadata": {"name": "agent-1", "labels": {"app": "agent", "perfpilot.io/inject": "true"}},
+    "spec": {"containers": [{"name": "log", "image": "busybox"},
+                            {"name": "agent", "image": "agent:1", "env": [{"name": "A", "value": "1"}]}]},
+}
+
+
+def apply(pod: dict, changes: dict) -> dict:
+    out = copy.deepcopy(pod)
+    for path, value in changes.items():
+        node = out
+        *parents, leaf = path.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        if isinstance(value, dict) and isinstance(node.get(leaf), dict):
+            node[leaf].update(value)
+        else:
+            node[leaf] = value
+    return out
+
+
+def test_native_sidecar_with_resources_socket_and_labels() -> None:
+    inj = inject(POD, PROFILE, SidecarTemplate())
+    pod = apply(POD, inj.changes)
+    sidecar = pod["spec"]["initContainers"][-1]
+    assert sidecar["name"] == SIDECAR_NAME and sidecar["restartPolicy"] == "Always"
+    assert sidecar["resources"] == {"requests": {"cpu": "50m"}, "limits": {"cpu": "500m"}}
+    app = next(c for c in pod["spec"]["containers"] if c["name"] == "agent")
+    assert app["resources"]["limits"] == {"cpu": "2", "memory": "2Gi"}
+    assert {"name": SOCKET_VOLUME, "mountPath": "/var/run/perfpilot"} in app["volumeMounts"]
+    assert {e["name"] for e in app["env"]} >= {"A", "PERFPILOT_SOCKET", "PERFPILOT_PROFILE"}
+    assert "resources" not in pod["spec"]["containers"][0]   # the other container untouched
+    assert pod["metadata"]["labels"]["perfpilot.io/profile"] == "agents"
+    assert pod["metadata"]["labels"]["app"] == "agent"
+    assert pod["metadata"]["annotations"][ANNOTATION_INJECTED] == "true"
+    assert pod["metadata"]["annotations"]["perfpilot.io/profile-generation"] == "3"
+    assert inj.warnings == ()
+    assert POD["spec"]["containers"][1].get("resources") is None   # input not mutated
+
+
+def test_reinjection_changes_nothing() -> None:
+    pod = apply(POD, inject(POD, PROFILE, SidecarTemplate()).changes)
+    assert inject(pod, PROFILE, SidecarTemplate()).empty
+
+
+def test_regular_container_when_native_sidecars_are_unsupported() -> None:
+    pod = apply(POD, inject(POD, PROFILE, SidecarTemplate(native_sidecar=False)).changes)
+    assert "initContainers" not in pod["spec"]
+    assert pod["spec"]["containers"][-1]["name"] == SIDECAR_NAME
+    assert "restartPolicy" not in pod["spec"]["containers"][-1]
+
+
+def test_unknown_app_container_warns_and_uses_the_first() -> None:
+    profile = copy.deepcopy(PROFILE)
+    profile["spec"]["resources"]["app"]["container"] = "missing"
+    inj = inject(POD, profile, SidecarTemplate())
+    assert "missing" in inj.warnings[0]
+    assert inj.changes["spec.containers"][0]["resources"]["limits"]["cpu"] == "2"
+
+
+def test_selectors() -> None:
+    labels = {"app": "agent", "tier": "gpu"}
+    assert selector_matches({"matchLabels": {"app": "agent"}}, labels)
+    assert not selector_matches({"matchLabels": {"app": "web"}}, labels)
+    assert selector_matches({"matchExpressions": [{"key": "tier", "operator": "In",
+                                                   "values": ["gpu", "cpu"]}]}, labels)
+    assert not selector_matches({"matchExpressions": [{"key": "tier", "operator": "NotIn",
+                                                       "values": ["gpu"]}]}, labels)
+    assert selector_matches({"matchExpressions": [{"key": "x", "operator": "DoesNotExist"}]}, labels)
+    assert not selector_matches({"matchExpressions": [{"key": "x", "operator": "Exists"}]}, labels)
+    assert not selector_matches({}, labels)
+
+
+def test_choose_profile_prefers_the_oldest_and_warns() -> None:
+    newer = copy.deepcopy(PROFILE)
+    newer["metadata"].update(name="newer", creationTimestamp="2026-02-01T00:00:00Z")
+    chosen, warnings = choose_profile([newer, PROFILE], {"app": "agent"})
+    assert chosen is PROFILE and "newer" in warnings[0]
+    assert choose_profile([PROFILE], {"app": "web"}) == (None, [])
