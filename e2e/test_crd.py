@@ -352,10 +352,10 @@ def test_status_subresource_and_columns(crd: LocalCluster, namespace: str) -> No
         "pods": {"selected": 3, "injected": 3, "configured": 3, "unhealthy": 0},
         "replicas": {"current": 3, "desired": 4, "lastScaleTime": "2026-01-01T00:00:00Z",
                      "reason": "queue_depth 80 > target 50: 3 -> 4"},
-        "activeAlerts": [{"name": "HeartbeatSlow", "state": "Firing", "severity": "warning",
+        "activeAlerts": [{"name": "HeartbeatSlow", "state": "firing", "severity": "warning",
                           "since": "2026-01-01T00:00:00Z", "value": 0.25,
                           "message": "heartbeat_p99_seconds 0.25 > 0.1"},
-                         {"name": "ErrorsHigh", "state": "Pending", "severity": "critical",
+                         {"name": "ErrorsHigh", "state": "pending", "severity": "critical",
                           "since": "2026-01-01T00:00:00Z", "value": 0.07}],
     }
     # A patch of the main resource does not touch status ...
