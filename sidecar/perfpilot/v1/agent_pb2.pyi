@@ -592,11 +592,11 @@ class Histogram(_message.Message):
     """Number of observations."""
     @_builtins.property
     def bounds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
-        """Ascending upper bounds in seconds; an implicit +Inf bucket follows the last one."""
+        """Ascending inclusive upper bounds in seconds (Prometheus `le`); the last one is +Inf."""
 
     @_builtins.property
     def counts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """Observations per bucket (not cumulative), len(bounds) + 1 entries."""
+        """Observations per bucket (not cumulative); len(counts) == len(bounds)."""
 
     def __init__(
         self,

@@ -1,0 +1,316 @@
+"""AgentApp: wires the runtime to two gRPC servers, /metrics and the health service.
+
+Two grpc.aio servers share one servicer: the Unix-socket server (trusted, the app container) has no
+interceptor; the TCP server (the operator) has the bearer-token interceptor. Splitting them is
+what lets the trust decision depend on the listener rather than on parsing peer strings.
+Lifecycle: start() binds and returns; readiness follows warm-up; stop() drains and cleans up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import stat
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from grpc import aio
+from grpc_health.v1 import health_pb2_grpc
+from prometheus_client import CollectorRegistry
+
+from perfpilot.v1 import agent_pb2 as pb
+from perfpilot.v1 import agent_pb2_grpc as pb_grpc
+from perfpilot_agent import __version__
+from perfpilot_agent.config import Settings
+from perfpilot_agent.errors import InvalidArgument
+from perfpilot_agent.liveconfig import LiveConfig, merge_proto, proto_from_dict, to_proto
+from perfpilot_agent.metrics.collectors import AgentCollector
+from perfpilot_agent.metrics.definitions import MetricsServer
+from perfpilot_agent.runtime.admission import Admission
+from perfpilot_agent.runtime.cache import TTLCache
+from perfpilot_agent.runtime.compute import KernelRunner, PoolFactory, load_registry
+from perfpilot_agent.runtime.heartbeat import ProcessSampler, Sample
+from perfpilot_agent.runtime.monitor import Monitor, RpcStats
+from perfpilot_agent.server.agent import AgentServicer
+from perfpilot_agent.server.auth import BearerTokenInterceptor
+from perfpilot_agent.server.events import EventBus
+from perfpilot_agent.server.health import Health
+
+log = logging.getLogger("perfpilot_agent")
+
+
+class _NoPool:
+    workers = busy = queue_depth = max_queue = completed = failed = restarts = 0
+
+
+class AgentApp:
+    """The whole agent in one object (tests build it in-process; __main__ runs it until SIGTERM)."""
+
+    version = __version__
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        pool_factory: PoolFactory | None = None,
+        registry_loader: Callable[[], Any | None] = load_registry,
+        clock: Callable[[], float] = time.monotonic,
+        metrics_registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.started_at = clock()
+        self.config = LiveConfig()
+        self.generation = 0
+        self.state = pb.AGENT_STATE_STARTING
+        self.events = EventBus(subscriber_capacity=settings.event_buffer)
+        self.cache = TTLCache(max_entries=self.config.cache.max_entries, ttl=self.config.cache.ttl,
+                              max_bytes=settings.cache_max_bytes, clock=clock)
+        self.monitor = Monitor(max_ops=settings.max_ops)
+        self.rpc_stats = RpcStats()
+        self.sampler = ProcessSampler(min_interval=settings.heartbeat_sample_interval)
+        self.watchers = Admission("events", settings.max_watchers, setting="--max-watchers")
+        self.runner = KernelRunner(settings=settings, config=lambda: self.config, cache=self.cache,
+                                   monitor=self.monitor, events=self.events, pool_factory=pool_factory,
+                                   registry_loader=registry_loader)
+        self.health = Health()
+        self.auth = BearerTokenInterceptor(settings.token)
+        self.servicer = AgentServicer(self)
+        self.metrics_registry = metrics_registry or CollectorRegistry()
+        AgentCollector(self, registry=self.metrics_registry)
+        self.unix_server: aio.Server | None = None
+        self.tcp_server: aio.Server | None = None
+        self.tcp_port: int | None = None
+        self.metrics: MetricsServer | None = None
+        self.stopped = asyncio.Event()
+        self.serving = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._apply_lock = asyncio.Lock()
+        self._executor: ThreadPoolExecutor | None = None
+        self._stop_requested: asyncio.Event | None = None
+        self._stopping = False
+
+    # -- state used by handlers and the collector --------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """True once warm kernels are compiled and until draining starts."""
+        return self.state == pb.AGENT_STATE_READY
+
+    @property
+    def socket_path(self) -> str:
+        """The Unix socket ("" when disabled)."""
+        return self.settings.socket_path
+
+    def uptime(self) -> float:
+        """Seconds since construction."""
+        return self.clock() - self.started_at
+
+    def pool_stats(self) -> Any:
+        """The pool's PoolStats, or zeros without a pool."""
+        pool = self.runner.pool
+        return pool.stats() if pool is not None else _NoPool()
+
+    def sample(self) -> Sample:
+        """Cached psutil sample of the agent and current workers."""
+        pool = self.runner.pool
+        self.sampler.set_workers(pool.worker_pids() if pool is not None else ())
+        return self.sampler.sample()
+
+    def heartbeat(self, sequence: int) -> pb.HeartbeatResponse:
+        """Build a Heartbeat reply from cached samples and counters (no blocking calls)."""
+        s = self.sample()
+        ps = self.pool_stats()
+        a = s.agent
+        return pb.HeartbeatResponse(
+            sequence=sequence,
+            state=self.state,  # type: ignore[arg-type]
+            time_unix_nano=time.time_ns(),
+            uptime_seconds=self.uptime(),
+            generation=self.generation,
+            agent=pb.ProcessSample(pid=a.pid, cpu_percent=a.cpu_percent, rss_bytes=a.rss_bytes, alive=a.alive),
+            workers=[pb.ProcessSample(pid=w.pid, cpu_percent=w.cpu_percent, rss_bytes=w.rss_bytes, alive=w.alive)
+                     for w in s.workers],
+            queue_depth=int(ps.queue_depth),
+            kernels_in_flight=self.runner.admission.in_flight,
+            busy_workers=int(ps.busy),
+            kernels_ready=self.runner.ready.is_set(),
+            sample_age_seconds=max(0.0, self.sampler.clock() - s.taken_at),
+        )
+
+    def stats(self) -> pb.GetStatsResponse:
+        """GetStats snapshot (cumulative; merge across pods by adding)."""
+        out = pb.GetStatsResponse(time_unix_nano=time.time_ns(), uptime_seconds=self.uptime(),
+                                  generation=self.generation, cpu_count=self.sampler.cpu_count)
+        self.monitor.fill_stats(out)
+        c = self.cache.counters
+        out.cache.CopyFrom(pb.CacheStats(hits=c.hits, misses=c.misses, evictions=c.evictions,
+                                         expirations=c.expirations, invalidations=c.invalidations,
+                                         entries=len(self.cache), max_entries=self.cache.max_entries))
+        ps = self.pool_stats()
+        out.pool.CopyFrom(pb.PoolStats(workers=ps.workers, busy=ps.busy, queue_depth=ps.queue_depth,
+                                       max_queue=self.runner.admission.limit, completed=ps.completed,
+                                       failed=ps.failed, restarts=ps.restarts))
+        out.rejected["kernel"] = self.runner.admission.rejected
+        out.rejected["events"] = self.watchers.rejected
+        s = self.sample()
+        out.cpu_percent = s.cpu_percent
+        out.rss_bytes = s.rss_bytes
+        return out
+
+    # -- live config ---------------------------------------------------------------------------
+
+    def configure(self, generation: int, msg: pb.AgentConfig) -> bool:
+        """Validate and apply; False when `generation` is not newer than the applied one."""
+        new = merge_proto(self.config, msg, self.runner.known_kernels)
+        if generation <= self.generation:
+            return False
+        old, self.config, self.generation = self.config, new, generation
+        self.events.generation = generation
+        self._apply_now(old, new)
+        self.events.publish(pb.EVENT_TYPE_CONFIG_APPLIED, f"config generation {generation} applied",
+                            {"generation": str(generation)}, config=to_proto(new))
+        self._spawn(self._apply_slow(old, new))
+        return True
+
+    def _apply_now(self, old: LiveConfig, new: LiveConfig) -> None:
+        """The cheap parts: cache sizing, admission limit, thread pool."""
+        self.cache.reconfigure(max_entries=new.cache.max_entries, ttl=new.cache.ttl)
+        self.runner.admission.limit = new.pools.max_queue
+        if self._executor is None or old.pools.thread_workers != new.pools.thread_workers:
+            previous = self._executor
+            self._executor = ThreadPoolExecutor(new.pools.thread_workers, thread_name_prefix="perfpilot")
+            with contextlib.suppress(RuntimeError):
+                asyncio.get_running_loop().set_default_executor(self._executor)
+            if previous is not None:
+                previous.shutdown(wait=False)
+
+    async def _apply_slow(self, old: LiveConfig, new: LiveConfig) -> None:
+        """Pool resizes, serialized so successive Configures apply in order."""
+        async with self._apply_lock:
+            try:
+                await self.runner.apply(old, new)
+            except Exception:  # noqa: BLE001 - reported, the agent keeps serving
+                log.exception("applying pool changes failed")
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Apply the startup config, bind every listener, then warm kernels in the background."""
+        if self.settings.initial_config:
+            try:
+                self.config = merge_proto(self.config, proto_from_dict(self.settings.initial_config),
+                                          self.runner.known_kernels)
+            except InvalidArgument as exc:
+                raise ValueError(f"invalid --config: {exc}") from None
+        self._apply_now(LiveConfig(), self.config)
+        await self.health.set_serving(False)
+        options = [
+            ("grpc.max_receive_message_length", self.settings.max_message_bytes),
+            ("grpc.max_send_message_length", self.settings.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        if self.settings.socket_path:
+            self.unix_server = self._server(options, interceptors=())
+            path = Path(self.settings.socket_path)
+            if not path.parent.exists():
+                path.parent.mkdir(parents=True, mode=0o700)
+            if path.exists() or path.is_symlink():
+                if not stat.S_ISSOCK(path.lstat().st_mode):
+                    raise OSError(f"{path} exists and is not a socket")
+                path.unlink()  # stale socket from a previous run
+            self.unix_server.add_insecure_port(f"unix:{path}")
+            await self.unix_server.start()
+            os.chmod(path, 0o666)  # the app container may run as another uid; the directory guards access
+        if self.settings.port >= 0:
+            self.tcp_server = self._server(options, interceptors=(self.auth,))
+            self.tcp_port = self.tcp_server.add_insecure_port(f"{self.settings.listen_host}:{self.settings.port}")
+            await self.tcp_server.start()
+        if self.settings.metrics_port >= 0:
+            host = self.settings.metrics_host or self.settings.listen_host
+            self.metrics = MetricsServer(self.metrics_registry, host=host, port=self.settings.metrics_port)
+        self._spawn(self._housekeeping())
+        self._spawn(self._warm_up())
+        log.info("perfpilot agent %s listening: socket=%s tcp=%s:%s metrics=%s", self.version,
+                 self.settings.socket_path or "-", self.settings.listen_host, self.tcp_port,
+                 self.metrics.port if self.metrics else "-")
+
+    def _server(self, options: list[tuple[str, Any]], *, interceptors: tuple[Any, ...]) -> aio.Server:
+        server = aio.server(interceptors=interceptors, options=options, maximum_concurrent_rpcs=10_000)
+        pb_grpc.add_AgentServicer_to_server(self.servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
+        return server
+
+    async def _warm_up(self) -> None:
+        try:
+            await self.runner.warm_up()
+        except Exception:  # noqa: BLE001 - stay NOT_SERVING, keep answering heartbeats
+            log.exception("warming kernels failed; the agent stays NOT_SERVING")
+            return
+        if not self._stopping:
+            self.state = pb.AGENT_STATE_READY
+            await self.health.set_serving(True)
+            self.serving.set()
+            log.info("ready (warm kernels: %s)", ", ".join(self.config.kernels.warm) or "none")
+
+    async def wait_ready(self) -> None:
+        """Return once the agent is SERVING."""
+        await self.serving.wait()
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.cache.sweep()
+            self.runner.housekeeping()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: NOT_SERVING, end event streams, finish in-flight calls, stop workers, unlink the socket."""
+        if self._stopping:
+            await self.stopped.wait()
+            return
+        self._stopping = True
+        grace = self.settings.grace if grace is None else grace
+        self.state = pb.AGENT_STATE_DRAINING
+        self.events.publish(pb.EVENT_TYPE_SHUTTING_DOWN, "agent is draining")
+        await self.health.shutdown()
+        self.events.close_all()
+        servers = [s for s in (self.unix_server, self.tcp_server) if s is not None]
+        await asyncio.gather(*(s.stop(grace) for s in servers))
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.runner.close()
+        if self.metrics is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.metrics.close)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+        if self.settings.socket_path:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.settings.socket_path)
+        self.stopped.set()
+        log.info("stopped")
+
+    async def run_until_signal(self) -> None:
+        """start(), then stop() on SIGTERM or SIGINT."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await self.start()
+            await stop.wait()
+            log.info("signal received; draining for up to %.1fs", self.settings.grace)
+        finally:
+            await self.stop()

@@ -1,0 +1,1 @@
+"""Prometheus metrics of the agent (names in definitions.py, documented in docs/metrics.md)."""

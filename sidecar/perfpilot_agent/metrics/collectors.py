@@ -1,0 +1,143 @@
+"""One custom Collector that reads the agent's own counters at scrape time.
+
+Hot paths only bump plain ints and bucket counts; the Prometheus objects are built per scrape.
+psutil samples come from the cached ProcessSampler (no extra /proc reads within its interval).
+Scrapes run on prometheus-client's HTTP thread: reads of ints/lists are atomic under the GIL, and
+a scrape that races an update sees one side of it, which is fine for monitoring.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from perfpilot.v1 import agent_pb2 as pb
+from perfpilot_agent.metrics.definitions import METRICS, full_name
+from perfpilot_agent.runtime.histogram import BOUNDS, PROMETHEUS_BOUND_INDEXES, Histogram
+
+if TYPE_CHECKING:
+    from perfpilot_agent.app import AgentApp
+
+QUANTILES = (("0.5", 0.5), ("0.95", 0.95), ("0.99", 0.99))
+
+
+def _family(name: str) -> Metric:
+    kind, labels, help_ = METRICS[name]
+    n = full_name(name)
+    if kind == "counter":
+        return CounterMetricFamily(n, help_, labels=labels)
+    if kind == "histogram":
+        return HistogramMetricFamily(n, help_, labels=labels)
+    return GaugeMetricFamily(n, help_, labels=labels)
+
+
+def _buckets(h: Histogram) -> list[tuple[str, float]]:
+    """Cumulative buckets at every 4th bound (exact, since cumulative counts need no interpolation)."""
+    out: list[tuple[str, float]] = []
+    cumulative = 0
+    counts = list(h.counts)
+    prev = -1
+    for i in PROMETHEUS_BOUND_INDEXES:
+        cumulative += sum(counts[prev + 1:i + 1])
+        prev = i
+        out.append((repr(BOUNDS[i]), float(cumulative)))
+    out.append(("+Inf", float(sum(counts))))
+    return out
+
+
+class AgentCollector(Collector):
+    """Exposes every metric in METRICS from a running AgentApp."""
+
+    def __init__(self, app: AgentApp, *, registry: CollectorRegistry | None = None) -> None:
+        self.app = app
+        if registry is not None:
+            registry.register(self)
+
+    def describe(self) -> Iterable[Metric]:
+        """Empty description: the registry then calls collect() lazily (no scrape at register)."""
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        app = self.app
+        f = {name: _family(name) for name in METRICS}
+
+        def g(name: str, value: float, labels: list[str] | None = None) -> None:
+            f[name].add_metric(labels or [], value)  # type: ignore[attr-defined]
+
+        def hist(name: str, h: Histogram, labels: list[str] | None = None) -> None:
+            f[name].add_metric(labels or [], _buckets(h), h.sum)  # type: ignore[attr-defined]
+
+        g("info", 1.0, [app.version])
+        g("ready", 1.0 if app.ready else 0.0)
+        g("uptime_seconds", app.uptime())
+        g("config_generation", float(app.generation))
+        try:
+            sample = app.sample()
+            g("process_cpu_percent", sample.agent.cpu_percent, ["agent"])
+            g("process_cpu_percent", sum(w.cpu_percent for w in sample.workers), ["workers"])
+            g("process_resident_memory_bytes", float(sample.agent.rss_bytes), ["agent"])
+            g("process_resident_memory_bytes", float(sum(w.rss_bytes for w in sample.workers)), ["workers"])
+        except OSError:
+            pass
+        g("cpu_count", float(app.sampler.cpu_count))
+        ps = app.pool_stats()
+        g("workers", float(ps.workers))
+        g("busy_workers", float(ps.busy))
+        g("pool_utilization_ratio", ps.busy / ps.workers if ps.workers else 0.0)
+        g("queue_depth", float(ps.queue_depth))
+        g("kernels_in_flight", float(app.runner.admission.in_flight))
+        g("max_queue", float(app.runner.admission.limit))
+        g("worker_restarts_total", float(ps.restarts))
+        g("rejected_total", float(app.runner.admission.rejected), ["kernel"])
+        g("rejected_total", float(app.watchers.rejected), ["events"])
+        g("auth_failures_total", float(app.auth.rejected))
+        for (method, code), n in sorted(app.rpc_stats.calls.items()):
+            g("rpc_total", float(n), [method, code])
+        for method, h in sorted(app.rpc_stats.latency.items()):
+            hist("rpc_duration_seconds", h, [method])
+        mon = app.monitor
+        hist("heartbeat_duration_seconds", mon.heartbeat)
+        for label, q in QUANTILES:
+            g("heartbeat_quantile_seconds", mon.heartbeat.quantile(q), [label])
+            g("app_total_latency_quantile_seconds", mon.app_total.latency.quantile(q), [label])
+        for op, rec in sorted(mon.ops.items()):
+            hist("app_latency_seconds", rec.latency, [op])
+            g("app_errors_total", float(rec.errors), [op])
+            for label, q in QUANTILES:
+                g("app_latency_quantile_seconds", rec.latency.quantile(q), [op, label])
+        for kernel, rec in sorted(mon.kernels.items()):
+            hist("kernel_duration_seconds", rec.latency, [kernel])
+            g("kernel_errors_total", float(rec.errors), [kernel])
+            g("kernel_cache_hits_total", float(rec.cache_hits), [kernel])
+            for label, q in QUANTILES:
+                g("kernel_quantile_seconds", rec.latency.quantile(q), [kernel, label])
+        c = app.cache.counters
+        g("cache_hits_total", float(c.hits))
+        g("cache_misses_total", float(c.misses))
+        g("cache_evictions_total", float(c.evictions))
+        g("cache_expirations_total", float(c.expirations))
+        g("cache_invalidations_total", float(c.invalidations))
+        g("cache_entries", float(len(app.cache)))
+        g("cache_max_entries", float(app.cache.max_entries))
+        g("cache_bytes", float(app.cache.bytes))
+        reads = c.hits + c.misses
+        g("cache_hit_ratio", c.hits / reads if reads else 0.0)
+        for type_, n in sorted(app.events.published.items()):
+            g("events_published_total", float(n), [_event_label(type_)])
+        g("events_dropped_total", float(app.events.dropped_total))
+        g("event_watchers", float(len(app.events.subscribers)))
+        for family in f.values():
+            if family.samples:  # labelled families with no series yet are left out
+                yield family
+
+
+def _event_label(type_: int) -> str:
+    try:
+        return pb.EventType.Name(type_).removeprefix("EVENT_TYPE_").lower()  # type: ignore[arg-type]
+    except ValueError:
+        return "unknown"
+

@@ -1,0 +1,1 @@
+"""The agent's engines: cache, monitor, heartbeat sampling, admission, kernel runner."""

@@ -1,0 +1,1 @@
+"""gRPC surface of the agent: servicer, auth interceptor, events, health, tensor codec."""

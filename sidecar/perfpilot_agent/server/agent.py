@@ -1,0 +1,190 @@
+"""The Agent servicer: thin handlers that validate, call the runtime and build replies.
+
+Every unary handler goes through `_rpc`, which answers AgentError with its own code and message,
+anything unexpected with INTERNAL (logged), and records per-method counts and latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import grpc
+from grpc import aio
+
+from perfpilot.v1 import agent_pb2 as pb
+from perfpilot.v1 import agent_pb2_grpc as pb_grpc
+from perfpilot_agent.errors import AgentError, InvalidArgument
+from perfpilot_agent.liveconfig import MAX_TTL_SECONDS, to_proto
+from perfpilot_agent.runtime.compute import KERNEL_KEY_PREFIX
+
+if TYPE_CHECKING:
+    from perfpilot_agent.app import AgentApp
+
+log = logging.getLogger(__name__)
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Handler = Callable[[Any, Req, aio.ServicerContext], Awaitable[Resp]]
+MAX_KEY_BYTES = 1024
+_EVENT_TYPES = frozenset(v for v in pb.EventType.values() if v != pb.EVENT_TYPE_UNSPECIFIED)
+
+
+def _rpc(method: str) -> Callable[[Handler[Req, Resp]], Handler[Req, Resp]]:
+    """Error mapping + accounting for one unary method."""
+
+    def wrap(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
+        @functools.wraps(fn)
+        async def handler(self: AgentServicer, request: Req, context: aio.ServicerContext) -> Resp:
+            started = time.perf_counter()
+            code = "OK"
+            try:
+                return await fn(self, request, context)
+            except AgentError as exc:
+                code = exc.code.name
+                await context.abort(exc.code, str(exc))
+            except aio.AbortError:
+                code = "ABORTED_BY_HANDLER"
+                raise
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
+            except Exception as exc:  # noqa: BLE001 - last line of defence, logged
+                code = "INTERNAL"
+                log.exception("%s failed", method)
+                await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}: {type(exc).__name__}")
+            finally:
+                self.app.rpc_stats.record(method, code, time.perf_counter() - started)
+            raise AssertionError("unreachable")  # pragma: no cover - abort() always raises
+
+        return handler
+
+    return wrap
+
+
+def _check_key(key: str) -> None:
+    if not key:
+        raise InvalidArgument("key is required")
+    if len(key.encode()) > MAX_KEY_BYTES:
+        raise InvalidArgument(f"key is {len(key.encode())} bytes; at most {MAX_KEY_BYTES}")
+    if key.startswith(KERNEL_KEY_PREFIX):
+        raise InvalidArgument(f"keys starting with {KERNEL_KEY_PREFIX!r} are reserved for kernel results")
+
+
+class AgentServicer(pb_grpc.AgentServicer):
+    """perfpilot.v1.Agent backed by an AgentApp."""
+
+    def __init__(self, app: AgentApp) -> None:
+        self.app = app
+
+    @_rpc("Heartbeat")
+    async def Heartbeat(self, request: pb.HeartbeatRequest, context: aio.ServicerContext) -> pb.HeartbeatResponse:
+        t0 = time.perf_counter()
+        resp = self.app.heartbeat(request.sequence)
+        self.app.monitor.heartbeat.observe(time.perf_counter() - t0)
+        return resp
+
+    @_rpc("Configure")
+    async def Configure(self, request: pb.ConfigureRequest, context: aio.ServicerContext) -> pb.ConfigureResponse:
+        if request.generation <= 0:
+            raise InvalidArgument(f"generation must be > 0, got {request.generation}")
+        applied = self.app.configure(request.generation, request.config)
+        return pb.ConfigureResponse(
+            applied_generation=self.app.generation, applied=applied, config=to_proto(self.app.config)
+        )
+
+    @_rpc("GetConfig")
+    async def GetConfig(self, request: pb.GetConfigRequest, context: aio.ServicerContext) -> pb.GetConfigResponse:
+        return pb.GetConfigResponse(generation=self.app.generation, config=to_proto(self.app.config))
+
+    @_rpc("GetStats")
+    async def GetStats(self, request: pb.GetStatsRequest, context: aio.ServicerContext) -> pb.GetStatsResponse:
+        return self.app.stats()
+
+    @_rpc("RecordTimings")
+    async def RecordTimings(
+        self, request: pb.RecordTimingsRequest, context: aio.ServicerContext
+    ) -> pb.RecordTimingsResponse:
+        return pb.RecordTimingsResponse(accepted=self.app.monitor.record_timings(request))
+
+    @_rpc("RunKernel")
+    async def RunKernel(self, request: pb.RunKernelRequest, context: aio.ServicerContext) -> pb.RunKernelResponse:
+        return await self.app.runner.run(request)
+
+    @_rpc("CacheGet")
+    async def CacheGet(self, request: pb.CacheGetRequest, context: aio.ServicerContext) -> pb.CacheGetResponse:
+        _check_key(request.key)
+        hit = self.app.cache.get(request.key)
+        if hit is None:
+            return pb.CacheGetResponse(found=False)
+        value, remaining = hit
+        resp = pb.CacheGetResponse(found=True, value=value)
+        resp.ttl_remaining.FromNanoseconds(int(remaining * 1e9))
+        return resp
+
+    @_rpc("CachePut")
+    async def CachePut(self, request: pb.CachePutRequest, context: aio.ServicerContext) -> pb.CachePutResponse:
+        _check_key(request.key)
+        limit = self.app.settings.cache_max_value_bytes
+        if len(request.value) > limit:
+            raise InvalidArgument(f"value is {len(request.value)} bytes; at most {limit} (--cache-max-value-bytes)")
+        ttl = None
+        if request.HasField("ttl"):
+            d = request.ttl
+            if not -999_999_999 <= d.nanos <= 999_999_999:
+                raise InvalidArgument(f"ttl.nanos must be within [-999999999, 999999999], got {d.nanos}")
+            ttl = d.seconds + d.nanos / 1e9
+            if not 0 < ttl <= MAX_TTL_SECONDS:
+                raise InvalidArgument(f"ttl must be within (0s, {MAX_TTL_SECONDS}s], got {ttl:g}s")
+        evicted = self.app.cache.put(request.key, bytes(request.value), ttl=ttl, size=len(request.value) + len(request.key))
+        return pb.CachePutResponse(evicted=evicted)
+
+    @_rpc("CacheInvalidate")
+    async def CacheInvalidate(
+        self, request: pb.CacheInvalidateRequest, context: aio.ServicerContext
+    ) -> pb.CacheInvalidateResponse:
+        if len(request.prefix.encode()) > MAX_KEY_BYTES:
+            raise InvalidArgument(f"prefix is longer than {MAX_KEY_BYTES} bytes")
+        removed = self.app.cache.invalidate(request.prefix)
+        self.app.events.publish(
+            pb.EVENT_TYPE_CACHE_CLEARED, f"{removed} cache entries invalidated",
+            {"prefix": request.prefix[:128], "removed": str(removed)},
+        )
+        return pb.CacheInvalidateResponse(removed=removed)
+
+    async def WatchEvents(
+        self, request: pb.WatchEventsRequest, context: aio.ServicerContext
+    ) -> AsyncIterator[pb.EventBatch]:
+        started = time.perf_counter()
+        code = "OK"
+        try:
+            types = list(request.types)
+            for i, t in enumerate(types):
+                if t not in _EVENT_TYPES:
+                    raise InvalidArgument(f"types[{i}] is not a known event type: {t}")
+            if request.max_batch > 10_000:
+                raise InvalidArgument(f"max_batch must be at most 10000, got {request.max_batch}")
+            max_batch = request.max_batch or 1000
+            with self.app.watchers.slot():
+                sub = self.app.events.subscribe(types, since=request.since_sequence)
+                try:
+                    events, dropped = sub.take_now(max_batch)
+                    yield pb.EventBatch(events=events, dropped=dropped)
+                    while True:
+                        batch = await sub.next_batch(max_batch)
+                        if batch is None:
+                            return
+                        yield pb.EventBatch(events=batch[0], dropped=batch[1])
+                finally:
+                    sub.close()
+        except AgentError as exc:
+            code = exc.code.name
+            await context.abort(exc.code, str(exc))
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        finally:
+            self.app.rpc_stats.record("WatchEvents", code, time.perf_counter() - started)
