@@ -1,0 +1,85 @@
+"""The few Kubernetes API calls the operator makes outside kopf's own watches/patches.
+
+The official client is synchronous; calls run in a thread so the event loop never blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import secrets
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+TOKEN_SECRET_KEY = "token"
+
+
+def load() -> client.ApiClient:
+    """In-cluster credentials when running in a pod, else the kubeconfig (KUBECONFIG)."""
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()
+
+
+class Kube:
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+        self.core = client.CoreV1Api(api)
+        self.admission = client.AdmissionregistrationV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+        self.version_api = client.VersionApi(api)
+
+    async def server_minor(self) -> int:
+        info = await asyncio.to_thread(self.version_api.get_code)
+        return int("".join(ch for ch in info.minor if ch.isdigit()) or 0)
+
+    async def ensure_token(self, namespace: str, name: str) -> str:
+        """The namespace's agent token Secret; created with a random token when missing."""
+        def run() -> str:
+            try:
+                s = self.core.read_namespaced_secret(name, namespace)
+                return base64.b64decode((s.data or {})[TOKEN_SECRET_KEY]).decode()
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+            token = secrets.token_urlsafe(32)
+            body = client.V1Secret(
+                metadata=client.V1ObjectMeta(name=name, labels={
+                    "app.kubernetes.io/part-of": "perfpilot",
+                    "app.kubernetes.io/component": "agent-token"}),
+                string_data={TOKEN_SECRET_KEY: token}, type="Opaque")
+            try:
+                self.core.create_namespaced_secret(namespace, body)
+            except ApiException as e:
+                if e.status != 409:
+                    raise
+                s = self.core.read_namespaced_secret(name, namespace)
+                return base64.b64decode((s.data or {})[TOKEN_SECRET_KEY]).decode()
+            return token
+        return await asyncio.to_thread(run)
+
+    async def apply_webhooks(self, mutating: dict[str, Any], validating: dict[str, Any]) -> None:
+        def upsert(read: Any, create: Any, replace: Any, body: dict[str, Any]) -> None:
+            name = body["metadata"]["name"]
+            try:
+                current = read(name)
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+                create(body)
+                return
+            body = {**body, "metadata": {**body["metadata"],
+                                         "resourceVersion": current.metadata.resource_version}}
+            replace(name, body)
+
+        a = self.admission
+        await asyncio.to_thread(upsert, a.read_mutating_webhook_configuration,
+                                a.create_mutating_webhook_configuration,
+                                a.replace_mutating_webhook_configuration, mutating)
+        await asyncio.to_thread(upsert, a.read_validating_webhook_configuration,
+                                a.create_validating_webhook_configuration,
+                                a.replace_validating_webhook_configuration, validating)

@@ -1,0 +1,40 @@
+"""In-memory indexes kopf keeps current from watches; handlers read them instead of listing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from perfpilot_operator.logic.conditions import PodView
+from perfpilot_operator.logic.injection import ANNOTATION_INJECTED, is_injected
+
+
+@kopf.index("perfpilot.io", "v1alpha1", "perfprofiles")
+def profiles_by_namespace(namespace: str, name: str, body: kopf.Body, **_: Any
+                          ) -> dict[str, dict[str, Any]]:
+    meta = body.get("metadata", {})
+    return {namespace: {"metadata": {"name": name, "namespace": namespace,
+                                     "generation": meta.get("generation", 0),
+                                     "creationTimestamp": meta.get("creationTimestamp", "")},
+                        "spec": dict(body.get("spec", {}))}}
+
+
+@kopf.index("autoscaling", "v2", "horizontalpodautoscalers")
+def hpas_by_namespace(namespace: str, name: str, spec: kopf.Spec, **_: Any
+                      ) -> dict[str, dict[str, Any]]:
+    return {namespace: {"name": name, "target": dict(spec.get("scaleTargetRef", {}))}}
+
+
+@kopf.index("pods")
+def pods_by_namespace(namespace: str, name: str, body: kopf.Body, **_: Any
+                      ) -> dict[str, tuple[dict[str, str], PodView]]:
+    meta, status = body.get("metadata", {}), body.get("status", {})
+    view = PodView(
+        name=name,
+        ip=status.get("podIP"),
+        running=status.get("phase") == "Running" and not meta.get("deletionTimestamp"),
+        injected=is_injected(dict(body))
+        and meta.get("annotations", {}).get(ANNOTATION_INJECTED) == "true",
+    )
+    return {namespace: (dict(meta.get("labels") or {}), view)}

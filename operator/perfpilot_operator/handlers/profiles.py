@@ -1,0 +1,143 @@
+"""Reconcile a PerfProfile: roll its config out to the selected sidecars and report status.
+
+Level-triggered: the same pass runs on create/resume, on every spec change (at once) and on a
+timer (late pods, recovered sidecars). Which sidecar holds which generation lives in the
+object's memo; the sidecars themselves are the source of truth (Configure answers with the
+applied generation), so a restarted operator simply re-sends to everyone, harmlessly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import grpc
+import kopf
+
+from perfpilot_operator.clients.agents import Target, bounded_gather, with_retries
+from perfpilot_operator.logic.conditions import PodView, count_pods, set_condition
+from perfpilot_operator.logic.desired import configure_request
+from perfpilot_operator.logic.injection import selector_matches
+from perfpilot_operator.runtime import Runtime
+from perfpilot_operator.settings import Settings
+
+GROUP, VERSION, PLURAL = "perfpilot.io", "v1alpha1", "perfprofiles"
+_RESYNC = Settings.from_env().resync_interval
+
+
+def selected_pods(spec: dict[str, Any], namespace: str,
+                  pods_by_namespace: kopf.Index[str, tuple[dict[str, str], PodView]]
+                  ) -> list[PodView]:
+    selector = spec.get("selector", {})
+    return [view for labels, view in pods_by_namespace.get(namespace, [])
+            if selector_matches(selector, labels)]
+
+
+async def sync(*, rt: Runtime, memo: Any, namespace: str, name: str, generation: int,
+               spec: dict[str, Any], status: dict[str, Any], pods: list[PodView],
+               logger: logging.Logger | logging.LoggerAdapter[Any]) -> dict[str, Any]:
+    """One pass; returns the new status."""
+    applied: dict[str, int] = getattr(memo, "applied", None) or {}
+    memo.applied = applied
+    failures: dict[str, str] = {}
+    live = {f"{p.name}@{p.ip}" for p in pods if p.running and p.ip}
+    for key in list(applied):
+        if key not in live:
+            del applied[key]
+            await rt.agents.forget(f"{key.split('@', 1)[1]}:{rt.settings.sidecar.grpc_port}")
+
+    todo = [p for p in pods if p.running and p.injected and p.ip
+            and applied.get(f"{p.name}@{p.ip}", 0) < generation]
+    if todo:
+        token = await rt.kube.ensure_token(namespace, rt.settings.sidecar.token_secret)
+        request = configure_request(spec, generation)
+        port = rt.settings.sidecar.grpc_port
+
+        def call(p: PodView) -> Any:
+            target = Target(p.ip or "", port, token)
+            return lambda: with_retries(lambda: rt.agents.configure(target, request))
+
+        results = await bounded_gather([call(p) for p in todo],
+                                       limit=rt.settings.rollout_concurrency)
+        for p, r in zip(todo, results):
+            key = f"{p.name}@{p.ip}"
+            if isinstance(r, BaseException):
+                code = r.code().name if isinstance(r, grpc.aio.AioRpcError) else type(r).__name__
+                detail = r.details() if isinstance(r, grpc.aio.AioRpcError) else str(r)
+                failures[p.name] = f"{code}: {detail}"
+            else:
+                applied[key] = r.applied_generation
+        if failures:
+            logger.warning(f"Configure failed for {len(failures)} pod(s): "
+                           + "; ".join(f"{k}: {v}" for k, v in sorted(failures.items())[:5]))
+        done = len(todo) - len(failures)
+        if done:
+            logger.info(f"configured {done} sidecar(s) at generation {generation}")
+
+    views = [dataclasses.replace(p, configured_generation=applied.get(f"{p.name}@{p.ip}", 0),
+                                 healthy=p.name not in failures) for p in pods]
+    counts = count_pods(views, generation)
+    conds = list(status.get("conditions") or [])
+
+    def cond(type_: str, ok: bool, reason: str, message: str) -> None:
+        nonlocal conds
+        conds = set_condition(conds, type=type_, status=ok, reason=reason, message=message,
+                              generation=generation)
+
+    if counts.selected == 0:
+        cond("InjectionComplete", True, "NoPods", "no running pod matches spec.selector")
+    elif counts.uninjected:
+        cond("InjectionComplete", False, "PodsWithoutSidecar",
+             f"{len(counts.uninjected)} of {counts.selected} selected pods run without the "
+             f"sidecar (label them perfpilot.io/inject=true and recreate): "
+             + ", ".join(counts.uninjected[:5]))
+    else:
+        cond("InjectionComplete", True, "AllInjected",
+             f"all {counts.selected} selected pods run the sidecar")
+    if counts.injected == 0:
+        cond("ConfigApplied", True, "NoSidecars", "no sidecar to configure yet")
+    elif counts.configured < counts.injected:
+        cond("ConfigApplied", False, "RollingOut",
+             f"{counts.configured}/{counts.injected} sidecars at generation {generation}")
+    else:
+        cond("ConfigApplied", True, "AllConfigured",
+             f"{counts.configured}/{counts.injected} sidecars at generation {generation}")
+    if failures:
+        cond("Degraded", True, "SidecarsUnreachable",
+             f"{len(failures)} sidecar(s) failed Configure: "
+             + "; ".join(f"{k}: {v}" for k, v in sorted(failures.items())[:3]))
+    else:
+        cond("Degraded", False, "AllHealthy", "every sidecar answered")
+    ready = all(c["status"] == "True" for c in conds
+                if c["type"] in ("InjectionComplete", "ConfigApplied")) and not failures
+    cond("Ready", ready, "Reconciled" if ready else "NotReady",
+         "profile applied to every selected pod" if ready else "see the other conditions")
+    return {"observedGeneration": generation, "pods": counts.as_status(), "conditions": conds}
+
+
+async def _reconcile(body: kopf.Body, patch: kopf.Patch, memo: Any, namespace: str, name: str,
+                     logger: Any, pods_by_namespace: Any) -> None:
+    rt: Runtime = memo.runtime
+    spec = dict(body.get("spec", {}))
+    generation = int(body.get("metadata", {}).get("generation", 0))
+    pods = selected_pods(spec, namespace, pods_by_namespace)
+    new = await sync(rt=rt, memo=memo, namespace=namespace, name=name, generation=generation,
+                     spec=spec, status=dict(body.get("status", {})), pods=pods, logger=logger)
+    old = dict(body.get("status", {}))
+    if any(old.get(k) != v for k, v in new.items()):
+        patch.status.update(new)
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile-resume")
+@kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile-create")
+@kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile-spec", field="spec")
+async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: Any, namespace: str, name: str,
+                    logger: Any, pods_by_namespace: Any, **_: Any) -> None:
+    await _reconcile(body, patch, memo, namespace, name, logger, pods_by_namespace)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, id="resync", interval=_RESYNC, initial_delay=_RESYNC)
+async def resync(body: kopf.Body, patch: kopf.Patch, memo: Any, namespace: str, name: str,
+                 logger: Any, pods_by_namespace: Any, **_: Any) -> None:
+    await _reconcile(body, patch, memo, namespace, name, logger, pods_by_namespace)

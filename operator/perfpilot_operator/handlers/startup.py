@@ -1,0 +1,71 @@
+"""Operator start-up: settings, clients, webhook server and registrations, feature detection."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from perfpilot_operator.certs import ensure_webhook_certs
+from perfpilot_operator.clients import kube as kube_client
+from perfpilot_operator.clients.agents import AgentClients
+from perfpilot_operator.logic import webhooks
+from perfpilot_operator.runtime import Runtime
+from perfpilot_operator.settings import Settings
+
+NATIVE_SIDECAR_MINOR = 29   # SidecarContainers is on by default from 1.29
+
+
+@kopf.on.startup(id="startup")
+async def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Logger,
+                  **_: Any) -> None:
+    cfg: Settings = getattr(memo, "settings", None) or Settings.from_env()
+    # Watches never go blind: server-side timeouts plus kopf's inactivity detector.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 10
+    settings.networking.request_timeout = 30
+    settings.persistence.finalizer = "perfpilot.io/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="perfpilot.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="perfpilot.io", key="last-handled-configuration")
+    settings.posting.level = logging.INFO
+
+    kube = kube_client.Kube(kube_client.load())
+    minor = await kube.server_minor()
+    native = {"true": True, "false": False}.get(cfg.native_sidecar,
+                                                 minor >= NATIVE_SIDECAR_MINOR)
+    names = [cfg.webhook_url_host]
+    if cfg.webhook_service:
+        ns, svc = cfg.webhook_service.split("/", 1)
+        names = [f"{svc}.{ns}.svc", f"{svc}.{ns}.svc.cluster.local", svc, *names]
+    certs = ensure_webhook_certs(cfg.cert_dir, names)
+    rt = Runtime(settings=cfg, agents=AgentClients(timeout=cfg.rpc_timeout), kube=kube,
+                 native_sidecar=native, ca_bundle=certs.ca_bundle())
+    memo.runtime = rt
+
+    settings.admission.server = kopf.WebhookServer(
+        addr=cfg.webhook_host, port=cfg.webhook_port, host=cfg.webhook_url_host,
+        certfile=str(certs.cert), pkeyfile=str(certs.key), cafile=str(certs.ca))
+    settings.admission.managed = None   # we render the configurations (namespaceSelector)
+    if cfg.register_webhooks:
+        def client(path: str) -> dict[str, Any]:
+            return webhooks.client_config(path=path, ca_bundle=rt.ca_bundle,
+                                          url_host=cfg.webhook_url_host,
+                                          port=cfg.webhook_port, service=cfg.webhook_service)
+        await kube.apply_webhooks(
+            webhooks.mutating_configuration(operator_namespace=cfg.namespace,
+                                            failure_policy=cfg.failure_policy,
+                                            client=client(webhooks.POD_HANDLER_ID)),
+            webhooks.validating_configuration(failure_policy=cfg.failure_policy,
+                                              client=client(webhooks.PROFILE_HANDLER_ID)))
+    logger.info(f"perfpilot operator ready: Kubernetes 1.{minor}, native sidecars "
+                f"{'on' if native else 'off'}, webhooks on {cfg.webhook_host}:{cfg.webhook_port}")
+
+
+@kopf.on.cleanup(id="cleanup")
+async def cleanup(memo: Any, **_: Any) -> None:
+    rt: Runtime | None = getattr(memo, "runtime", None)
+    if rt is not None:
+        await rt.agents.close()

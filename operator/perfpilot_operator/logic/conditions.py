@@ -1,0 +1,68 @@
+"""Status conditions (metav1.Condition shape) and pod counts, computed without I/O."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+CONDITION_TYPES = ("Ready", "ConfigApplied", "InjectionComplete", "Degraded", "Alerting",
+                   "ScalingActive")
+
+
+def now_iso(now: dt.datetime | None = None) -> str:
+    return (now or dt.datetime.now(dt.timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def set_condition(conditions: list[dict[str, Any]], *, type: str, status: bool, reason: str,
+                  message: str, generation: int, now: str | None = None) -> list[dict[str, Any]]:
+    """A new list with `type` set; lastTransitionTime moves only when the status flips."""
+    value = "True" if status else "False"
+    out = [dict(c) for c in conditions if c.get("type") != type]
+    old = next((c for c in conditions if c.get("type") == type), None)
+    changed = old is None or old.get("status") != value
+    out.append({
+        "type": type, "status": value, "reason": reason, "message": message[:1000],
+        "observedGeneration": generation,
+        "lastTransitionTime": (now or now_iso()) if changed else old["lastTransitionTime"],
+    })
+    order = {t: i for i, t in enumerate(CONDITION_TYPES)}
+    return sorted(out, key=lambda c: order.get(c["type"], len(order)))
+
+
+@dataclass(frozen=True)
+class PodView:
+    """What the operator knows about one selected pod."""
+
+    name: str
+    ip: str | None
+    running: bool
+    injected: bool
+    configured_generation: int = 0    # as last reported by its sidecar
+    healthy: bool = True
+
+
+@dataclass(frozen=True)
+class PodCounts:
+    selected: int
+    injected: int
+    configured: int
+    unhealthy: int
+    uninjected: tuple[str, ...]
+
+    def as_status(self) -> dict[str, int]:
+        return {"selected": self.selected, "injected": self.injected,
+                "configured": self.configured, "unhealthy": self.unhealthy,
+                "uninjected": len(self.uninjected)}
+
+
+def count_pods(pods: list[PodView], generation: int) -> PodCounts:
+    running = [p for p in pods if p.running]
+    injected = [p for p in running if p.injected]
+    return PodCounts(
+        selected=len(running),
+        injected=len(injected),
+        configured=sum(1 for p in injected if p.configured_generation >= generation),
+        unhealthy=sum(1 for p in injected if not p.healthy),
+        uninjected=tuple(sorted(p.name for p in running if not p.injected)),
+    )

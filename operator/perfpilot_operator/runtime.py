@@ -1,0 +1,19 @@
+"""Process-wide objects shared by the handlers (kept in kopf's memo)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from perfpilot_operator.clients.agents import AgentClients
+from perfpilot_operator.settings import Settings
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    agents: AgentClients
+    kube: Any = None                      # perfpilot_operator.clients.kube.Kube
+    native_sidecar: bool = True
+    ca_bundle: bytes = b""
+    tokens: dict[str, str] = field(default_factory=dict)   # namespace -> agent token

@@ -1,0 +1,75 @@
+"""Operator settings, read from the environment in one place (flags of the chart map to these)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from perfpilot_operator.logic.injection import SidecarTemplate
+from perfpilot_operator.logic.units import parse_duration
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+@dataclass(frozen=True)
+class Settings:
+    namespace: str = "perfpilot-system"
+    """The operator's own namespace; its pods are never sent to the pod webhook."""
+    webhook_host: str = "127.0.0.1"
+    """Address the webhook server listens on (0.0.0.0 in-cluster)."""
+    webhook_port: int = 9443
+    webhook_url_host: str = "127.0.0.1"
+    """Host the API server uses to reach the webhook when registering by URL (out-of-cluster)."""
+    webhook_service: str = ""
+    """'namespace/name' of the webhook Service when in-cluster; empty registers by URL."""
+    cert_dir: Path = Path.home() / ".cache" / "perfpilot" / "operator-certs"
+    """Serving cert, key and CA for the webhook; generated when absent."""
+    register_webhooks: bool = True
+    """Whether the operator keeps its webhook configurations in sync (the chart may own them)."""
+    failure_policy: str = "Fail"
+    """Pod webhook failurePolicy. Fail is safe: only opted-in pods are sent (objectSelector)."""
+    native_sidecar: str = "auto"
+    """auto: native sidecars (initContainers, restartPolicy Always) when the API server is >= 1.29."""
+    sidecar: SidecarTemplate = field(default_factory=SidecarTemplate)
+    rollout_concurrency: int = 32
+    """Sidecars configured at once."""
+    rpc_timeout: float = 2.0
+    resync_interval: float = 5.0
+    """Seconds between the periodic pass (late pods, stats, alerts, autoscaling, coverage)."""
+    metrics_port: int = 8080
+    health_port: int = 8081
+    health_host: str = "0.0.0.0"
+    """Where /healthz listens (the pod's probes need all interfaces; local runs use 127.0.0.1)."""
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        d = cls()
+        command = tuple(_env("PERFPILOT_SIDECAR_COMMAND", " ".join(d.sidecar.command)).split())
+        return cls(
+            namespace=_env("PERFPILOT_NAMESPACE", d.namespace),
+            webhook_host=_env("PERFPILOT_WEBHOOK_HOST", d.webhook_host),
+            webhook_port=int(_env("PERFPILOT_WEBHOOK_PORT", str(d.webhook_port))),
+            webhook_url_host=_env("PERFPILOT_WEBHOOK_URL_HOST", d.webhook_url_host),
+            webhook_service=_env("PERFPILOT_WEBHOOK_SERVICE", d.webhook_service),
+            cert_dir=Path(_env("PERFPILOT_CERT_DIR", str(d.cert_dir))),
+            register_webhooks=_env("PERFPILOT_REGISTER_WEBHOOKS", "true") == "true",
+            failure_policy=_env("PERFPILOT_WEBHOOK_FAILURE_POLICY", d.failure_policy),
+            native_sidecar=_env("PERFPILOT_NATIVE_SIDECAR", d.native_sidecar),
+            sidecar=SidecarTemplate(
+                image=_env("PERFPILOT_SIDECAR_IMAGE", d.sidecar.image),
+                command=command,
+                grpc_port=int(_env("PERFPILOT_SIDECAR_PORT", str(d.sidecar.grpc_port))),
+                metrics_port=int(_env("PERFPILOT_SIDECAR_METRICS_PORT",
+                                      str(d.sidecar.metrics_port))),
+            ),
+            rollout_concurrency=int(_env("PERFPILOT_ROLLOUT_CONCURRENCY",
+                                         str(d.rollout_concurrency))),
+            rpc_timeout=parse_duration(_env("PERFPILOT_RPC_TIMEOUT", "2s")),
+            resync_interval=parse_duration(_env("PERFPILOT_RESYNC_INTERVAL", "5s")),
+            metrics_port=int(_env("PERFPILOT_METRICS_PORT", str(d.metrics_port))),
+            health_port=int(_env("PERFPILOT_HEALTH_PORT", str(d.health_port))),
+            health_host=_env("PERFPILOT_HEALTH_HOST", d.health_host),
+        )
