@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -140,6 +141,9 @@ INVALID: list[Invalid] = [
             ("spec.alerts[1].threshold", "app_error_ratio is a ratio")),
     Invalid("autoscaling-on-cache-hit-ratio", {f"{AS}.metric": "cache_hit_ratio", f"{AS}.target": 0.9},
             (f"{AS}.metric", "cache_hit_ratio cannot drive autoscaling")),
+    Invalid("autoscaling-error-ratio-target-above-1",
+            {f"{AS}.metric": "app_error_ratio", f"{AS}.target": 5},
+            (f"{AS}.target", "app_error_ratio is a ratio: target must be > 0 and <= 1, got 5")),
     Invalid("autoscaling-without-target", {"spec.target": DELETE},
             ("spec.target", "Required value", "target is required when autoscaling is set")),
     # --- required fields
@@ -358,19 +362,26 @@ def test_status_subresource_and_columns(crd: LocalCluster, namespace: str) -> No
                          {"name": "ErrorsHigh", "state": "pending", "severity": "critical",
                           "since": "2026-01-01T00:00:00Z", "value": 0.07}],
     }
-    # A patch of the main resource does not touch status ...
-    crd.kubectl("patch", "pp", "agents", "-n", namespace, "--type=merge",
-                "-p", json.dumps({"status": status}))
-    got = json.loads(crd.kubectl("get", "pp", "agents", "-n", namespace, "-o", "json").stdout)
-    assert "status" not in got or not got["status"].get("pods")
-    # ... the status subresource does.
-    crd.kubectl("patch", "pp", "agents", "-n", namespace, "--subresource=status", "--type=merge",
-                "-p", json.dumps({"status": status}))
-    got = json.loads(crd.kubectl("get", "pp", "agents", "-n", namespace, "-o", "json").stdout)
-    assert got["status"]["pods"] == status["pods"]
-    assert got["status"]["replicas"]["desired"] == 4
-    header, row = crd.kubectl("get", "pp", "-n", namespace).stdout.splitlines()[:2]
-    cells = dict(zip(header.split(), row.split()))
+    # A patch of the main resource does not touch status (the response is the stored object;
+    # an operator running against this cluster may write its own status, never these numbers) ...
+    main = crd.kubectl("patch", "pp", "agents", "-n", namespace, "--type=merge", "-o", "json",
+                       "-p", json.dumps({"status": status}))
+    assert json.loads(main.stdout).get("status", {}).get("pods", {}).get("selected") != 3
+    # ... the status subresource does. Retried, in case a running operator rewrites status
+    # between our patch and our read.
+    cells: dict[str, str] = {}
+    for _ in range(5):
+        patched = crd.kubectl("patch", "pp", "agents", "-n", namespace, "--subresource=status",
+                              "--type=merge", "-o", "json", "-p", json.dumps({"status": status}))
+        stored = json.loads(patched.stdout)["status"]
+        assert stored["pods"] == status["pods"]
+        assert stored["replicas"]["desired"] == 4
+        assert [a["state"] for a in stored["activeAlerts"]] == ["firing", "pending"]
+        header, row = crd.kubectl("get", "pp", "-n", namespace).stdout.splitlines()[:2]
+        cells = dict(zip(header.split(), row.split()))
+        if cells.get("SELECTED") == "3":
+            break
+        time.sleep(0.5)
     assert cells["READY"] == "True"
     assert cells["SELECTED"] == cells["INJECTED"] == cells["CONFIGURED"] == cells["REPLICAS"] == "3"
     assert cells["ALERTS"] == "HeartbeatSlow"  # only the firing one

@@ -352,3 +352,20 @@ def test_chart_copy_is_identical_when_present() -> None:
     if not chart_copy.exists():
         pytest.skip("the chart does not ship crds/perfprofile.yaml yet")
     assert chart_copy.read_bytes() == CRD_PATH.read_bytes()
+
+
+# ---------------------------------------------------------------- docs
+def test_reference_doc_is_fresh() -> None:
+    import crd_reference
+
+    current = crd_reference.DOC.read_text(encoding="utf-8")
+    assert crd_reference.splice(current, crd_reference.render()) == current, (
+        "docs/crd-reference.md is stale: run python tests/crd/crd_reference.py")
+
+
+def test_reference_doc_mentions_every_field() -> None:
+    text = (ROOT / "docs" / "crd-reference.md").read_text(encoding="utf-8")
+    missing = [p for p, _ in properties(SCHEMA)
+               if p not in {"apiVersion", "kind", "metadata", "spec", "status"}
+               and f"`{p}`" not in text]
+    assert not missing, missing
