@@ -63,6 +63,7 @@ spec.autoscaling.onMissingMetrics
 status.observedGeneration status.conditions[].type status.conditions[].status
 status.conditions[].reason status.conditions[].message status.conditions[].lastTransitionTime
 status.pods.selected status.pods.injected status.pods.configured status.pods.unhealthy
+status.pods.uninjected
 status.replicas.current status.replicas.desired status.replicas.lastScaleTime
 status.replicas.reason status.activeAlerts[].name status.activeAlerts[].severity
 status.activeAlerts[].since status.activeAlerts[].value
