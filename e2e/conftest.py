@@ -7,13 +7,18 @@ in which case it is left running afterwards). Each test gets its own namespace.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from e2e.harness.cluster import LocalCluster
+from e2e.harness.cluster import ROOT, LocalCluster
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -48,3 +53,88 @@ def namespace(cluster: LocalCluster) -> Iterator[str]:
         time.sleep(0.1)
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def _wait_for(predicate, what: str, timeout: float = 30.0, interval: float = 0.1):  # type: ignore[no-untyped-def]
+    """Poll until predicate() is truthy; fail naming `what`. Returns the truthy value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def wait_for():  # type: ignore[no-untyped-def]
+    return _wait_for
+
+
+def _start_process(cluster: LocalCluster, name: str, cmd: list[str],
+                   env: dict[str, str]) -> subprocess.Popen[bytes]:
+    log = (cluster.logs / f"{name}.log").open("ab")
+    return subprocess.Popen(cmd, env={**cluster.env(), **env}, stdout=log,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True, cwd=ROOT)
+
+
+def _stop_process(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def podrunner(cluster: LocalCluster) -> Iterator[subprocess.Popen[bytes]]:
+    """Real sidecar processes for injected pods (see e2e/harness/podrunner.py)."""
+    proc = _start_process(cluster, "podrunner",
+                          [sys.executable, "-m", "e2e.harness.podrunner"], {})
+    yield proc
+    _stop_process(proc)
+
+
+E2E_WEBHOOK_PORT = 19443
+E2E_HEALTH_PORT = 18081
+
+
+@pytest.fixture(scope="session")
+def operator(cluster: LocalCluster, podrunner: subprocess.Popen[bytes]
+             ) -> Iterator[subprocess.Popen[bytes]]:
+    """perfpilot-operator as its own process against the cluster, webhooks registered by URL."""
+    env = {
+        "PERFPILOT_WEBHOOK_PORT": str(E2E_WEBHOOK_PORT),
+        "PERFPILOT_HEALTH_HOST": "127.0.0.1",
+        "PERFPILOT_HEALTH_PORT": str(E2E_HEALTH_PORT),
+        "PERFPILOT_CERT_DIR": str(cluster.state / "operator-certs"),
+        "PERFPILOT_RESYNC_INTERVAL": "1s",
+    }
+    proc = _start_process(cluster, "operator",
+                          [str(Path(sys.executable).parent / "perfpilot-operator")], env)
+
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"perfpilot-operator exited {proc.returncode}; see "
+                               f"{cluster.logs / 'operator.log'}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{E2E_HEALTH_PORT}/healthz",
+                                        timeout=1) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    _wait_for(healthy, "the operator's /healthz", timeout=60)
+    _wait_for(lambda: cluster.kubectl("get", "mutatingwebhookconfiguration",
+                                      "perfpilot-pod-injector", check=False).returncode == 0,
+              "the pod webhook registration")
+    yield proc
+    _stop_process(proc)
+    cluster.kubectl("delete", "mutatingwebhookconfiguration", "perfpilot-pod-injector",
+                    "--ignore-not-found", check=False)
+    cluster.kubectl("delete", "validatingwebhookconfiguration", "perfpilot-profile-validator",
+                    "--ignore-not-found", check=False)

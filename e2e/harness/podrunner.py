@@ -102,6 +102,7 @@ class PodRunner:
         self.root = cluster.state / "pods"
         self.running: dict[str, RunningSidecar] = {}
         self._stop = threading.Event()
+        self._waiting: set[str] = set()
         from kubernetes import client, config  # only the runner needs the API client
 
         self._api_client = config.new_client_from_config(config_file=str(cluster.kubeconfig))
@@ -125,7 +126,15 @@ class PodRunner:
         key = f"{meta['namespace']}/{meta['name']}"
         root = self.root / f"{meta['namespace']}_{meta['name']}_{meta['uid'][:8]}"
         root.mkdir(parents=True, exist_ok=True)
-        env = map_paths(resolve_env(container, pod, self.read_secret), container, root)
+        try:
+            env = map_paths(resolve_env(container, pod, self.read_secret), container, root)
+        except LookupError as e:
+            # Like a kubelet: the container waits (CreateContainerConfigError) until it exists.
+            if key not in self._waiting:
+                _log(f"{key}: waiting: {e}")
+                self._waiting.add(key)
+            return
+        self._waiting.discard(key)
         cmd = [*container.get("command", []), *container.get("args", [])]
         if cmd and not os.path.isabs(cmd[0]) and (self.bin / cmd[0]).exists():
             cmd[0] = str(self.bin / cmd[0])   # the venv's console script stands in for the image

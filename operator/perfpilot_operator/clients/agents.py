@@ -49,6 +49,11 @@ class AgentClients:
             ch = grpc.aio.insecure_channel(target.address, options=[
                 ("grpc.keepalive_time_ms", 30_000),
                 ("grpc.enable_retries", 0),
+                # A pod's sidecar may start after its IP appears: reconnect quickly, not after
+                # gRPC's default backoff of up to two minutes.
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 1000),
             ])
             self._channels[target.address] = ch
         return pb_grpc.AgentStub(ch)

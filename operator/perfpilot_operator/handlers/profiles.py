@@ -47,10 +47,11 @@ async def sync(*, rt: Runtime, memo: Any, namespace: str, name: str, generation:
             del applied[key]
             await rt.agents.forget(f"{key.split('@', 1)[1]}:{rt.settings.sidecar.grpc_port}")
 
+    # The sidecars read this Secret at start (a required env var): create it before any pod.
+    token = await rt.kube.ensure_token(namespace, rt.settings.sidecar.token_secret)
     todo = [p for p in pods if p.running and p.injected and p.ip
             and applied.get(f"{p.name}@{p.ip}", 0) < generation]
     if todo:
-        token = await rt.kube.ensure_token(namespace, rt.settings.sidecar.token_secret)
         request = configure_request(spec, generation)
         port = rt.settings.sidecar.grpc_port
 

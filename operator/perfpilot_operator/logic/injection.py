@@ -73,7 +73,7 @@ def sidecar_container(profile_ns: str, profile_name: str, tmpl: SidecarTemplate,
         {"name": "PERFPILOT_PROFILE", "value": f"{profile_ns}/{profile_name}"},
         {"name": "PERFPILOT_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "PERFPILOT_TOKEN", "valueFrom": {"secretKeyRef": {
-            "name": tmpl.token_secret, "key": "token", "optional": True}}},
+            "name": tmpl.token_secret, "key": "token"}}},
         *({"name": k, "value": v} for k, v in tmpl.extra_env),
     ]
     container: dict[str, Any] = {

@@ -1,0 +1,136 @@
+"""The operator on the real control plane, with real sidecar processes for the injected pods:
+inject, configure, reconfigure live without restarts, refuse conflicting profiles."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+from typing import Any
+
+import grpc
+import pytest
+
+from e2e.harness.cluster import LocalCluster
+from perfpilot.v1 import agent_pb2 as pb
+from perfpilot.v1 import agent_pb2_grpc as pb_grpc
+
+pytestmark = pytest.mark.usefixtures("operator")
+
+PROFILE = """
+apiVersion: perfpilot.io/v1alpha1
+kind: PerfProfile
+metadata: {name: agents}
+spec:
+  selector: {matchLabels: {app: agent}}
+  resources:
+    app: {container: agent, requests: {cpu: 500m, memory: 512Mi}, limits: {cpu: "2", memory: 2Gi}}
+    sidecar: {requests: {cpu: 50m, memory: 64Mi}, limits: {cpu: 500m, memory: 256Mi}}
+  pools: {processWorkers: 1, maxQueue: 100}
+  cache: {ttl: 5m, maxEntries: 1000}
+"""
+
+DEPLOYMENT = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: agent}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: agent}}
+  template:
+    metadata: {labels: {app: agent, perfpilot.io/inject: "true"}}
+    spec:
+      containers: [{name: agent, image: example.invalid/agent:1}]
+"""
+
+
+def get_json(cluster: LocalCluster, *args: str) -> Any:
+    return json.loads(cluster.kubectl("get", *args, "-o", "json").stdout)
+
+
+def profile_status(cluster: LocalCluster, ns: str) -> dict[str, Any]:
+    return get_json(cluster, "perfprofile", "agents", "-n", ns).get("status", {})
+
+
+def agent_config(cluster: LocalCluster, ns: str, ip: str) -> pb.GetConfigResponse:
+    """Ask the sidecar itself, over TCP with the namespace's token: the ground truth."""
+    secret = get_json(cluster, "secret", "perfpilot-agent-token", "-n", ns)
+    token = base64.b64decode(secret["data"]["token"]).decode()
+    with grpc.insecure_channel(f"{ip}:50051") as ch:
+        return pb_grpc.AgentStub(ch).GetConfig(
+            pb.GetConfigRequest(), timeout=5, metadata=(("authorization", f"Bearer {token}"),))
+
+
+def test_profile_injects_configures_and_reconfigures_live(cluster: LocalCluster, namespace: str,
+                                                          wait_for: Any) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=PROFILE)
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=DEPLOYMENT)
+
+    # Injected at admission with the profile's resources.
+    pods = wait_for(lambda: [p for p in get_json(cluster, "pods", "-n", namespace,
+                                                 "-l", "app=agent")["items"]
+                             if p["status"].get("podIP")] or None, "pods with IPs")
+    for pod in pods:
+        sidecar = [c for c in pod["spec"].get("initContainers", [])
+                   if c["name"] == "perfpilot-agent"]
+        assert sidecar and sidecar[0]["restartPolicy"] == "Always", "native sidecar expected"
+        assert sidecar[0]["resources"]["limits"] == {"cpu": "500m", "memory": "256Mi"}
+        app = next(c for c in pod["spec"]["containers"] if c["name"] == "agent")
+        assert app["resources"]["limits"] == {"cpu": "2", "memory": "2Gi"}
+        assert pod["metadata"]["labels"]["perfpilot.io/profile"] == "agents"
+
+    # Every sidecar configured at generation 1; the status says so and the sidecars agree.
+    def configured(gen: int) -> dict[str, Any] | None:
+        st = profile_status(cluster, namespace)
+        pods = st.get("pods", {})
+        ok = (st.get("observedGeneration") == gen and pods.get("selected") == 3
+              and pods.get("configured") == 3)
+        return st if ok else None
+
+    st = wait_for(lambda: configured(1), "3/3 sidecars configured at generation 1", timeout=60)
+    ready = next(c for c in st["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True", st["conditions"]
+    before = {p["metadata"]["uid"]: p["status"]["podIP"] for p in
+              get_json(cluster, "pods", "-n", namespace, "-l", "app=agent")["items"]}
+    for ip in before.values():
+        cfg = agent_config(cluster, namespace, ip)
+        assert cfg.generation == 1 and cfg.config.pools.process_workers == 1
+
+    # A live change reaches every sidecar; no pod is replaced or restarted.
+    cluster.kubectl("patch", "perfprofile", "agents", "-n", namespace, "--type=merge", "-p",
+                    '{"spec": {"pools": {"processWorkers": 2}, "cache": {"ttl": "30s"}}}')
+    wait_for(lambda: configured(2), "3/3 sidecars configured at generation 2", timeout=60)
+    after = get_json(cluster, "pods", "-n", namespace, "-l", "app=agent")["items"]
+    assert {p["metadata"]["uid"]: p["status"]["podIP"] for p in after} == before
+    assert all(cs.get("restartCount", 0) == 0 for p in after
+               for cs in p["status"].get("containerStatuses", []))
+    for ip in before.values():
+        cfg = agent_config(cluster, namespace, ip)
+        assert cfg.generation == 2
+        assert cfg.config.pools.process_workers == 2
+        assert cfg.config.cache.ttl.seconds == 30
+
+
+def test_overlapping_profile_is_refused_naming_the_other(cluster: LocalCluster,
+                                                         namespace: str) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=PROFILE)
+    other = PROFILE.replace("name: agents", "name: rival")
+    out = cluster.kubectl("apply", "-n", namespace, "-f", "-", input=other, check=False)
+    assert out.returncode != 0
+    assert "spec.selector overlaps PerfProfile 'agents'" in out.stderr
+
+
+def test_opted_in_pod_without_profile_is_admitted_with_a_warning(cluster: LocalCluster,
+                                                                 namespace: str) -> None:
+    pod = """
+apiVersion: v1
+kind: Pod
+metadata: {name: loner, labels: {app: loner, perfpilot.io/inject: "true"}}
+spec:
+  containers: [{name: app, image: example.invalid/app:1}]
+"""
+    out = cluster.kubectl("apply", "-n", namespace, "-f", "-", input=pod)
+    assert "no PerfProfile" in out.stderr and "admitted without a sidecar" in out.stderr
+    created = get_json(cluster, "pod", "loner", "-n", namespace)
+    assert [c["name"] for c in created["spec"]["containers"]] == ["app"]
+    assert "initContainers" not in created["spec"]
