@@ -216,6 +216,7 @@ class AgentApp:
             except InvalidArgument as exc:
                 raise ValueError(f"invalid --config: {exc}") from None
         self._apply_now(LiveConfig(), self.config)
+        self.events.bind(asyncio.get_running_loop())
         await self.health.set_serving(False)
         options = [
             ("grpc.max_receive_message_length", self.settings.max_message_bytes),

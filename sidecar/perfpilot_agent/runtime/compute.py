@@ -93,7 +93,6 @@ class KernelRunner:
         self._registry: Any | None = None
         self._registry_loaded = False
         self._last_overload = 0.0
-        self._restarts_seen = 0
         self._tensors: Any = None  # server.tensors, imported on the first RunKernel
         self._outputs: Any = None  # tensors.OutputSegments
 
@@ -133,6 +132,8 @@ class KernelRunner:
                     pool = self.pool_factory(cfg, self.settings)
                 except ImportError as exc:
                     raise FailedPrecondition(f"kernels are not installed in this agent: {exc}") from None
+                if hasattr(pool, "on_event") and pool.on_event is None:
+                    pool.on_event = self._pool_event
                 await pool.start(warm=list(cfg.kernels.warm))
                 self.pool = pool
                 self.events.publish(pb.EVENT_TYPE_POOL_RESIZED, f"kernel pool started with {cfg.pools.process_workers} workers",
@@ -161,15 +162,15 @@ class KernelRunner:
             self._outputs.reap(everything=True)
 
     def housekeeping(self) -> None:
-        """Periodic: notice worker restarts; unlink stale output segments."""
-        if self.pool is not None:
-            restarts = int(getattr(self.pool.stats(), "restarts", 0))
-            if restarts > self._restarts_seen:
-                self.events.publish(pb.EVENT_TYPE_WORKER_DIED, f"{restarts - self._restarts_seen} kernel worker(s) died and were restarted",
-                                    {"restarts": str(restarts)})
-                self._restarts_seen = restarts
+        """Periodic: unlink output segments nobody collected."""
         if self._outputs is not None:
             self._outputs.reap()
+
+    def _pool_event(self, kind: str, detail: dict[str, Any]) -> None:
+        """KernelPool's event hook: worker deaths become WORKER_DIED events (resizes are published by apply)."""
+        if kind == "worker_died":
+            attrs = {k: str(v)[:200] for k, v in detail.items()}
+            self.events.publish_threadsafe(pb.EVENT_TYPE_WORKER_DIED, f"kernel worker died: {attrs}", attrs)
 
     # -- RunKernel ------------------------------------------------------------------------------
 
@@ -234,7 +235,7 @@ class KernelRunner:
             params = t.decode_params(req.params)
             errors = importlib.import_module("perfpilot_agent.kernels.errors")
             try:
-                reg.validate_inputs(req.kernel, inputs, params)
+                reg.validate_inputs(req.kernel, inputs, params, check_values=False)  # O(1); values: in the worker
             except errors.KernelInputError as exc:
                 raise InvalidArgument(str(exc)) from None
             key = None
@@ -252,7 +253,6 @@ class KernelRunner:
                 self.overloaded(self.admission)
                 raise ResourceExhausted(str(exc)) from None
             except errors.WorkerDied as exc:
-                self.events.publish(pb.EVENT_TYPE_WORKER_DIED, str(exc), {"kernel": req.kernel})
                 raise Unavailable(f"kernel worker died: {exc}") from None
             except errors.PoolClosed as exc:
                 raise Unavailable(f"kernel pool is closed: {exc}") from None

@@ -104,6 +104,10 @@ class EventBus:
             sub.push(event)
         return event
 
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Remember the loop publish_threadsafe hops onto."""
+        self._loop = loop
+
     def publish_threadsafe(self, type_: int, message: str, attributes: Mapping[str, str] | None = None) -> None:
         """Publish from another thread by hopping onto the loop."""
         loop = self._loop

@@ -1,0 +1,269 @@
+"""AsyncAgentClient: the asyncio client for apps (FastAPI, aiohttp, agent frameworks).
+
+Same behaviour as AgentClient, with asyncio tasks instead of threads: the grpc.aio channel and the
+background tasks are created on first use inside the running loop (a grpc.aio channel is bound to
+its loop). `measure()` works both as `with` and `async with`; the hot path never awaits.
+Config callbacks may be plain functions or coroutine functions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from perfpilot.v1 import agent_pb2 as pb
+from perfpilot.v1 import agent_pb2_grpc as pb_grpc
+from perfpilot_client import tensors
+from perfpilot_client.client import _Base
+from perfpilot_client.config import AgentConfig
+from perfpilot_client.measure import Measure
+
+log = logging.getLogger(__name__)
+
+
+class AsyncAgentClient(_Base):
+    """asyncio client. `async with AsyncAgentClient() as agent:` or `await agent.close()`."""
+
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        token: str | None = None,
+        timeout: float = 10.0,
+        shm_threshold: int | None = None,
+        batch_size: int | None = None,
+        batch_wait: float | None = None,
+        max_message_bytes: int = 64 << 20,
+    ) -> None:
+        super().__init__(target, token=token, timeout=timeout, shm_threshold=shm_threshold,
+                         batch_size=batch_size, batch_wait=batch_wait, max_message_bytes=max_message_bytes)
+        self._channel: aio.Channel | None = None
+        self._stub: pb_grpc.AgentStub | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._flusher: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
+        self._full: asyncio.Event | None = None
+        self._watching = asyncio.Event()
+        self._attempted = asyncio.Event()
+        self._closed = False
+
+    async def __aenter__(self) -> AsyncAgentClient:
+        self.stub  # noqa: B018 - open the channel now
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def stub(self) -> pb_grpc.AgentStub:
+        """The stub on this loop's channel (created on first use)."""
+        if self._stub is None:
+            self._loop = asyncio.get_running_loop()
+            self._loop_thread = threading.get_ident()
+            self._channel = aio.insecure_channel(self.target, options=self.channel_options)
+            self._stub = pb_grpc.AgentStub(self._channel)
+        return self._stub
+
+    async def close(self) -> None:
+        """Flush timings, stop the watcher, close the channel."""
+        self._closed = True
+        if self._flusher is not None:
+            assert self._wake is not None and self._full is not None
+            self._wake.set()
+            self._full.set()
+            await asyncio.wait({self._flusher}, timeout=5)
+            self._flusher.cancel()
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+        if self._channel is not None:
+            await self._channel.close()
+
+    # -- plain calls -------------------------------------------------------------------------------
+
+    async def heartbeat(self, sequence: int = 0) -> pb.HeartbeatResponse:
+        """One Heartbeat."""
+        return await self.stub.Heartbeat(pb.HeartbeatRequest(sequence=sequence), timeout=self.timeout,
+                                         metadata=self.metadata)
+
+    async def stats(self) -> pb.GetStatsResponse:
+        """GetStats snapshot."""
+        return await self.stub.GetStats(pb.GetStatsRequest(), timeout=self.timeout, metadata=self.metadata)
+
+    async def configure(self, generation: int, config: pb.AgentConfig) -> pb.ConfigureResponse:
+        """Push a config (the operator's job; useful for tools and tests)."""
+        return await self.stub.Configure(pb.ConfigureRequest(generation=generation, config=config),
+                                         timeout=self.timeout, metadata=self.metadata)
+
+    async def wait_for_ready(self) -> None:
+        """Wait until the channel is connected."""
+        await self.stub.Heartbeat(pb.HeartbeatRequest(), wait_for_ready=True, timeout=self.timeout)
+
+    async def cache_get(self, key: str) -> bytes | None:
+        """The cached value, or None."""
+        r = await self.stub.CacheGet(pb.CacheGetRequest(key=key), timeout=self.timeout, metadata=self.metadata)
+        return r.value if r.found else None
+
+    async def cache_put(self, key: str, value: bytes, *, ttl: float | None = None) -> None:
+        """Store a value (ttl in seconds; None = the profile's cache.ttl)."""
+        req = pb.CachePutRequest(key=key, value=value)
+        if ttl is not None:
+            req.ttl.FromNanoseconds(int(ttl * 1e9))
+        await self.stub.CachePut(req, timeout=self.timeout, metadata=self.metadata)
+
+    async def cache_invalidate(self, prefix: str = "") -> int:
+        """Remove entries by key prefix; returns how many went."""
+        r = await self.stub.CacheInvalidate(pb.CacheInvalidateRequest(prefix=prefix), timeout=self.timeout,
+                                            metadata=self.metadata)
+        return int(r.removed)
+
+    async def run_kernel(self, kernel: str, /, *, use_cache: bool = False, **inputs: Any) -> dict[str, Any]:
+        """Run a kernel: arrays become inputs, scalars params; returns NumPy arrays."""
+        segments = tensors.Segments()
+        try:
+            req = tensors.build_request(kernel, inputs, use_cache=use_cache,
+                                        shm_threshold=self.shm_threshold, segments=segments)
+            resp = await self.stub.RunKernel(req, timeout=self.timeout, metadata=self.metadata)
+        finally:
+            segments.close()
+        return tensors.decode_outputs(resp)
+
+    # -- timings -------------------------------------------------------------------------------------
+
+    def measure(self, op: str) -> Measure:
+        """`with`/`async with agent.measure("op"):` — call from the loop the client runs on."""
+        if self._flusher is None:
+            self.stub  # noqa: B018 - bind to this loop
+            self._wake, self._full = asyncio.Event(), asyncio.Event()
+            self.timings.on_first = lambda: self._signal(self._wake)
+            self.timings.on_full = lambda: self._signal(self._full)
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+        return Measure(self.timings, op)
+
+    def _signal(self, event: asyncio.Event | None) -> None:
+        """Set an asyncio.Event from the loop thread or, safely, from any other thread."""
+        if event is None or self._loop is None:
+            return
+        if threading.get_ident() == self._loop_thread:
+            event.set()
+        else:
+            self._loop.call_soon_threadsafe(event.set)
+
+    async def _flush_loop(self) -> None:
+        assert self._wake is not None and self._full is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if not self._closed and len(self.timings.items) < self.timings.batch_size:
+                try:
+                    await asyncio.wait_for(self._full.wait(), self.timings.batch_wait)
+                except asyncio.TimeoutError:
+                    pass
+            self._full.clear()
+            await self.flush()
+            if self._closed:
+                return
+            if self.timings.items:
+                self._wake.set()
+
+    async def flush(self) -> None:
+        """Send buffered timings now."""
+        while (req := self.timings.drain()) is not None:
+            n = sum(len(o.durations_seconds) for o in req.ops)
+            try:
+                await self.stub.RecordTimings(req, timeout=self.timeout, metadata=self.metadata)
+                self.timings.sent += n
+            except grpc.RpcError:
+                self.timings.failed += n
+
+    # -- live config ---------------------------------------------------------------------------------
+
+    async def get_config(self) -> AgentConfig:
+        """The live config; the first call subscribes to changes, later calls are free while subscribed."""
+        await self._ensure_watcher()
+        cfg = self._config
+        if cfg is None or not self._watching.is_set():
+            cfg = await self.refresh_config()
+        return cfg
+
+    @property
+    def config(self) -> AgentConfig:
+        """Last known config (await get_config() once first)."""
+        if self._config is None:
+            raise RuntimeError("no config yet: await agent.get_config() first")
+        return self._config
+
+    async def refresh_config(self) -> AgentConfig:
+        """Read the config now; fires callbacks if it changed."""
+        r = await self.stub.GetConfig(pb.GetConfigRequest(), timeout=self.timeout, metadata=self.metadata)
+        changed = self._adopt(r.generation, r.config)
+        if changed is not None:
+            await self._fire_async(changed)
+        assert self._config is not None
+        return self._config
+
+    async def on_config_change(self, callback: Callable[[AgentConfig], Any]) -> None:
+        """Call `callback(config)` (sync or async) whenever a newer config is applied."""
+        self._callbacks.append(callback)
+        await self._ensure_watcher()
+
+    async def _fire_async(self, cfg: AgentConfig) -> None:
+        for cb in list(self._callbacks):
+            try:
+                result = cb(cfg)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:  # noqa: BLE001
+                log.exception("config change callback failed")
+
+    async def _ensure_watcher(self) -> None:
+        if self._watcher is None:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        try:
+            await asyncio.wait_for(self._attempted.wait(), self.timeout)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _watch(self) -> None:
+        backoff = 0.1
+        while not self._closed:
+            try:
+                call = self.stub.WatchEvents(pb.WatchEventsRequest(types=[pb.EVENT_TYPE_CONFIG_APPLIED]),
+                                             metadata=self.metadata)
+                first = True
+                async for batch in call:
+                    if first:
+                        first = False
+                        await self.refresh_config()
+                        self._watching.set()
+                        self._attempted.set()
+                        backoff = 0.1
+                    for ev in batch.events:
+                        changed = self._adopt(ev.generation, ev.config)
+                        if changed is not None:
+                            await self._fire_async(changed)
+                self._watching.clear()
+            except grpc.RpcError as exc:
+                self._watching.clear()
+                self._attempted.set()
+                if self._closed or exc.code() == grpc.StatusCode.CANCELLED:
+                    return
+                log.debug("config watch interrupted: %s", exc)
+            await asyncio.sleep(backoff)  # reconnect backoff, not synchronisation
+            backoff = min(backoff * 2, 5.0)
+
+    def watch_events(
+        self, types: Sequence[int] = (), *, since: int = 0, max_batch: int = 0
+    ) -> AsyncIterator[pb.EventBatch]:
+        """Raw WatchEvents stream (the first batch arrives at once and may be empty)."""
+        req = pb.WatchEventsRequest(types=list(types), since_sequence=since, max_batch=max_batch)
+        return self.stub.WatchEvents(req, metadata=self.metadata)  # type: ignore[no-any-return]

@@ -1,0 +1,101 @@
+"""NumPy arrays <-> wire tensors for the client, with shared memory for large arrays.
+
+Segments the client creates are unlinked as soon as the call returns; output segments created by
+the agent are copied into ordinary arrays and unlinked here (the caller owns them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from multiprocessing import shared_memory
+from typing import Any
+
+import numpy as np
+
+from perfpilot.v1 import agent_pb2 as pb
+
+DTYPES: dict[int, np.dtype[Any]] = {
+    pb.DTYPE_FLOAT32: np.dtype("<f4"),
+    pb.DTYPE_FLOAT64: np.dtype("<f8"),
+    pb.DTYPE_INT32: np.dtype("<i4"),
+    pb.DTYPE_INT64: np.dtype("<i8"),
+}
+CODES: dict[str, int] = {dt.str: code for code, dt in DTYPES.items()}
+
+
+class Segments:
+    """Shared-memory segments created for one call; released with close()."""
+
+    def __init__(self) -> None:
+        self.items: list[shared_memory.SharedMemory] = []
+
+    def close(self) -> None:
+        """Close and unlink everything (the agent has finished reading)."""
+        for seg in self.items:
+            seg.close()
+            try:
+                seg.unlink()
+            except FileNotFoundError:
+                pass
+        self.items.clear()
+
+
+def encode(arr: Any, *, shm_threshold: int | None, segments: Segments) -> pb.Tensor:
+    """Array -> Tensor; arrays of at least shm_threshold bytes go through shared memory."""
+    a = np.asarray(arr)
+    code = CODES.get(a.dtype.newbyteorder("<").str)  # big-endian input is converted below
+    if code is None:
+        raise TypeError(f"unsupported dtype {a.dtype}; use float32, float64, int32 or int64")
+    a = np.ascontiguousarray(a, dtype=DTYPES[code])
+    if shm_threshold is not None and a.nbytes >= shm_threshold:
+        seg = shared_memory.SharedMemory(create=True, size=max(a.nbytes, 1))
+        segments.items.append(seg)
+        view = np.ndarray(a.shape, dtype=a.dtype, buffer=seg.buf)
+        view[...] = a
+        del view
+        return pb.Tensor(dtype=code, shape=a.shape, shm=pb.SharedMemoryRef(name=seg.name, offset=0))  # type: ignore[arg-type]
+    return pb.Tensor(dtype=code, shape=a.shape, raw=a.tobytes())  # type: ignore[arg-type]
+
+
+def decode(t: pb.Tensor) -> np.ndarray:
+    """Tensor -> a fresh, writable array (shared-memory outputs are copied and unlinked)."""
+    dtype = DTYPES[t.dtype]
+    shape = tuple(t.shape)
+    if t.WhichOneof("data") == "shm":
+        seg = shared_memory.SharedMemory(name=t.shm.name, create=False)
+        try:
+            count = int(np.prod(shape, dtype=np.int64))
+            out = np.frombuffer(seg.buf, dtype=dtype, count=count, offset=t.shm.offset).reshape(shape).copy()
+        finally:
+            seg.close()
+            try:
+                seg.unlink()
+            except FileNotFoundError:
+                pass
+        return out
+    return np.frombuffer(t.raw, dtype=dtype).reshape(shape).copy()
+
+
+def build_request(
+    kernel: str,
+    arrays: Mapping[str, Any],
+    *,
+    use_cache: bool,
+    shm_threshold: int | None,
+    segments: Segments,
+) -> pb.RunKernelRequest:
+    """Split keyword arguments into array inputs and scalar params."""
+    req = pb.RunKernelRequest(kernel=kernel, use_cache=use_cache)
+    if shm_threshold is not None:
+        req.output_placement = pb.OUTPUT_PLACEMENT_SHARED_MEMORY
+    for name, value in arrays.items():
+        if isinstance(value, (bool, int, float, np.integer, np.floating)) and np.ndim(value) == 0:
+            req.params[name] = float(value)
+        else:
+            req.inputs[name].CopyFrom(encode(value, shm_threshold=shm_threshold, segments=segments))
+    return req
+
+
+def decode_outputs(resp: pb.RunKernelResponse) -> dict[str, np.ndarray]:
+    """All outputs as arrays."""
+    return {name: decode(t) for name, t in resp.outputs.items()}
