@@ -302,7 +302,8 @@ def test_the_walker_is_not_vacuous() -> None:
         "spec.pools.processWorkers": lambda d: d["spec"]["pools"].__setitem__("processWorkers", 65),
         "spec.alerts[0].op": lambda d: d["spec"]["alerts"][0].__setitem__("op", "="),
         "spec.heartbeat.interval": lambda d: d["spec"]["heartbeat"].__setitem__("interval", "1d"),
-        "spec.autoscaling.tolerance": lambda d: d["spec"]["autoscaling"].__setitem__("tolerance", 1),
+        "spec.autoscaling.tolerance":
+            lambda d: d["spec"]["autoscaling"].__setitem__("tolerance", 1),
         "spec.selector": lambda d: d["spec"].pop("selector"),
         "spec.alerts": lambda d: d["spec"]["alerts"].append(dict(d["spec"]["alerts"][0])),
         "spec.kernels.warm": lambda d: d["spec"]["kernels"].__setitem__("warm", ["a", "a"]),
