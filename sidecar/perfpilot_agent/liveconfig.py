@@ -193,7 +193,8 @@ def parse_duration(text: str) -> float:
     if s in ("0", "+0", "-0"):
         return 0.0
     sign = -1.0 if s.startswith("-") else 1.0
-    s = s.lstrip("+-")
+    if s[:1] in ("+", "-"):
+        s = s[1:]
     pos, total = 0, 0.0
     for m in _PART_RE.finditer(s):
         if m.start() != pos:
