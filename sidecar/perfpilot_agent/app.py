@@ -90,6 +90,7 @@ class AgentApp:
         self.metrics: MetricsServer | None = None
         self.stopped = asyncio.Event()
         self.serving = asyncio.Event()
+        self.draining = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._apply_lock = asyncio.Lock()
         self._executor: ThreadPoolExecutor | None = None
@@ -288,7 +289,9 @@ class AgentApp:
         await self.health.shutdown()
         self.events.close_all()
         servers = [s for s in (self.unix_server, self.tcp_server) if s is not None]
-        await asyncio.gather(*(s.stop(grace) for s in servers))
+        stopping = [asyncio.ensure_future(s.stop(grace)) for s in servers]  # refuses new calls at once
+        self.draining.set()
+        await asyncio.gather(*stopping)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -39,12 +39,12 @@ class FakeStats:
 class FakePool:
     """KernelPool look-alike: NumPy reference results; `gate` holds calls (and start) until set."""
 
-    def __init__(self, workers: int, gate: asyncio.Event, start_gate: asyncio.Event) -> None:
+    def __init__(self, workers: int, owner: FakePools) -> None:
         self.workers = workers
-        self.gate = gate
-        self.start_gate = start_gate
+        self.owner = owner
+        self.gate = owner.gate
+        self.start_gate = owner.start_gate
         self.started_with: list[str] | None = None
-        self.entered = asyncio.Event()  # set when a call is waiting on the gate
         self.calls = 0
         self.resized: list[int] = []
         self.closed = False
@@ -60,8 +60,9 @@ class FakePool:
 
         self.calls += 1
         self.busy += 1
+        async with self.owner.changed:
+            self.owner.changed.notify_all()
         try:
-            self.entered.set()
             await self.gate.wait()
             registry.check_input_values(name, inputs, params)
             return registry.reference_numpy(name, inputs, params)
@@ -89,15 +90,21 @@ class FakePools:
     gate: asyncio.Event = field(default_factory=asyncio.Event)
     start_gate: asyncio.Event = field(default_factory=asyncio.Event)
     created: list[FakePool] = field(default_factory=list)
+    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     def __post_init__(self) -> None:
         self.gate.set()
         self.start_gate.set()
 
     def __call__(self, cfg: Any, settings: Settings) -> FakePool:
-        pool = FakePool(cfg.pools.process_workers, self.gate, self.start_gate)
+        pool = FakePool(cfg.pools.process_workers, self)
         self.created.append(pool)
         return pool
+
+    async def wait_busy(self, n: int) -> None:
+        """Return once `n` kernel calls are inside the pool (held by `gate` when it is clear)."""
+        async with self.changed:
+            await self.changed.wait_for(lambda: sum(p.busy for p in self.created) >= n)
 
 
 @dataclass

@@ -89,7 +89,8 @@ async def test_full_kernel_queue_is_rejected_at_once(make_agent: MakeAgent) -> N
     pools.gate.clear()  # kernel calls block in the pool until released
     agent = await make_agent(pools=pools, initial_config={"pools": {"maxQueue": 2}})
     first = [asyncio.ensure_future(agent.stub.RunKernel(topk_request())) for _ in range(2)]
-    await asyncio.wait_for(_until(lambda: agent.app.runner.admission.in_flight == 2, agent), 5)
+    await asyncio.wait_for(pools.wait_busy(2), 5)
+    assert agent.app.runner.admission.in_flight == 2
     call, nxt = await agent.watch(pb.EVENT_TYPE_OVERLOAD)
     with pytest.raises(grpc.aio.AioRpcError) as ei:
         await agent.stub.RunKernel(topk_request())
@@ -106,18 +107,12 @@ async def test_full_kernel_queue_is_rejected_at_once(make_agent: MakeAgent) -> N
     await agent.stub.Configure(pb.ConfigureRequest(generation=1, config=pb.AgentConfig(
         pools=pb.PoolsConfig(process_workers=2, thread_workers=2, max_queue=3, batch_size=1))))
     third = asyncio.ensure_future(agent.stub.RunKernel(topk_request()))
-    await asyncio.wait_for(_until(lambda: agent.app.runner.admission.in_flight == 3, agent), 5)
+    await asyncio.wait_for(pools.wait_busy(3), 5)
     pools.gate.set()
     results = await asyncio.gather(*first, third)
     assert all(list(r.outputs["indices"].shape) == [1, 2] for r in results)
     assert agent.app.runner.admission.in_flight == 0
     call.cancel()
-
-
-async def _until(predicate, agent: Agent) -> None:  # type: ignore[no-untyped-def]
-    """Yield to the loop until `predicate()` holds; each round trip is a real RPC, not a sleep."""
-    while not predicate():
-        await agent.heartbeat_ok()
 
 
 async def test_watchers_are_bounded(make_agent: MakeAgent) -> None:

@@ -1,9 +1,8 @@
 """Tensor wire format <-> NumPy, with every size checked before any allocation.
 
 Inline tensors are raw little-endian bytes viewed in place (np.frombuffer, no copy). Large arrays
-travel as shared-memory handles: the agent attaches to the caller's segment and views it. On
-Python < 3.13 attaching registers the segment with this process's resource_tracker, which would
-unlink the caller's segment when the agent exits, so the agent unregisters right after attaching.
+travel as shared-memory handles: the agent maps the caller's segment read-only and views it
+(see shm_attach for why it does not use SharedMemory to attach).
 Outputs placed in shared memory are created here, handed to the caller (who unlinks them) and
 reaped by the agent after a grace period if the caller never did.
 Imported lazily (first RunKernel), so a heartbeat-only agent never loads NumPy.
@@ -12,13 +11,15 @@ Imported lazily (first RunKernel), so a heartbeat-only agent never loads NumPy.
 from __future__ import annotations
 
 import math
+import mmap
+import os
 import re
-import sys
 import time
 from collections.abc import Mapping
 from multiprocessing import resource_tracker, shared_memory
 from typing import Any
 
+import _posixshmem  # type: ignore[import-not-found]  # POSIX shm_open/shm_unlink, as multiprocessing uses
 import numpy as np
 
 from perfpilot.v1 import agent_pb2 as pb
@@ -33,7 +34,6 @@ DTYPES: dict[int, np.dtype[Any]] = {
 CODES: dict[str, int] = {dt.str: code for code, dt in DTYPES.items()}
 MAX_DIMS = 8
 _SHM_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,200}$")
-_TRACKS_ATTACH = sys.version_info < (3, 13)
 
 
 def _fmt_bytes(n: int) -> str:
@@ -44,19 +44,39 @@ def _fmt_bytes(n: int) -> str:
     return str(n)  # pragma: no cover
 
 
-def shm_attach(name: str) -> shared_memory.SharedMemory:
-    """Attach to a caller-owned segment without letting our resource_tracker adopt it."""
-    seg = shared_memory.SharedMemory(name=name, create=False)
-    if _TRACKS_ATTACH:
-        resource_tracker.unregister(seg._name, "shared_memory")  # type: ignore[attr-defined]
-    return seg
+class Segment:
+    """A caller's segment mapped read-only; never registered with our resource_tracker."""
+
+    def __init__(self, name: str) -> None:
+        fd = _posixshmem.shm_open("/" + name, os.O_RDONLY, mode=0o600)
+        try:
+            self.size = os.fstat(fd).st_size
+            self.buf = mmap.mmap(fd, self.size, prot=mmap.PROT_READ) if self.size else None
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        """Unmap (raises BufferError while a view is alive)."""
+        if self.buf is not None:
+            self.buf.close()
 
 
-_DEFERRED: list[shared_memory.SharedMemory] = []
+def shm_attach(name: str) -> Segment:
+    """Map a caller-owned segment read-only.
+
+    multiprocessing.shared_memory.SharedMemory would register the segment with this process's
+    resource_tracker on Python < 3.13 (which would unlink it when the agent exits, and double-count
+    it when caller and agent share a process), so the agent maps it directly instead. Read-only
+    also means a kernel can never write into the app's memory.
+    """
+    return Segment(name)
+
+
+_DEFERRED: list[Segment] = []
 """Segments whose close() failed because a view was still alive (e.g. held by a traceback)."""
 
 
-def _try_close(seg: shared_memory.SharedMemory) -> bool:
+def _try_close(seg: Segment) -> bool:
     try:
         seg.close()
         return True
@@ -72,7 +92,7 @@ class Attachments:
     """
 
     def __init__(self) -> None:
-        self.segments: list[shared_memory.SharedMemory] = []
+        self.segments: list[Segment] = []
 
     def close(self) -> None:
         """Close this call's segments and retry earlier deferred ones."""
@@ -154,9 +174,9 @@ def _from_shm(
         raise InvalidArgument(
             f"{path}.shm: offset {ref.offset} + {nbytes} bytes exceeds the segment size {seg.size}"
         )
-    arr = np.frombuffer(seg.buf, dtype=dtype, count=count, offset=ref.offset).reshape(shape)
-    arr.flags.writeable = False
-    return arr
+    if nbytes == 0:
+        return np.empty(shape, dtype=dtype)
+    return np.frombuffer(seg.buf, dtype=dtype, count=count, offset=ref.offset).reshape(shape)  # type: ignore[arg-type]
 
 
 def decode_params(params: Mapping[str, float]) -> dict[str, float]:
@@ -202,12 +222,8 @@ class OutputSegments:
 def _unlink(name: str) -> None:
     """shm_unlink without touching the resource tracker (the segment was already unregistered)."""
     try:
-        from _posixshmem import shm_unlink  # type: ignore[import-not-found]
-
-        shm_unlink("/" + name if not name.startswith("/") else name)
+        _posixshmem.shm_unlink("/" + name if not name.startswith("/") else name)
     except FileNotFoundError:
-        pass
-    except ImportError:  # pragma: no cover - non-POSIX
         pass
 
 
