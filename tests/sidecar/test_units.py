@@ -156,3 +156,36 @@ def test_genprotos_check_fails_on_stale_stubs(tmp_path: Path, monkeypatch: pytes
     assert genprotos.main(["--check"]) == 1
     assert genprotos.main([]) == 0  # regenerating fixes it
     assert genprotos.main(["--check"]) == 0
+
+
+def test_settings_defaults_flags_and_env(tmp_path: Path) -> None:
+    from perfpilot_agent.config import DEFAULT_METRICS_PORT, DEFAULT_PORT, load_settings
+
+    s = load_settings([], env={})
+    assert (s.port, s.metrics_port, s.listen_host, s.token) == (DEFAULT_PORT, DEFAULT_METRICS_PORT, "127.0.0.1", None)
+    assert s.socket_path.endswith("agent.sock") and s.initial_config == {}
+    token = tmp_path / "token"
+    token.write_text("  abc \n")
+    env = {"PERFPILOT_PORT": "7000", "PERFPILOT_SOCKET": "/tmp/x.sock", "PERFPILOT_TOKEN": "from-env",
+           "PERFPILOT_CONFIG": '{"pools": {"processWorkers": 3}}', "PERFPILOT_GRACE": "2.5"}
+    s = load_settings(["--port", "7001"], env=env)
+    assert (s.port, s.socket_path, s.token, s.grace) == (7001, "/tmp/x.sock", b"from-env", 2.5)  # flag beats env
+    assert s.initial_config == {"pools": {"processWorkers": 3}}
+    s = load_settings(["--token-file", str(token)], env=env)
+    assert s.token == b"abc"  # the file wins over PERFPILOT_TOKEN, whitespace stripped
+    with pytest.raises(SystemExit):
+        load_settings(["--port", "70000"], env={})
+
+
+def test_uncollected_output_segments_are_reaped() -> None:
+    from perfpilot_agent.server.tensors import OutputSegments, shm_attach
+
+    outs = OutputSegments(grace=3600)
+    ref = outs.create(np.arange(10, dtype=np.float32))
+    seg = shm_attach(ref.name)  # the segment exists and holds the data (mapped without resource_tracker)
+    assert np.frombuffer(seg.buf, np.float32, 10)[9] == 9.0  # type: ignore[arg-type]
+    seg.close()
+    assert outs.reap() == 0  # still within its grace period
+    assert outs.reap(everything=True) == 1
+    with pytest.raises(FileNotFoundError):
+        shm_attach(ref.name)
