@@ -187,8 +187,7 @@ class AgentApp:
         if self._executor is None or old.pools.thread_workers != new.pools.thread_workers:
             previous = self._executor
             self._executor = ThreadPoolExecutor(new.pools.thread_workers, thread_name_prefix="perfpilot")
-            with contextlib.suppress(RuntimeError):
-                asyncio.get_running_loop().set_default_executor(self._executor)
+            self.runner.executor = self._executor  # not the loop's default: an embedding app keeps its own
             if previous is not None:
                 previous.shutdown(wait=False)
 

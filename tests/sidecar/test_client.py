@@ -182,3 +182,25 @@ def test_client_never_imports_the_agent_or_numba() -> None:
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+async def test_kernel_results_cached_by_input_digest(agent: Agent) -> None:
+    rng = np.random.default_rng(3)
+    q = rng.random((1, 64), dtype=np.float32)
+    m = rng.random((5000, 64), dtype=np.float32)  # 1.2 MiB: digested on the agent's thread pool, sent via shm
+    async with AsyncAgentClient(agent.app.socket_path) as client:
+        a = await client.run_kernel("cosine_topk", query=q, matrix=m, k=3, use_cache=True)
+        b = await client.run_kernel("cosine_topk", query=q, matrix=m, k=3, use_cache=True)
+        pool = agent.pools.created[0]
+        assert pool.calls == 1  # the second call was a cache hit
+        np.testing.assert_array_equal(a["indices"], b["indices"])
+        await client.run_kernel("cosine_topk", query=q, matrix=m, k=4, use_cache=True)  # other params: miss
+        m2 = m.copy()
+        m2[0, 0] += 1.0
+        await client.run_kernel("cosine_topk", query=q, matrix=m2, k=3, use_cache=True)  # other bytes: miss
+        assert pool.calls == 3
+        assert await client.cache_invalidate("kernel/cosine_topk/") == 3
+        await client.run_kernel("cosine_topk", query=q, matrix=m, k=3, use_cache=True)
+        assert pool.calls == 4
+        (ks,) = (await client.stats()).kernels
+        assert ks.cache_hits == 1 and ks.latency.count == 5 and ks.errors == 0

@@ -13,6 +13,7 @@ import importlib
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from typing import Any, Protocol
 
 from perfpilot.v1 import agent_pb2 as pb
@@ -95,6 +96,7 @@ class KernelRunner:
         self._last_overload = 0.0
         self._tensors: Any = None  # server.tensors, imported on the first RunKernel
         self._outputs: Any = None  # tensors.OutputSegments
+        self.executor: Executor | None = None  # pools.threadWorkers threads, set by the app
 
     # -- registry -------------------------------------------------------------------------------
 
@@ -280,7 +282,7 @@ class KernelRunner:
             return f"{KERNEL_KEY_PREFIX}{kernel}/{h.hexdigest()}"
 
         if sum(a.nbytes for a in inputs.values()) >= _DIGEST_IN_THREAD_BYTES:
-            return await asyncio.get_running_loop().run_in_executor(None, work)
+            return await asyncio.get_running_loop().run_in_executor(self.executor, work)
         return work()
 
     def _encode(self, req: pb.RunKernelRequest, outputs: dict[str, Any]) -> pb.RunKernelResponse:
