@@ -268,6 +268,6 @@ class AgentClient(_Base):
         self, types: Sequence[int] = (), *, since: int = 0, max_batch: int = 0
     ) -> Iterator[pb.EventBatch]:
         """Raw WatchEvents stream (the first batch arrives at once and may be empty)."""
-        req = pb.WatchEventsRequest(types=list(types), since_sequence=since, max_batch=max_batch)
+        req = pb.WatchEventsRequest(types=list(types), since_sequence=since, max_batch=max_batch)  # type: ignore[arg-type]
         return self.stub.WatchEvents(req, metadata=self.metadata)  # type: ignore[no-any-return]
 

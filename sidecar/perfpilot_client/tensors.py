@@ -65,7 +65,7 @@ def decode(t: pb.Tensor) -> np.ndarray:
         seg = shared_memory.SharedMemory(name=t.shm.name, create=False)
         try:
             count = int(np.prod(shape, dtype=np.int64))
-            out = np.frombuffer(seg.buf, dtype=dtype, count=count, offset=t.shm.offset).reshape(shape).copy()
+            out = np.frombuffer(seg.buf, dtype=dtype, count=count, offset=t.shm.offset).reshape(shape).copy()  # type: ignore[arg-type]
         finally:
             seg.close()
             try:
