@@ -1,0 +1,39 @@
+"""Errors raised by the kernel subsystem.
+
+The gRPC server maps them to status codes: KernelInputError (and UnknownKernel) ->
+INVALID_ARGUMENT, PoolSaturated -> RESOURCE_EXHAUSTED, WorkerDied -> UNAVAILABLE,
+PoolClosed -> UNAVAILABLE, any other KernelError -> INTERNAL.
+"""
+
+from __future__ import annotations
+
+
+class KernelError(Exception):
+    """Base class of every error the kernel subsystem raises on purpose."""
+
+
+class KernelInputError(KernelError):
+    """A kernel call's inputs or parameters are invalid; the message names the input and the problem."""
+
+
+class UnknownKernel(KernelInputError):
+    """The requested kernel name is not registered."""
+
+
+class PoolSaturated(KernelError):
+    """The pool's bounded queue is full; raised at once, never after a wait."""
+
+
+class WorkerDied(KernelError):
+    """The worker process running the call died (message names pid and exit code or signal)."""
+
+
+class PoolClosed(KernelError):
+    """The pool is not started, is closing or is closed."""
+
+
+# Names a worker may send back; the parent re-raises the same type.
+BY_NAME: dict[str, type[KernelError]] = {
+    cls.__name__: cls
+    for cls in (KernelError, KernelInputError, UnknownKernel, PoolSaturated, WorkerDied, PoolClosed)
+}

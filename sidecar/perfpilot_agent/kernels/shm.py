@@ -1,0 +1,264 @@
+"""Moving NumPy arrays between processes through POSIX shared memory (``/dev/shm``).
+
+Ownership rule, which is what makes leaks impossible by construction: **only the parent process
+(the pool) ever creates or unlinks a segment.** Workers only *attach* (``shm_open`` + ``mmap``) to a
+name they were given and unmap it when the call ends. Consequences:
+
+* A dying worker cannot leak a segment: it never owned one. The parent frees the segments of a
+  call when the call ends, whichever way it ends (result, error, worker death, cancellation).
+* Results above the threshold come back through a segment the *parent* allocated before the call
+  (output sizes are known from the input shapes, see ``registry.output_spec``); the worker writes
+  into it, the parent unlinks the name at once and hands out a zero-copy view. The memory is freed
+  when the last view is garbage-collected (an unlinked segment lives as long as a mapping does).
+* Parent-created segments are registered with multiprocessing's resource tracker, so even a
+  SIGKILLed parent leaves nothing behind in ``/dev/shm`` (the tracker unlinks on its EOF).
+
+Why not ``multiprocessing.shared_memory.SharedMemory`` directly: on Python 3.11 *attaching* also
+registers the name with the resource tracker (``track=False`` only exists from 3.13), and since
+spawned workers share the parent's tracker, a worker that "unregisters after attach" would remove
+the parent's registration. Attaching with ``_posixshmem.shm_open`` + ``mmap`` side-steps the tracker
+entirely and lets the worker map inputs read-only (``PROT_READ``), so a kernel bug cannot scribble on
+the caller's data.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import secrets
+import weakref
+from dataclasses import dataclass
+
+import numpy as np
+
+try:  # POSIX only; the sidecar runs on Linux
+    import _posixshmem
+except ImportError:  # pragma: no cover
+    _posixshmem = None  # type: ignore[assignment]
+
+from multiprocessing import resource_tracker
+
+_SHM_DIR = "/dev/shm"
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
+PREFIX = "pp_"
+
+
+@dataclass(frozen=True)
+class ShmRef:
+    """Picklable description of an array living in a shared-memory segment."""
+
+    name: str  # segment name without the leading slash, as listed in /dev/shm
+    dtype: str  # numpy dtype string, e.g. "<f4"
+    shape: tuple[int, ...]
+    offset: int = 0  # byte offset of the array's first element inside the segment
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+
+def new_name(tag: str = "") -> str:
+    """A fresh segment name: ``pp_<pid>_<tag>_<random>`` (the pid makes sweeping by owner easy)."""
+    return f"{PREFIX}{os.getpid()}_{tag}{secrets.token_hex(6)}"
+
+
+class Segment:
+    """A shared-memory segment created (and later unlinked) by this process.
+
+    ``unlink()`` removes the name (idempotent). ``close()`` unmaps it when no array view is alive;
+    if views are still exported the mapping is simply left to the garbage collector.
+    """
+
+    def __init__(self, size: int, *, tag: str = "", track: bool = True) -> None:
+        if _posixshmem is None:  # pragma: no cover
+            raise OSError("POSIX shared memory is not available on this platform")
+        size = max(1, int(size))
+        self.name = new_name(tag)
+        self._path = "/" + self.name
+        fd = _posixshmem.shm_open(self._path, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode=0o600)
+        self._tracked = False
+        try:
+            if track:
+                resource_tracker.register(self._path, "shared_memory")
+                self._tracked = True
+            os.ftruncate(fd, size)
+            self.mmap: mmap.mmap | None = mmap.mmap(fd, size)
+        except BaseException:
+            os.close(fd)
+            self.unlink()
+            raise
+        os.close(fd)
+        self.size = size
+        self.linked = True
+
+    def ndarray(self, shape: tuple[int, ...], dtype: np.dtype | str, offset: int = 0) -> np.ndarray:
+        """A writable view of the segment (keeps the mapping alive as long as it lives)."""
+        assert self.mmap is not None
+        return np.ndarray(shape, dtype=np.dtype(dtype), buffer=self.mmap, offset=offset)
+
+    def unlink(self) -> None:
+        if getattr(self, "linked", True) is False:
+            return
+        self.linked = False
+        try:
+            _posixshmem.shm_unlink(self._path)
+        except FileNotFoundError:
+            pass
+        if self._tracked:
+            self._tracked = False
+            try:
+                resource_tracker.unregister(self._path, "shared_memory")
+            except Exception:  # pragma: no cover - tracker gone at interpreter exit
+                pass
+
+    def close(self) -> None:
+        """Drop our reference to the mapping.
+
+        Never ``mmap.close()``: NumPy views do not hold a buffer export, only a reference to the
+        mmap object, so an explicit close would unmap memory under a live array (segfault).
+        Dropping the reference unmaps as soon as the last view is gone.
+        """
+        self.mmap = None
+
+    def free(self) -> None:
+        self.unlink()
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Segment({self.name!r}, size={self.size})"
+
+
+def put_array(arr: np.ndarray, *, tag: str = "", track: bool = True) -> tuple[Segment, ShmRef]:
+    """Copy ``arr`` into a new segment; returns the segment (caller owns it) and its description."""
+    arr = np.asarray(arr)
+    seg = Segment(arr.nbytes, tag=tag, track=track)
+    view = seg.ndarray(arr.shape, arr.dtype)
+    np.copyto(view, arr, casting="no")
+    del view
+    return seg, ShmRef(seg.name, arr.dtype.str, tuple(int(s) for s in arr.shape), 0)
+
+
+class Attachment:
+    """A mapping of somebody else's segment in this process; ``close()`` unmaps it."""
+
+    def __init__(self, ref: ShmRef, *, writable: bool = False, populate: bool = True) -> None:
+        if _posixshmem is None:  # pragma: no cover
+            raise OSError("POSIX shared memory is not available on this platform")
+        self.ref = ref
+        flags = os.O_RDWR if writable else os.O_RDONLY
+        fd = _posixshmem.shm_open("/" + ref.name, flags, mode=0o600)
+        try:
+            size = os.fstat(fd).st_size
+            need = ref.offset + ref.nbytes
+            if need > size:
+                raise ValueError(f"shared memory segment {ref.name!r} holds {size} bytes, need {need}")
+            prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+            mflags = mmap.MAP_SHARED | (_POPULATE if populate else 0)
+            self._mmap: mmap.mmap | None = mmap.mmap(fd, size, flags=mflags, prot=prot)
+        finally:
+            os.close(fd)
+        arr = np.ndarray(ref.shape, dtype=np.dtype(ref.dtype), buffer=self._mmap, offset=ref.offset)
+        if not writable:
+            arr.flags.writeable = False
+        self.array: np.ndarray | None = arr
+
+    def close(self) -> None:
+        """Drop our view; the mapping goes when no other view of it is alive."""
+        self.array = None
+        self._mmap = None  # see Segment.close: unmapped when the last view is gone
+
+
+def attach(ref: ShmRef, *, writable: bool = False) -> np.ndarray:
+    """Convenience: a view of ``ref`` whose mapping lives as long as the view (no explicit close)."""
+    att = Attachment(ref, writable=writable)
+    arr = att.array
+    assert arr is not None
+    att.close()  # the array's .base keeps the mmap alive; it is unmapped with the array
+    return arr
+
+
+class SharedArrays:
+    """Arrays allocated directly in shared memory, so passing them to a pool call copies nothing.
+
+    ``new(shape, dtype)`` returns an ordinary writable ndarray; fill it and pass it (or a C-contiguous
+    slice of it) as a kernel input: the pool sends only its ``ShmRef``. The segment's name is unlinked
+    when the array (and every view of it) is garbage-collected, or by ``free()``/``close()``.
+    """
+
+    def __init__(self, tag: str = "sh") -> None:
+        self._tag = tag
+        self._by_mmap: dict[int, tuple[Segment, int]] = {}  # id(mmap) -> (segment, base address)
+
+    def new(self, shape: tuple[int, ...] | int, dtype: np.dtype | str = np.float32) -> np.ndarray:
+        shape_t = (shape,) if isinstance(shape, int) else tuple(shape)
+        dt = np.dtype(dtype)
+        nbytes = int(np.prod(shape_t, dtype=np.int64)) * dt.itemsize
+        seg = Segment(nbytes, tag=self._tag)
+        arr = seg.ndarray(shape_t, dt)
+        m = seg.mmap
+        assert m is not None
+        base = np.frombuffer(m, dtype=np.uint8).ctypes.data
+        key = id(m)
+        self._by_mmap[key] = (seg, base)
+        # When the last view dies the mmap is collected: unlink the name then.
+        weakref.finalize(m, self._forget, key, seg)
+        seg.mmap = None  # the views own the mapping from now on
+        return arr
+
+    def _forget(self, key: int, seg: Segment) -> None:
+        self._by_mmap.pop(key, None)
+        seg.unlink()
+
+    def ref_for(self, arr: np.ndarray) -> ShmRef | None:
+        """The ShmRef of ``arr`` if it is a C-contiguous view of one of our shared arrays."""
+        base = arr.base
+        while base is not None and not isinstance(base, mmap.mmap):
+            base = getattr(base, "base", None)
+        if base is None or not arr.flags.c_contiguous:
+            return None
+        entry = self._by_mmap.get(id(base))
+        if entry is None:
+            return None
+        seg, addr = entry
+        if not seg.linked:
+            return None
+        offset = arr.ctypes.data - addr
+        return ShmRef(seg.name, arr.dtype.str, tuple(int(s) for s in arr.shape), int(offset))
+
+    def free(self, arr: np.ndarray) -> None:
+        """Unlink the segment behind ``arr`` now (existing mappings stay valid until dropped)."""
+        ref = self.ref_for(arr)
+        if ref is None:
+            return
+        for key, (seg, _addr) in list(self._by_mmap.items()):
+            if seg.name == ref.name:
+                self._by_mmap.pop(key, None)
+                seg.unlink()
+
+    def close(self) -> None:
+        for seg, _addr in list(self._by_mmap.values()):
+            seg.unlink()
+        self._by_mmap.clear()
+
+    def __len__(self) -> int:
+        return len(self._by_mmap)
+
+
+def list_segments(prefix: str = PREFIX) -> list[str]:
+    """Names in /dev/shm starting with ``prefix`` (Linux)."""
+    try:
+        return sorted(n for n in os.listdir(_SHM_DIR) if n.startswith(prefix))
+    except OSError:  # pragma: no cover
+        return []
+
+
+def sweep(prefix: str) -> int:
+    """Unlink every segment whose name starts with ``prefix``; returns how many. Last-resort clean-up."""
+    n = 0
+    for name in list_segments(prefix):
+        try:
+            _posixshmem.shm_unlink("/" + name)
+            n += 1
+        except FileNotFoundError:
+            pass
+    return n
