@@ -97,6 +97,7 @@ class _Worker:
         self.dead = False
         self.stopping = False
         self.reaping = False
+        self.waiting = False  # blocked in queue.get(): the only state in which we cancel its task
         self.done = asyncio.Event()
 
 
@@ -358,7 +359,7 @@ class KernelPool:
             if w.current is not None and w.process.is_alive():
                 w.stopping = True
                 w.process.kill()
-            if w.task is not None and w.current is None:
+            if w.task is not None and w.waiting:
                 w.task.cancel()
         await asyncio.gather(*(self._wait_gone(w) for w in workers), return_exceptions=True)
         self._shared.close()
@@ -476,7 +477,7 @@ class KernelPool:
 
     def _retire(self, w: _Worker) -> None:
         w.retiring = True
-        if w.current is None and w.task is not None:
+        if w.waiting and w.task is not None:
             w.task.cancel()  # idle: it is waiting on the queue, where cancelling loses nothing
 
     async def _lifecycle(self, w: _Worker) -> None:
@@ -485,7 +486,8 @@ class KernelPool:
         except asyncio.CancelledError:
             pass
         finally:
-            await self._reap(w)
+            # shielded: a second cancel must not abandon the process half-stopped
+            await asyncio.shield(self._reap(w))
 
     async def _wait_gone(self, w: _Worker) -> None:
         """Wait for a worker's serving task to end and its process to be reaped.
@@ -500,7 +502,11 @@ class KernelPool:
         assert self._queue is not None and self._loop is not None
         queue, loop = self._queue, self._loop
         while not (w.retiring or w.dead or self._state != "running"):
-            job = await queue.get()
+            w.waiting = True
+            try:
+                job = await queue.get()
+            finally:
+                w.waiting = False
             if job.future.done():  # cancelled by its caller while queued
                 self._release(job)
                 continue
@@ -619,7 +625,7 @@ class KernelPool:
             "worker_died",
             {"pid": w.pid, "exitcode": code, "how": how, "kernel": job.kernel if job else None},
         )
-        if job is None and w.task is not None:
+        if w.waiting and w.task is not None:
             w.task.cancel()
         if self._state == "running" and not w.retiring:
             self._restarts += 1
