@@ -57,6 +57,12 @@ def own_children() -> set[int]:
     return out
 
 
+def leaked(p: KernelPool) -> list[str]:
+    """Segments of this pool in /dev/shm that are neither recycled spares nor shared arrays."""
+    spare = {seg.name for seg in p._spare}
+    return [n for n in shm.list_segments(p._prefix) if n not in spare and "_sh" not in n[len(p._prefix) - 1 :]]
+
+
 async def until(cond) -> None:
     """Yield to the event loop until ``cond()`` holds (bounded by pytest-timeout)."""
     while not cond():
@@ -97,7 +103,8 @@ async def test_results_equal_numpy_through_both_transports(pool, rng, threshold)
                 assert all(isinstance(v.base, mmap.mmap) for v in got.values())
     finally:
         pool.shm_threshold_bytes = 1 << 20
-    assert [s for s in shm.list_segments(pool._prefix)] == []  # every call freed its segments
+    assert leaked(pool) == []  # every call released its segments (spares are reused, bounded)
+    assert sum(seg.size for seg in pool._spare) <= pool.spare_segment_bytes
 
 
 async def test_shared_array_is_sent_without_copy(pool, rng):
@@ -111,8 +118,16 @@ async def test_shared_array_is_sent_without_copy(pool, rng):
     assert_close("weighted_mean", got, {"values": src[100:200], "weights": weights[:100]}, {})
     name = pool._shared.ref_for(arr).name
     assert name in shm.list_segments()
+
+    def mapped_in_workers() -> bool:
+        return any(name in open(f"/proc/{pid}/maps").read() for pid in pool.worker_pids())
+
+    assert mapped_in_workers()  # workers cache the mapping of long-lived arrays between calls
     pool.free_shared(arr)
     assert name not in shm.list_segments()
+    # the next call to each worker tells it to drop the mapping, releasing the memory
+    await asyncio.gather(*(pool.run("weighted_mean", {"values": src[:10], "weights": weights[:10]}, {}) for _ in range(8)))
+    assert not mapped_in_workers()
 
 
 async def test_concurrent_calls_all_correct(pool, rng):
@@ -152,7 +167,7 @@ async def test_cancelled_caller_does_not_break_the_pool(pool, rng):
     got = await pool.run(name, inputs, params)
     assert_close(name, got, inputs, params)
     await until(lambda: pool.stats().busy == 0)
-    assert shm.list_segments(pool._prefix) == []
+    assert leaked(pool) == []
 
 
 async def test_resize_under_load_loses_no_call(pool, rng):
@@ -220,7 +235,7 @@ async def test_killed_worker_fails_its_call_and_is_replaced(rng):
         assert any(k == "worker_died" and d["pid"] == victim for k, d in events)
         got = await p.run("cosine_topk", {"query": inputs["query"][:2], "matrix": inputs["matrix"][:1000]}, {"k": 3})
         assert_close("cosine_topk", got, {"query": inputs["query"][:2], "matrix": inputs["matrix"][:1000]}, {"k": 3})
-        assert shm.list_segments(p._prefix) == []  # the dead call's input segment was freed
+        assert leaked(p) == []  # the dead call's input segment was released
     finally:
         await p.close()
 

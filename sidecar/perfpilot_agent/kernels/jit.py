@@ -90,29 +90,81 @@ def _normalise_queries(query):  # pragma: no cover - compiled
     return qn
 
 
+@njit(cache=True, fastmath=_FM, inline="always")
+def _inv_norm(ss):  # pragma: no cover - compiled
+    if ss > 0:
+        return np.float32(1.0) / np.sqrt(ss)
+    return np.float32(0.0)
+
+
+@njit(cache=True, fastmath=_FM, inline="always")
+def _offer(hs, hi, s, i):  # pragma: no cover - compiled
+    # rows arrive in ascending order, so an equal score never displaces the root
+    if s > hs[0]:
+        _heap_replace_root(hs, hi, s, i)
+
+
 @njit(cache=True, fastmath=_FM)
 def _cosine_chunk(qn, matrix, start, stop, hs, hi):  # pragma: no cover - compiled
-    """One pass over matrix[start:stop]: row norm, b dot products, bounded-heap insert."""
+    """One pass over matrix[start:stop]: row norms, b dot products, bounded-heap insert.
+
+    Rows are processed four at a time: each query element loaded is used for four FMAs and the
+    four accumulator chains are independent, which roughly doubles throughput for b >= 4 (the
+    kernel is FMA-latency bound there). Row views (``matrix[i]``) index from 0, which lets LLVM
+    drop numba's negative-index wraparound and vectorise the inner loops.
+    """
     b, d = qn.shape
-    dots = np.empty(b, dtype=np.float32)
-    for i in range(start, stop):
+    i = start
+    while i + 4 <= stop:
+        r0 = matrix[i]
+        r1 = matrix[i + 1]
+        r2 = matrix[i + 2]
+        r3 = matrix[i + 3]
+        s0 = np.float32(0.0)
+        s1 = np.float32(0.0)
+        s2 = np.float32(0.0)
+        s3 = np.float32(0.0)
+        for t in range(d):
+            s0 += r0[t] * r0[t]
+            s1 += r1[t] * r1[t]
+            s2 += r2[t] * r2[t]
+            s3 += r3[t] * r3[t]
+        n0 = _inv_norm(s0)
+        n1 = _inv_norm(s1)
+        n2 = _inv_norm(s2)
+        n3 = _inv_norm(s3)
+        for j in range(b):
+            q = qn[j]
+            a0 = np.float32(0.0)
+            a1 = np.float32(0.0)
+            a2 = np.float32(0.0)
+            a3 = np.float32(0.0)
+            for t in range(d):
+                qt = q[t]
+                a0 += qt * r0[t]
+                a1 += qt * r1[t]
+                a2 += qt * r2[t]
+                a3 += qt * r3[t]
+            hsj = hs[j]
+            hij = hi[j]
+            _offer(hsj, hij, a0 * n0, i)
+            _offer(hsj, hij, a1 * n1, i + 1)
+            _offer(hsj, hij, a2 * n2, i + 2)
+            _offer(hsj, hij, a3 * n3, i + 3)
+        i += 4
+    while i < stop:
+        row = matrix[i]
         ss = np.float32(0.0)
         for t in range(d):
-            v = matrix[i, t]
-            ss += v * v
-        if ss > 0:
-            inv = np.float32(1.0) / np.sqrt(ss)
-        else:
-            inv = np.float32(0.0)
+            ss += row[t] * row[t]
+        inv = _inv_norm(ss)
         for j in range(b):
+            q = qn[j]
             acc = np.float32(0.0)
             for t in range(d):
-                acc += qn[j, t] * matrix[i, t]
-            dots[j] = acc
-        for j in range(b):
-            s = dots[j] * inv
-            if s > hs[j, 0]:  # scanning rows in ascending order: an equal score never wins
-                _heap_replace_root(hs[j], hi[j], s, i)
+                acc += q[t] * row[t]
+            _offer(hs[j], hi[j], acc * inv, i)
+        i += 1
 
 
 @njit(cache=True)
@@ -285,28 +337,27 @@ def normalize_score_parallel(matrix, query, threads):  # pragma: no cover - comp
 
 
 @njit(cache=True, fastmath=_FM)
-def _sum_range(x, lo, hi):  # pragma: no cover - compiled
+def _sum_all(x):  # pragma: no cover - compiled
+    # the loop runs from 0 over a view: no wraparound check, so LLVM vectorises it
     s0 = np.float32(0.0)
-    for i in range(lo, hi):
+    for i in range(x.shape[0]):
         s0 += x[i]
     return s0
 
 
 @njit(cache=True, fastmath=_FM)
 def probe_sum_serial(x):  # pragma: no cover - compiled
-    return _sum_range(x, 0, x.shape[0])
+    return _sum_all(x)
 
 
 @njit(cache=True, parallel=True, fastmath=_FM)
 def probe_sum_parallel(x, threads):  # pragma: no cover - compiled
-    n = x.shape[0]
-    nc = _n_chunks(n, threads)
-    step = (n + nc - 1) // nc
-    part = np.zeros(nc, dtype=np.float32)
-    for c in prange(nc):
-        lo = c * step
-        part[c] = _sum_range(x, lo, min(n, lo + step))
-    return part.sum()
+    # numba's own prange reduction: each thread gets a contiguous block and a private
+    # accumulator that LLVM vectorises (a hand-chunked loop measured slower).
+    s = np.float32(0.0)
+    for i in prange(x.shape[0]):
+        s += x[i]
+    return s
 
 
 def probe_sum(x: np.ndarray, *, parallel: bool = True) -> float:

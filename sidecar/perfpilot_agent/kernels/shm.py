@@ -28,6 +28,7 @@ import os
 import secrets
 import weakref
 from dataclasses import dataclass
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -51,6 +52,7 @@ class ShmRef:
     dtype: str  # numpy dtype string, e.g. "<f4"
     shape: tuple[int, ...]
     offset: int = 0  # byte offset of the array's first element inside the segment
+    keep: bool = False  # long-lived segment (pool.shared_array): workers may cache the mapping
 
     @property
     def nbytes(self) -> int:
@@ -185,8 +187,9 @@ class SharedArrays:
     when the array (and every view of it) is garbage-collected, or by ``free()``/``close()``.
     """
 
-    def __init__(self, tag: str = "sh") -> None:
+    def __init__(self, tag: str = "sh", on_unlink: Callable[[str], None] | None = None) -> None:
         self._tag = tag
+        self._on_unlink = on_unlink
         self._by_mmap: dict[int, tuple[Segment, int]] = {}  # id(mmap) -> (segment, base address)
 
     def new(self, shape: tuple[int, ...] | int, dtype: np.dtype | str = np.float32) -> np.ndarray:
@@ -207,7 +210,13 @@ class SharedArrays:
 
     def _forget(self, key: int, seg: Segment) -> None:
         self._by_mmap.pop(key, None)
-        seg.unlink()
+        self._unlink(seg)
+
+    def _unlink(self, seg: Segment) -> None:
+        if seg.linked:
+            seg.unlink()
+            if self._on_unlink is not None:
+                self._on_unlink(seg.name)
 
     def ref_for(self, arr: np.ndarray) -> ShmRef | None:
         """The ShmRef of ``arr`` if it is a C-contiguous view of one of our shared arrays."""
@@ -223,7 +232,7 @@ class SharedArrays:
         if not seg.linked:
             return None
         offset = arr.ctypes.data - addr
-        return ShmRef(seg.name, arr.dtype.str, tuple(int(s) for s in arr.shape), int(offset))
+        return ShmRef(seg.name, arr.dtype.str, tuple(int(s) for s in arr.shape), int(offset), keep=True)
 
     def free(self, arr: np.ndarray) -> None:
         """Unlink the segment behind ``arr`` now (existing mappings stay valid until dropped)."""
@@ -233,15 +242,53 @@ class SharedArrays:
         for key, (seg, _addr) in list(self._by_mmap.items()):
             if seg.name == ref.name:
                 self._by_mmap.pop(key, None)
-                seg.unlink()
+                self._unlink(seg)
 
     def close(self) -> None:
         for seg, _addr in list(self._by_mmap.values()):
-            seg.unlink()
+            self._unlink(seg)
         self._by_mmap.clear()
 
     def __len__(self) -> int:
         return len(self._by_mmap)
+
+
+class MappingCache:
+    """Worker side: read-only mappings of long-lived (``keep``) segments, reused across calls.
+
+    Mapping and page-table population cost ~0.2 ms per MB; an embedding matrix shared once and
+    queried many times pays it once per worker. The parent tells the worker which names it has
+    unlinked (``forget``) so their memory is released; at most ``capacity`` mappings are kept.
+    """
+
+    def __init__(self, capacity: int = 32) -> None:
+        self.capacity = capacity
+        self._maps: dict[str, mmap.mmap] = {}
+
+    def view(self, ref: ShmRef) -> np.ndarray:
+        m = self._maps.pop(ref.name, None)
+        if m is None or ref.offset + ref.nbytes > len(m):
+            fd = _posixshmem.shm_open("/" + ref.name, os.O_RDONLY, mode=0o600)
+            try:
+                size = os.fstat(fd).st_size
+                if ref.offset + ref.nbytes > size:
+                    raise ValueError(f"shared memory segment {ref.name!r} holds {size} bytes, need {ref.offset + ref.nbytes}")
+                m = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _POPULATE, prot=mmap.PROT_READ)
+            finally:
+                os.close(fd)
+        self._maps[ref.name] = m  # most recently used last
+        while len(self._maps) > self.capacity:
+            self._maps.pop(next(iter(self._maps)))
+        arr = np.ndarray(ref.shape, dtype=np.dtype(ref.dtype), buffer=m, offset=ref.offset)
+        arr.flags.writeable = False
+        return arr
+
+    def forget(self, names: Iterable[str]) -> None:
+        for name in names:
+            self._maps.pop(name, None)
+
+    def __len__(self) -> int:
+        return len(self._maps)
 
 
 def list_segments(prefix: str = PREFIX) -> list[str]:

@@ -7,15 +7,16 @@ Protocol (tuples over a ``multiprocessing`` duplex Connection; one request in fl
 
     parent -> worker                                   worker -> parent
     ("warm", names, variants)                          ("warmed", {name: seconds})
-    ("run", kernel, arrays, params, outs, threads, parallel)
+    ("run", kernel, arrays, params, outs, threads, parallel, forget)
                                                        ("ok", {name: ndarray | None})
                                                        ("err", error_class_name, message)
-    ("probe", arrays)                                  ("ok", {"nbytes": int})
+    ("probe", arrays, forget)                          ("ok", {"nbytes": int})
     ("stop",)                                          ("bye",)  then exit
 
 ``arrays`` maps input names to an ndarray (pickled path) or a ``shm.ShmRef`` (attached read-only
 here). ``outs`` maps output names to ``ShmRef``s the parent allocated; results named there are
-written into shared memory and sent back as ``None``.
+written into shared memory and sent back as ``None``. ``forget`` lists long-lived segments the
+parent has unlinked since its previous message to this worker (drop their cached mappings).
 """
 
 from __future__ import annotations
@@ -30,10 +31,14 @@ import numpy as np
 from . import shm
 
 
-def _resolve(arrays: dict[str, Any], attachments: list[shm.Attachment]) -> dict[str, np.ndarray]:
+def _resolve(
+    arrays: dict[str, Any], attachments: list[shm.Attachment], cache: shm.MappingCache
+) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for key, val in arrays.items():
-        if isinstance(val, shm.ShmRef):
+        if isinstance(val, shm.ShmRef) and val.keep:
+            out[key] = cache.view(val)
+        elif isinstance(val, shm.ShmRef):
             att = shm.Attachment(val, writable=False)
             attachments.append(att)
             assert att.array is not None
@@ -48,6 +53,7 @@ def main(conn: Any, max_threads: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ["NUMBA_NUM_THREADS"] = str(max(1, int(max_threads)))
     jit = None
+    cache = shm.MappingCache()
     from . import errors, registry
 
     while True:
@@ -73,8 +79,9 @@ def main(conn: Any, max_threads: int) -> None:
                 continue
             if op == "probe":
                 attachments: list[shm.Attachment] = []
+                cache.forget(msg[2])
                 try:
-                    arrays = _resolve(msg[1], attachments)
+                    arrays = _resolve(msg[1], attachments, cache)
                     total = 0
                     for a in arrays.values():
                         flat = a.reshape(-1).view(np.uint8)
@@ -86,14 +93,15 @@ def main(conn: Any, max_threads: int) -> None:
                         att.close()
                 continue
             if op == "run":
-                _, kernel, arrays_in, params, outs, threads, parallel = msg
+                _, kernel, arrays_in, params, outs, threads, parallel, forget = msg
+                cache.forget(forget)
                 attachments = []
                 try:
                     if jit is None:
                         from . import jit as jit_mod
 
                         jit = jit_mod
-                    arrays = _resolve(arrays_in, attachments)
+                    arrays = _resolve(arrays_in, attachments, cache)
                     registry.check_input_values(kernel, arrays, params)
                     nthreads = jit.set_threads(threads)
                     result = jit.run_kernel(kernel, arrays, params, parallel=bool(parallel) and nthreads > 1)
