@@ -83,3 +83,36 @@ class Kube:
         await asyncio.to_thread(upsert, a.read_validating_webhook_configuration,
                                 a.create_validating_webhook_configuration,
                                 a.replace_validating_webhook_configuration, validating)
+
+
+_APPS_KINDS = {"Deployment": "deployment", "StatefulSet": "stateful_set",
+               "ReplicaSet": "replica_set"}
+
+
+class ScaleClient:
+    """The scale subresource of a profile's target (apps/v1 kinds, or any CR with /scale)."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.apps = client.AppsV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+
+    def _call(self, verb: str, namespace: str, target: dict[str, Any], *args: Any) -> Any:
+        kind, name = target["kind"], target["name"]
+        group_version = target.get("apiVersion", "apps/v1")
+        if group_version == "apps/v1" and kind in _APPS_KINDS:
+            fn = getattr(self.apps, f"{verb}_namespaced_{_APPS_KINDS[kind]}_scale")
+            return fn(name, namespace, *args)
+        group, _, version = group_version.rpartition("/")
+        plural = kind.lower() + "s"
+        fn = getattr(self.custom, f"{verb}_namespaced_custom_object_scale")
+        return fn(group, version, namespace, plural, name, *args)
+
+    async def replicas(self, namespace: str, target: dict[str, Any]) -> int:
+        scale = await asyncio.to_thread(self._call, "read", namespace, target)
+        spec = scale.spec if hasattr(scale, "spec") else scale.get("spec", {})
+        value = spec.replicas if hasattr(spec, "replicas") else spec.get("replicas", 0)
+        return int(value or 0)
+
+    async def set_replicas(self, namespace: str, target: dict[str, Any], replicas: int) -> None:
+        await asyncio.to_thread(self._call, "patch", namespace, target,
+                                {"spec": {"replicas": replicas}})

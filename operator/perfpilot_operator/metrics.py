@@ -1,0 +1,35 @@
+"""The operator's own Prometheus metrics, per profile (bounded labels: namespace, profile)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+PROFILE_METRIC = Gauge(
+    "perfpilot_operator_profile_metric", "A profile's merged metric over its sidecars "
+    "(the values alerts and autoscaling read)", ["namespace", "profile", "metric"],
+    registry=REGISTRY)
+PODS = Gauge("perfpilot_operator_pods", "Selected pods by state "
+             "(selected, injected, configured, unhealthy, uninjected)",
+             ["namespace", "profile", "state"], registry=REGISTRY)
+ALERT_ACTIVE = Gauge("perfpilot_operator_alert_active", "1 while an alert is pending or firing",
+                     ["namespace", "profile", "alert", "severity", "state"], registry=REGISTRY)
+REPLICAS = Gauge("perfpilot_operator_replicas", "Target replicas (current, desired)",
+                 ["namespace", "profile", "kind"], registry=REGISTRY)
+SCALE_EVENTS = Counter("perfpilot_operator_scale_events", "Scale changes made",
+                       ["namespace", "profile", "direction"], registry=REGISTRY)
+CONFIGURE_CALLS = Counter("perfpilot_operator_configure_calls", "Configure RPCs by result",
+                          ["namespace", "profile", "result"], registry=REGISTRY)
+
+
+def serve(port: int, host: str) -> None:
+    start_http_server(port, addr=host, registry=REGISTRY)
+
+
+def forget_profile(namespace: str, profile: str) -> None:
+    """Drop every series of a deleted profile."""
+    for metric in (PROFILE_METRIC, PODS, ALERT_ACTIVE, REPLICAS):
+        for labels in list(metric._metrics):  # noqa: SLF001 - prometheus-client has no API for this
+            if labels[0] == namespace and labels[1] == profile:
+                metric.remove(*labels)
