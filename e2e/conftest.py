@@ -27,6 +27,29 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.e2e)
 
 
+def _tail(path: Path, lines: int) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    """On an e2e failure, attach the tails of the operator, pod runner and sidecar logs:
+    CI shows only the test output, and a timeout alone says nothing about why."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call" or not report.failed or "/e2e/" not in str(item.path):
+        return
+    state = LocalCluster().state
+    logs = [state / "logs" / "operator.log", state / "logs" / "podrunner.log"]
+    logs += sorted((state / "pods").glob("*/*.log"))[-6:]
+    for log in logs:
+        if log.exists():
+            report.sections.append((f"log {log.relative_to(state)}", _tail(log, 60)))
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[LocalCluster]:
     c = LocalCluster()
@@ -74,7 +97,7 @@ def wait_for():  # type: ignore[no-untyped-def]
 
 def _start_process(cluster: LocalCluster, name: str, cmd: list[str],
                    env: dict[str, str]) -> subprocess.Popen[bytes]:
-    log = (cluster.logs / f"{name}.log").open("ab")
+    log = (cluster.logs / f"{name}.log").open("wb")
     return subprocess.Popen(cmd, env={**cluster.env(), **env}, stdout=log,
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True, cwd=ROOT)

@@ -37,6 +37,15 @@ class Kube:
         info = await asyncio.to_thread(self.version_api.get_code)
         return int("".join(ch for ch in info.minor if ch.isdigit()) or 0)
 
+    async def list_profiles(self, namespace: str) -> list[dict[str, Any]]:
+        """PerfProfiles of a namespace, read live: the webhook's fallback when kopf's index has
+        not yet seen a profile that was applied a moment before its workload."""
+        def run() -> list[dict[str, Any]]:
+            out = self.custom.list_namespaced_custom_object(
+                "perfpilot.io", "v1alpha1", namespace, "perfprofiles")
+            return list(out.get("items", []))
+        return await asyncio.to_thread(run)
+
     async def ensure_token(self, namespace: str, name: str) -> str:
         """The namespace's agent token Secret; created with a random token when missing."""
         def run() -> str:

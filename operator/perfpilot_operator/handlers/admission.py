@@ -13,14 +13,23 @@ from perfpilot_operator.runtime import Runtime
 
 @kopf.on.mutate("pods", id=POD_HANDLER_ID, operations=["CREATE"],
                 labels={OPT_IN_LABEL: "true"}, persistent=True)
-def inject_sidecar(body: kopf.Body, patch: kopf.Patch, warnings: list[str], memo: Any,
-                   profiles_by_namespace: kopf.Index[str, dict[str, Any]], dryrun: bool,
-                   **_: Any) -> None:
+async def inject_sidecar(body: kopf.Body, patch: kopf.Patch, warnings: list[str], memo: Any,
+                         profiles_by_namespace: kopf.Index[str, dict[str, Any]], dryrun: bool,
+                         logger: kopf.Logger, **_: Any) -> None:
     rt: Runtime = memo.runtime
     namespace = body.get("metadata", {}).get("namespace", "")
     labels = dict(body.get("metadata", {}).get("labels") or {})
     profiles = list(profiles_by_namespace.get(namespace, []))
     profile, notes = choose_profile(profiles, labels)
+    if profile is None and rt.kube is not None:
+        # `kubectl apply -f profile.yaml -f deployment.yaml` races the index's watch: ask the
+        # API server before admitting an opted-in pod without its sidecar.
+        try:
+            profiles = await rt.kube.list_profiles(namespace)
+        except Exception as e:  # noqa: BLE001 - the index answer stands; say why
+            logger.warning(f"live PerfProfile lookup in {namespace!r} failed: {e}")
+        else:
+            profile, notes = choose_profile(profiles, labels)
     warnings.extend(notes)
     if profile is None:
         warnings.append(f"perfpilot: this pod opted in ({OPT_IN_LABEL}=true) but no PerfProfile "
