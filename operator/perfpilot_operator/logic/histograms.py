@@ -60,7 +60,8 @@ def quantile(h: Histogram, q: float) -> float:
         if c and cumulative + c >= rank:
             if math.isinf(bound):
                 return lower  # like Prometheus: the highest finite bound
-            return lower + (bound - lower) * (rank - cumulative) / c
+            # min(): rounding must not carry the estimate past the bucket's upper bound.
+            return min(bound, lower + (bound - lower) * (rank - cumulative) / c)
         cumulative += c
         if not math.isinf(bound):
             lower = bound
