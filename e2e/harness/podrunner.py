@@ -13,11 +13,13 @@ stopped when the pod goes away.
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -100,6 +102,8 @@ class PodRunner:
         self.cluster = cluster
         self.bin = python_bin or Path(sys.executable).parent
         self.root = cluster.state / "pods"
+        digest = hashlib.blake2b(str(cluster.state.resolve()).encode(), digest_size=4).hexdigest()
+        self.volumes_root = Path(tempfile.gettempdir()) / f"pp-{digest}"
         self.running: dict[str, RunningSidecar] = {}
         self._stop = threading.Event()
         self._waiting: set[str] = set()
@@ -126,8 +130,15 @@ class PodRunner:
         key = f"{meta['namespace']}/{meta['name']}"
         root = self.root / f"{meta['namespace']}_{meta['name']}_{meta['uid'][:8]}"
         root.mkdir(parents=True, exist_ok=True)
+        # Volumes live under a short path: a Unix socket path must fit in 107 bytes, and the
+        # checkout (hence the state dir) may sit anywhere. `root/volumes` points there.
+        volumes = self.volumes_root / meta["uid"][:12]
+        volumes.mkdir(parents=True, exist_ok=True)
+        link = root / "volumes"
+        if not link.is_symlink():
+            link.symlink_to(volumes, target_is_directory=True)
         try:
-            env = map_paths(resolve_env(container, pod, self.read_secret), container, root)
+            env = map_paths(resolve_env(container, pod, self.read_secret), container, volumes)
         except LookupError as e:
             # Like a kubelet: the container waits (CreateContainerConfigError) until it exists.
             if key not in self._waiting:
@@ -142,6 +153,7 @@ class PodRunner:
         proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, cwd=root)
+        (root / "sidecar.pid").write_text(f"{proc.pid}\n")
         self.running[meta["uid"]] = RunningSidecar(meta["uid"], key, ip, proc, root)
         _log(f"started sidecar for {key} on {ip} (pid {proc.pid})")
 
@@ -157,6 +169,7 @@ class PodRunner:
                 sc.proc.kill()
                 sc.proc.wait()
         _log(f"stopped sidecar for {sc.key} ({reason}, exit {sc.proc.returncode})")
+        shutil.rmtree((sc.root / "volumes").resolve(), ignore_errors=True)
         shutil.rmtree(sc.root, ignore_errors=True)
 
     def sync(self) -> None:

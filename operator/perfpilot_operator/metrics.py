@@ -27,9 +27,22 @@ def serve(port: int, host: str) -> None:
     start_http_server(port, addr=host, registry=REGISTRY)
 
 
+def set_or_clear(gauge: Gauge, labels: tuple[str, ...], value: float) -> None:
+    """Set a series, or remove it when there is no value (absent, not a stale number)."""
+    if value != value:  # nan
+        if labels in gauge._metrics:  # noqa: SLF001 - prometheus-client has no "has series"
+            gauge.remove(*labels)
+    else:
+        gauge.labels(*labels).set(value)
+
+
+def clear_profile(metric: Gauge, namespace: str, profile: str) -> None:
+    for labels in list(metric._metrics):  # noqa: SLF001
+        if labels[0] == namespace and labels[1] == profile:
+            metric.remove(*labels)
+
+
 def forget_profile(namespace: str, profile: str) -> None:
     """Drop every series of a deleted profile."""
     for metric in (PROFILE_METRIC, PODS, ALERT_ACTIVE, REPLICAS):
-        for labels in list(metric._metrics):  # noqa: SLF001 - prometheus-client has no API for this
-            if labels[0] == namespace and labels[1] == profile:
-                metric.remove(*labels)
+        clear_profile(metric, namespace, profile)

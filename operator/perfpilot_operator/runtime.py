@@ -14,6 +14,7 @@ class Runtime:
     settings: Settings
     agents: AgentClients
     kube: Any = None                      # perfpilot_operator.clients.kube.Kube
+    scale: Any = None                     # perfpilot_operator.clients.kube.ScaleClient
     native_sidecar: bool = True
     ca_bundle: bytes = b""
     tokens: dict[str, str] = field(default_factory=dict)   # namespace -> agent token

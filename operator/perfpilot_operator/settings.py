@@ -39,7 +39,8 @@ class Settings:
     rpc_timeout: float = 2.0
     resync_interval: float = 5.0
     """Seconds between the periodic pass (late pods, stats, alerts, autoscaling, coverage)."""
-    metrics_port: int = 8080
+    metrics_port: int = 8080                # -1: no /metrics server
+    metrics_host: str = "0.0.0.0"
     health_port: int = 8081
     health_host: str = "0.0.0.0"
     """Where /healthz listens (the pod's probes need all interfaces; local runs use 127.0.0.1)."""
@@ -70,6 +71,7 @@ class Settings:
             rpc_timeout=parse_duration(_env("PERFPILOT_RPC_TIMEOUT", "2s")),
             resync_interval=parse_duration(_env("PERFPILOT_RESYNC_INTERVAL", "5s")),
             metrics_port=int(_env("PERFPILOT_METRICS_PORT", str(d.metrics_port))),
+            metrics_host=_env("PERFPILOT_METRICS_HOST", d.metrics_host),
             health_port=int(_env("PERFPILOT_HEALTH_PORT", str(d.health_port))),
             health_host=_env("PERFPILOT_HEALTH_HOST", d.health_host),
         )

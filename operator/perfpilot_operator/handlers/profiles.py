@@ -15,6 +15,8 @@ from typing import Any
 import grpc
 import kopf
 
+from perfpilot_operator import metrics as prom
+from perfpilot_operator import monitoring
 from perfpilot_operator.clients.agents import Target, bounded_gather, with_retries
 from perfpilot_operator.logic.conditions import PodView, count_pods, set_condition
 from perfpilot_operator.logic.desired import configure_request
@@ -36,8 +38,10 @@ def selected_pods(spec: dict[str, Any], namespace: str,
 
 async def sync(*, rt: Runtime, memo: Any, namespace: str, name: str, generation: int,
                spec: dict[str, Any], status: dict[str, Any], pods: list[PodView],
-               logger: logging.Logger | logging.LoggerAdapter[Any]) -> dict[str, Any]:
-    """One pass; returns the new status."""
+               logger: logging.Logger | logging.LoggerAdapter[Any],
+               observe: Any = None) -> dict[str, Any]:
+    """One pass; returns the new status. `observe(token)`, when given, runs the monitoring
+    half (stats, alerts, autoscaling) and returns a monitoring.Outcome."""
     applied: dict[str, int] = getattr(memo, "applied", None) or {}
     memo.applied = applied
     failures: dict[str, str] = {}
@@ -76,8 +80,11 @@ async def sync(*, rt: Runtime, memo: Any, namespace: str, name: str, generation:
         if done:
             logger.info(f"configured {done} sidecar(s) at generation {generation}")
 
+    outcome = await observe(token) if observe is not None else None
+    unreachable = dict(outcome.unreachable) if outcome is not None else {}
     views = [dataclasses.replace(p, configured_generation=applied.get(f"{p.name}@{p.ip}", 0),
-                                 healthy=p.name not in failures) for p in pods]
+                                 healthy=p.name not in failures and p.name not in unreachable)
+             for p in pods]
     counts = count_pods(views, generation)
     conds = list(status.get("conditions") or [])
 
@@ -108,23 +115,45 @@ async def sync(*, rt: Runtime, memo: Any, namespace: str, name: str, generation:
         cond("Degraded", True, "SidecarsUnreachable",
              f"{len(failures)} sidecar(s) failed Configure: "
              + "; ".join(f"{k}: {v}" for k, v in sorted(failures.items())[:3]))
+    elif unreachable:
+        cond("Degraded", True, "SidecarsUnreachable",
+             f"{len(unreachable)} of {counts.injected} sidecar(s) did not answer GetStats "
+             f"(their metrics are left out; autoscaling holds without any): "
+             + "; ".join(f"{k}: {v}" for k, v in sorted(unreachable.items())[:3]))
     else:
         cond("Degraded", False, "AllHealthy", "every sidecar answered")
+    extra: dict[str, Any] = {}
+    if outcome is not None:
+        for type_, ok, reason, message in outcome.conditions:
+            cond(type_, ok, reason, message)
+        extra = outcome.status
     ready = all(c["status"] == "True" for c in conds
                 if c["type"] in ("InjectionComplete", "ConfigApplied")) and not failures
     cond("Ready", ready, "Reconciled" if ready else "NotReady",
          "profile applied to every selected pod" if ready else "see the other conditions")
-    return {"observedGeneration": generation, "pods": counts.as_status(), "conditions": conds}
+    for state_, n in counts.as_status().items():
+        prom.PODS.labels(namespace, name, state_).set(n)
+    return {"observedGeneration": generation, "pods": counts.as_status(), "conditions": conds,
+            **extra}
 
 
 async def _reconcile(body: kopf.Body, patch: kopf.Patch, memo: Any, namespace: str, name: str,
-                     logger: Any, pods_by_namespace: Any) -> None:
+                     logger: Any, pods_by_namespace: Any, hpas_by_namespace: Any = None) -> None:
     rt: Runtime = memo.runtime
     spec = dict(body.get("spec", {}))
     generation = int(body.get("metadata", {}).get("generation", 0))
     pods = selected_pods(spec, namespace, pods_by_namespace)
+    observe = None
+    if hpas_by_namespace is not None:
+        hpas = list(hpas_by_namespace.get(namespace, []))
+
+        async def observe(token: str) -> monitoring.Outcome:
+            return await monitoring.observe(rt=rt, memo=memo, body=body, namespace=namespace,
+                                            name=name, spec=spec, pods=pods, token=token,
+                                            hpas=hpas, logger=logger)
     new = await sync(rt=rt, memo=memo, namespace=namespace, name=name, generation=generation,
-                     spec=spec, status=dict(body.get("status", {})), pods=pods, logger=logger)
+                     spec=spec, status=dict(body.get("status", {})), pods=pods, logger=logger,
+                     observe=observe)
     old = dict(body.get("status", {}))
     if any(old.get(k) != v for k, v in new.items()):
         patch.status.update(new)
@@ -140,5 +169,13 @@ async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: Any, namespace: st
 
 @kopf.timer(GROUP, VERSION, PLURAL, id="resync", interval=_RESYNC, initial_delay=_RESYNC)
 async def resync(body: kopf.Body, patch: kopf.Patch, memo: Any, namespace: str, name: str,
-                 logger: Any, pods_by_namespace: Any, **_: Any) -> None:
-    await _reconcile(body, patch, memo, namespace, name, logger, pods_by_namespace)
+                 logger: Any, pods_by_namespace: Any, hpas_by_namespace: Any, **_: Any) -> None:
+    """The periodic pass: late pods and recovered sidecars, then stats, alerts, autoscaling."""
+    await _reconcile(body, patch, memo, namespace, name, logger, pods_by_namespace,
+                     hpas_by_namespace)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, id="forget", optional=True)
+async def forget(namespace: str, name: str, memo: Any, **_: Any) -> None:
+    """Drop the deleted profile's metric series and its sidecar channels."""
+    prom.forget_profile(namespace, name)

@@ -8,6 +8,7 @@ from typing import Any
 import kopf
 
 from perfpilot_operator.certs import ensure_webhook_certs
+from perfpilot_operator import metrics as prom
 from perfpilot_operator.clients import kube as kube_client
 from perfpilot_operator.clients.agents import AgentClients
 from perfpilot_operator.logic import webhooks
@@ -32,7 +33,8 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Lo
         prefix="perfpilot.io", key="last-handled-configuration")
     settings.posting.level = logging.INFO
 
-    kube = kube_client.Kube(kube_client.load())
+    api = kube_client.load()
+    kube = kube_client.Kube(api)
     minor = await kube.server_minor()
     native = {"true": True, "false": False}.get(cfg.native_sidecar,
                                                  minor >= NATIVE_SIDECAR_MINOR)
@@ -42,7 +44,10 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Lo
         names = [f"{svc}.{ns}.svc", f"{svc}.{ns}.svc.cluster.local", svc, *names]
     certs = ensure_webhook_certs(cfg.cert_dir, names)
     rt = Runtime(settings=cfg, agents=AgentClients(timeout=cfg.rpc_timeout), kube=kube,
-                 native_sidecar=native, ca_bundle=certs.ca_bundle())
+                 scale=kube_client.ScaleClient(api), native_sidecar=native,
+                 ca_bundle=certs.ca_bundle())
+    if cfg.metrics_port >= 0:
+        prom.serve(cfg.metrics_port, cfg.metrics_host)
     memo.runtime = rt
 
     settings.admission.server = kopf.WebhookServer(

@@ -1,0 +1,189 @@
+"""The monitoring half of a resync pass: read the sidecars' stats, merge them into the profile's
+metrics, advance its alerts and autoscale its target.
+
+The decisions are pure functions (logic/stats, logic/monitor, logic/scaling); this module does
+the I/O around them (GetStats, the scale subresource, Events, the operator's /metrics) and keeps
+their state in the object's memo between passes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import kopf
+
+from perfpilot_operator import metrics as prom
+from perfpilot_operator.clients.agents import Target, bounded_gather
+from perfpilot_operator.logic import monitor as mon
+from perfpilot_operator.logic import stats
+from perfpilot_operator.logic.alerting import AlertState, Transition
+from perfpilot_operator.logic.conditions import PodView, now_iso
+from perfpilot_operator.logic.scaling import Decision, ScalerState, decide
+from perfpilot_operator.runtime import Runtime
+
+
+@dataclass
+class MonitorState:
+    """Per-profile state kept across passes (lost on operator restart: alerts re-evaluate and
+    autoscaling restarts its stabilization windows, as after an HPA controller restart)."""
+
+    snapshots: dict[str, stats.Snapshot] = field(default_factory=dict)   # pod@ip -> cumulative
+    alerts: dict[str, AlertState] = field(default_factory=dict)
+    scaler: ScalerState = field(default_factory=ScalerState)
+    last_scale_eval: float = 0.0
+    last_scale_time: str | None = None
+    replicas: dict[str, Any] | None = None
+
+
+def _iso(ts: float) -> str:
+    return now_iso(dt.datetime.fromtimestamp(ts, dt.timezone.utc))
+
+
+@dataclass
+class Outcome:
+    """What one pass adds to the status, plus conditions to set."""
+
+    status: dict[str, Any]
+    conditions: list[tuple[str, bool, str, str]]
+    unreachable: dict[str, str]
+
+
+async def _collect(rt: Runtime, state: MonitorState, pods: list[PodView], token: str
+                   ) -> tuple[list[stats.Snapshot], dict[str, str]]:
+    """Deltas since the previous pass from every reachable sidecar; failures by pod name."""
+    live = [p for p in pods if p.running and p.injected and p.ip]
+    port = rt.settings.sidecar.grpc_port
+
+    def call(p: PodView) -> Any:
+        return lambda: rt.agents.get_stats(Target(p.ip or "", port, token))
+
+    results = await bounded_gather([call(p) for p in live], limit=rt.settings.rollout_concurrency)
+    deltas, failures = [], {}
+    keys = set()
+    for p, r in zip(live, results):
+        key = f"{p.name}@{p.ip}"
+        keys.add(key)
+        if isinstance(r, BaseException):
+            code = r.code().name if isinstance(r, grpc.aio.AioRpcError) else type(r).__name__
+            failures[p.name] = code
+            continue
+        snap = stats.from_proto(r)
+        deltas.append(stats.delta(state.snapshots.get(key), snap))
+        state.snapshots[key] = snap
+    for gone in set(state.snapshots) - keys:
+        del state.snapshots[gone]
+    return deltas, failures
+
+
+async def observe(*, rt: Runtime, memo: Any, body: kopf.Body, namespace: str, name: str,
+                  spec: dict[str, Any], pods: list[PodView], token: str,
+                  hpas: list[dict[str, Any]], logger: Any) -> Outcome:
+    state: MonitorState = getattr(memo, "monitor", None) or MonitorState()
+    memo.monitor = state
+    now = time.time()
+    deltas, unreachable = await _collect(rt, state, pods, token)
+    values = stats.profile_metrics(deltas, memory_limit_bytes=mon.sidecar_memory_limit(spec))
+    for metric, value in values.items():
+        prom.set_or_clear(prom.PROFILE_METRIC, (namespace, name, metric), value)
+
+    status: dict[str, Any] = {}
+    conditions: list[tuple[str, bool, str, str]] = []
+
+    # Alerts.
+    rules = mon.alert_rules(spec)
+    state.alerts, changes = mon.advance_alerts(rules, state.alerts, values, now)
+    for ch in changes:
+        value = f"{ch.value:g}" if ch.value is not None else "n/a"
+        text = f"{ch.rule.metric} = {value} {ch.rule.op} {ch.rule.threshold:g}"
+        if ch.transition is Transition.FIRED:
+            kopf.warn(body, reason="AlertFiring",
+                      message=f"{ch.rule.name} ({ch.rule.severity}) firing: {text}")
+        elif ch.transition is Transition.RESOLVED:
+            kopf.event(body, type="Normal", reason="AlertResolved",
+                       message=f"{ch.rule.name} resolved: {ch.rule.metric} = {value}")
+        elif ch.transition is Transition.PENDING:
+            kopf.event(body, type="Normal", reason="AlertPending",
+                       message=f"{ch.rule.name} pending for {ch.rule.for_seconds:g}s: {text}")
+    active = mon.active_alerts(rules, state.alerts, _iso)
+    status["activeAlerts"] = active
+    prom.clear_profile(prom.ALERT_ACTIVE, namespace, name)
+    for a in active:
+        prom.ALERT_ACTIVE.labels(namespace, name, a["name"], a["severity"], a["state"]).set(1)
+    firing = [a for a in active if a["state"] == "firing"]
+    if firing:
+        conditions.append(("Alerting", True, "AlertsFiring",
+                           "; ".join(f"{a['name']}: {a.get('message', '')}" for a in firing)))
+    else:
+        pending = [a["name"] for a in active]
+        conditions.append(("Alerting", False, "NoAlertsFiring",
+                           f"pending: {', '.join(pending)}" if pending else "no alert firing"))
+
+    # Autoscaling.
+    auto = mon.autoscaling(spec)
+    if auto is None:
+        state.scaler = ScalerState()
+        state.replicas = None
+        if spec.get("autoscaling"):
+            conditions.append(("ScalingActive", False, "NoTarget",
+                               "spec.autoscaling needs spec.target (the workload to scale)"))
+    else:
+        status_replicas, cond = await _autoscale(rt, state, auto, namespace, name, values,
+                                                 hpas, now, body, logger)
+        if status_replicas is not None:
+            status["replicas"] = status_replicas
+        if cond is not None:
+            conditions.append(cond)
+    return Outcome(status=status, conditions=conditions, unreachable=unreachable)
+
+
+async def _autoscale(rt: Runtime, state: MonitorState, auto: mon.Autoscaling, namespace: str,
+                     name: str, values: dict[str, float], hpas: list[dict[str, Any]],
+                     now: float, body: kopf.Body, logger: Any
+                     ) -> tuple[dict[str, Any] | None, tuple[str, bool, str, str] | None]:
+    ref = auto.target_ref
+    owner = next((h["name"] for h in hpas
+                  if h["target"].get("kind") == ref.get("kind")
+                  and h["target"].get("name") == ref.get("name")), None)
+    if owner:
+        return state.replicas, ("ScalingActive", False, "HPAConflict",
+                                f"HorizontalPodAutoscaler {owner!r} also scales "
+                                f"{ref['kind']}/{ref['name']}; delete it or spec.autoscaling")
+    if now - state.last_scale_eval < auto.interval and state.replicas is not None:
+        return state.replicas, None      # not due: keep the last decision's status
+    state.last_scale_eval = now
+    try:
+        current = await rt.scale.replicas(namespace, ref)
+    except Exception as e:  # noqa: BLE001 - reported on the condition
+        reason = getattr(e, "reason", None) or type(e).__name__
+        return state.replicas, ("ScalingActive", False, "TargetUnreadable",
+                                f"cannot read the scale of {ref['kind']}/{ref['name']}: {reason}")
+    metric = values.get(auto.metric, math.nan)
+    decision: Decision = decide(state.scaler, now=now, current=current, metric=metric,
+                                spec=auto.spec)
+    if decision.changes(current):
+        try:
+            await rt.scale.set_replicas(namespace, ref, decision.replicas)
+        except Exception as e:  # noqa: BLE001
+            reason = getattr(e, "reason", None) or type(e).__name__
+            return state.replicas, ("ScalingActive", False, "ScaleFailed",
+                                    f"cannot scale {ref['kind']}/{ref['name']}: {reason}")
+        state.last_scale_time = _iso(now)
+        direction = "up" if decision.replicas > current else "down"
+        prom.SCALE_EVENTS.labels(namespace, name, direction).inc()
+        kopf.event(body, type="Normal", reason="Scaled",
+                   message=f"{ref['kind']}/{ref['name']} {current} -> {decision.replicas}: "
+                           f"{decision.message}")
+        logger.info(f"scaled {ref['kind']}/{ref['name']} {current} -> {decision.replicas}")
+    prom.REPLICAS.labels(namespace, name, "current").set(current)
+    prom.REPLICAS.labels(namespace, name, "desired").set(decision.replicas)
+    state.replicas = {"current": current, "desired": decision.replicas,
+                      "reason": decision.message[:1000]}
+    if state.last_scale_time:
+        state.replicas["lastScaleTime"] = state.last_scale_time
+    return state.replicas, ("ScalingActive", decision.scaling_active, decision.reason,
+                            decision.message)
