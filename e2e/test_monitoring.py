@@ -78,10 +78,16 @@ def events(cluster: LocalCluster, ns: str, reason: str) -> list[str]:
     return [e["message"] for e in items]
 
 
-def pod_dir(cluster: LocalCluster, ns: str, pod: str) -> Path:
+def pod_dir(cluster: LocalCluster, ns: str, pod: str) -> Path | None:
+    """The pod runner's directory for a pod; None until its sidecar was started."""
     dirs = list((cluster.state / "pods").glob(f"{ns}_{pod}_*"))
-    assert len(dirs) == 1, f"pod runner directory of {pod}: {dirs}"
-    return dirs[0]
+    assert len(dirs) <= 1, f"several pod runner directories for {pod}: {dirs}"
+    return dirs[0] if dirs else None
+
+
+def sidecar_socket(cluster: LocalCluster, ns: str, pod: str) -> Path | None:
+    d = pod_dir(cluster, ns, pod)
+    return next((d / "volumes").resolve().rglob("*.sock"), None) if d else None
 
 
 @contextmanager
@@ -114,8 +120,7 @@ def test_alert_fires_and_resolves_and_autoscaler_follows_the_metric(
                                                      "-l", "app=watched")["items"]
                                  if p["status"].get("podIP")), None), "the first pod")
     name = pod["metadata"]["name"]
-    socket = wait_for(lambda: next(iter((pod_dir(cluster, namespace, name) / "volumes")
-                                        .resolve().rglob("*.sock")), None),
+    socket = wait_for(lambda: sidecar_socket(cluster, namespace, name),
                       "the sidecar's Unix socket", timeout=60)
 
     # Without traffic: no alert, and autoscaling holds (no value of the metric yet).
@@ -170,7 +175,8 @@ def test_silent_sidecars_make_autoscaling_hold_and_degrade(
     assert condition(st, "ScalingActive")["reason"] == "AtLimit", st
     pods = [p["metadata"]["name"] for p in get_json(cluster, "pods", "-n", namespace,
                                                     "-l", "app=watched")["items"]]
-    pids = [int((pod_dir(cluster, namespace, p) / "sidecar.pid").read_text()) for p in pods]
+    dirs = [wait_for(lambda p=p: pod_dir(cluster, namespace, p), f"{p}'s sidecar") for p in pods]
+    pids = [int((d / "sidecar.pid").read_text()) for d in dirs]
     for pid in pids:               # frozen, not dead: the pod stays Running, the RPCs time out
         os.kill(pid, signal.SIGSTOP)
     try:

@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 import kopf
+from kubernetes.client.exceptions import ApiException
 
 from perfpilot_operator import metrics as prom
 from perfpilot_operator import monitoring
@@ -52,7 +53,12 @@ async def sync(*, rt: Runtime, memo: Any, namespace: str, name: str, generation:
             await rt.agents.forget(f"{key.split('@', 1)[1]}:{rt.settings.sidecar.grpc_port}")
 
     # The sidecars read this Secret at start (a required env var): create it before any pod.
-    token = await rt.kube.ensure_token(namespace, rt.settings.sidecar.token_secret)
+    try:
+        token = await rt.kube.ensure_token(namespace, rt.settings.sidecar.token_secret)
+    except ApiException as e:
+        if e.status == 403 and "being terminated" in str(e.body):
+            return dict(status)      # the namespace is going away with the profile: nothing to do
+        raise
     todo = [p for p in pods if p.running and p.injected and p.ip
             and applied.get(f"{p.name}@{p.ip}", 0) < generation]
     if todo:
