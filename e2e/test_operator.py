@@ -134,3 +134,32 @@ spec:
     created = get_json(cluster, "pod", "loner", "-n", namespace)
     assert [c["name"] for c in created["spec"]["containers"]] == ["app"]
     assert "initContainers" not in created["spec"]
+
+
+def test_coverage_audit_reports_pods_running_without_the_sidecar(
+        cluster: LocalCluster, namespace: str, wait_for: Any) -> None:
+    # Pods that started before the profile existed: admitted without a sidecar.
+    early = DEPLOYMENT.replace("replicas: 3", "replicas: 2")
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=early)
+    wait_for(lambda: len([p for p in get_json(cluster, "pods", "-n", namespace,
+                                              "-l", "app=agent")["items"]
+                          if p["status"].get("phase") == "Running"]) == 2, "2 running pods")
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=PROFILE)
+
+    def audited() -> dict[str, Any] | None:
+        st = profile_status(cluster, namespace)
+        return st if st.get("pods", {}).get("uninjected") == 2 else None
+
+    st = wait_for(audited, "status.pods.uninjected == 2", timeout=60)
+    cond = next(c for c in st["conditions"] if c["type"] == "InjectionComplete")
+    assert cond["status"] == "False" and cond["reason"] == "PodsWithoutSidecar"
+    assert "recreate" in cond["message"]
+    events = wait_for(lambda: get_json(cluster, "events", "-n", namespace, "--field-selector",
+                                       "involvedObject.name=agents,reason=PodsWithoutSidecar"
+                                       )["items"], "a PodsWithoutSidecar event")
+    assert events[0]["type"] == "Warning"
+    # The fix the message names works: recreated pods get the sidecar and the audit clears.
+    cluster.kubectl("rollout", "restart", "deployment/agent", "-n", namespace)
+    wait_for(lambda: (s := profile_status(cluster, namespace)).get("pods", {}).get("uninjected")
+             == 0 and s["pods"].get("injected") == 2, "every pod injected after a restart",
+             timeout=90)

@@ -96,3 +96,21 @@ def test_choose_profile_prefers_the_oldest_and_warns() -> None:
     chosen, warnings = choose_profile([newer, PROFILE], {"app": "agent"})
     assert chosen is PROFILE and "newer" in warnings[0]
     assert choose_profile([PROFILE], {"app": "web"}) == (None, [])
+
+
+def test_sidecar_starts_with_the_profiles_live_config() -> None:
+    """PERFPILOT_CONFIG carries the live sections in CRD field names; the sidecar's own parser
+    accepts it, so a new pod never runs on defaults while waiting for Configure."""
+    import json
+
+    from perfpilot_agent.liveconfig import proto_from_dict
+
+    profile = copy.deepcopy(PROFILE)
+    profile["spec"]["pools"] = {"processWorkers": 3, "maxQueue": 50}
+    profile["spec"]["cache"] = {"ttl": "30s"}
+    pod = apply(POD, inject(POD, profile, SidecarTemplate()).changes)
+    env = {e["name"]: e.get("value") for e in pod["spec"]["initContainers"][-1]["env"]}
+    data = json.loads(env["PERFPILOT_CONFIG"])
+    assert data == {"pools": {"processWorkers": 3, "maxQueue": 50}, "cache": {"ttl": "30s"}}
+    msg = proto_from_dict(data)
+    assert msg.pools.process_workers == 3 and msg.cache.ttl.seconds == 30

@@ -161,6 +161,14 @@ async def _reconcile(body: kopf.Body, patch: kopf.Patch, memo: Any, namespace: s
                      spec=spec, status=dict(body.get("status", {})), pods=pods, logger=logger,
                      observe=observe)
     old = dict(body.get("status", {}))
+    before = (old.get("pods") or {}).get("uninjected", 0)
+    after = (new.get("pods") or {}).get("uninjected", 0)
+    if after and after != before:
+        # The coverage audit: pods that started before the profile (or while the webhook was
+        # down) run without the sidecar; say so where `kubectl describe` shows it.
+        cond = next((c for c in new.get("conditions", []) if c["type"] == "InjectionComplete"),
+                    {})
+        kopf.warn(body, reason="PodsWithoutSidecar", message=cond.get("message", ""))
     if any(old.get(k) != v for k, v in new.items()):
         patch.status.update(new)
 

@@ -8,6 +8,7 @@ an already injected pod returns no changes.
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,8 +62,18 @@ def _resources(block: dict[str, Any] | None) -> dict[str, Any]:
     return {k: dict(block[k]) for k in ("requests", "limits") if block.get(k)}
 
 
+LIVE_CONFIG_SECTIONS = ("pools", "cache", "heartbeat", "kernels")
+
+
+def initial_config(spec: dict[str, Any]) -> str:
+    """The profile's live config as the sidecar's PERFPILOT_CONFIG (CRD field names): a new pod
+    runs the profile's pools, cache and kernels from its first second, before any Configure."""
+    return json.dumps({k: spec[k] for k in LIVE_CONFIG_SECTIONS if spec.get(k)},
+                      sort_keys=True, separators=(",", ":"))
+
+
 def sidecar_container(profile_ns: str, profile_name: str, tmpl: SidecarTemplate,
-                      resources: dict[str, Any]) -> dict[str, Any]:
+                      resources: dict[str, Any], config: str = "{}") -> dict[str, Any]:
     """The sidecar's container spec. Its command line is what the e2e pod runner executes."""
     env = [
         {"name": "PERFPILOT_SOCKET", "value": tmpl.socket_path},
@@ -71,6 +82,7 @@ def sidecar_container(profile_ns: str, profile_name: str, tmpl: SidecarTemplate,
         {"name": "PERFPILOT_LISTEN_HOST",
          "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         {"name": "PERFPILOT_PROFILE", "value": f"{profile_ns}/{profile_name}"},
+        {"name": "PERFPILOT_CONFIG", "value": config},
         {"name": "PERFPILOT_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "PERFPILOT_TOKEN", "valueFrom": {"secretKeyRef": {
             "name": tmpl.token_secret, "key": "token"}}},
@@ -131,7 +143,8 @@ def inject(pod: dict[str, Any], profile: dict[str, Any], tmpl: SidecarTemplate) 
             env.append({"name": name, "value": value})
 
     sidecar = sidecar_container(meta["namespace"], meta["name"], tmpl,
-                                _resources(spec.get("resources", {}).get("sidecar")))
+                                _resources(spec.get("resources", {}).get("sidecar")),
+                                initial_config(spec))
     changes: dict[str, Any] = {}
     if tmpl.native_sidecar:
         changes["spec.initContainers"] = [*copy.deepcopy(pod_spec.get("initContainers", [])),
