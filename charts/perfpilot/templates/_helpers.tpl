@@ -1,0 +1,69 @@
+{{/* Chart name, truncated to the 63 characters a label value allows. */}}
+{{- define "perfpilot.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Fully qualified app name: the release name, or release-chart when the release name does not contain the chart name. */}}
+{{- define "perfpilot.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "perfpilot.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels every object carries, without app.kubernetes.io/component. */}}
+{{- define "perfpilot.commonLabels" -}}
+helm.sh/chart: {{ include "perfpilot.chart" . }}
+app.kubernetes.io/name: {{ include "perfpilot.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: perfpilot
+{{- end }}
+
+{{/* The operator pod's selector (the Deployment, the Service and the ServiceMonitor use it). */}}
+{{- define "perfpilot.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "perfpilot.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{- define "perfpilot.labels" -}}
+{{ include "perfpilot.commonLabels" . }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{- define "perfpilot.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "perfpilot.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "perfpilot.image" -}}
+{{- printf "%s:%s" .Values.image.repository (toString (default .Chart.AppVersion .Values.image.tag)) }}
+{{- end }}
+
+{{- define "perfpilot.sidecarImage" -}}
+{{- printf "%s:%s" .Values.sidecar.image.repository (toString (default .Chart.AppVersion .Values.sidecar.image.tag)) }}
+{{- end }}
+
+{{/*
+The webhook configurations the operator creates at run time (operator/perfpilot_operator/logic/webhooks.py,
+MUTATING_NAME and VALIDATING_NAME); the RBAC and the uninstall hook name them.
+*/}}
+{{- define "perfpilot.mutatingWebhookName" -}}perfpilot-pod-injector{{- end }}
+{{- define "perfpilot.validatingWebhookName" -}}perfpilot-profile-validator{{- end }}
+{{/* The per-namespace agent token Secret the operator creates (SidecarTemplate.token_secret). */}}
+{{- define "perfpilot.tokenSecretName" -}}perfpilot-agent-token{{- end }}
