@@ -1,0 +1,487 @@
+"""Static checks of charts/perfpilot with the real helm binary (no cluster).
+
+`helm lint --strict`, what `helm template` renders, that values.schema.json refuses bad values
+naming the field, that the ClusterRole grants exactly what the operator's code calls (derived here
+from kopf's registry of the operator's handlers and from the Kubernetes client calls in
+operator/perfpilot_operator/), and that every PERFPILOT_* variable the chart sets is one that
+settings.py reads. The chart on a real API server: e2e/test_helm.py.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import subprocess
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "perfpilot"
+OPERATOR = ROOT / "operator" / "perfpilot_operator"
+HELM = Path(os.environ.get("PERFPILOT_CACHE", Path.home() / ".cache" / "perfpilot")) / "bin" / "helm"
+KUBE_VERSION = "1.35.0"   # the local control plane's version (e2e/build-control-plane.sh)
+MONITORING = ("monitoring.coreos.com/v1/ServiceMonitor", "monitoring.coreos.com/v1/PrometheusRule")
+
+pytestmark = pytest.mark.skipif(
+    not HELM.exists(),
+    reason=f"{HELM} is missing: `make cluster-build` builds it (`make test` does so first)")
+
+
+# ------------------------------------------------------------------------------------ helpers
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([str(HELM), *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "HELM_CACHE_HOME": "/tmp/perfpilot-helm-cache"})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed:\n{proc.stderr}")
+    return proc
+
+
+def render(*sets: str, api_versions: Iterable[str] = (), namespace: str = "perfpilot-system",
+           check: bool = True) -> list[dict[str, Any]]:
+    args = ["template", "pp", str(CHART), "-n", namespace, "--kube-version", KUBE_VERSION]
+    for s in sets:
+        args += ["--set", s]
+    for a in api_versions:
+        args += ["--api-versions", a]
+    return [d for d in yaml.safe_load_all(helm(*args, check=check).stdout) if d]
+
+
+def one(docs: list[dict[str, Any]], kind: str, component: str = "operator") -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind
+             and d["metadata"].get("labels", {}).get("app.kubernetes.io/component") == component]
+    assert len(found) == 1, f"expected one {kind} ({component}), got {len(found)}"
+    return found[0]
+
+
+def operator_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    [c] = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+DEFAULT = render()
+
+
+# ------------------------------------------------------------------------------------ lint
+def test_lint_strict_passes() -> None:
+    out = helm("lint", "--strict", "--kube-version", KUBE_VERSION, str(CHART))
+    assert "0 chart(s) failed" in out.stdout
+
+
+def test_chart_metadata() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["apiVersion"] == "v2"
+    assert chart["version"] == "0.1.0" and chart["appVersion"] == "0.1.0"
+    assert chart["kubeVersion"] == ">=1.29.0-0"
+    assert chart["description"]
+    old = helm("template", "pp", str(CHART), "--kube-version", "1.28.0", check=False)
+    assert old.returncode != 0 and "kubeVersion" in old.stderr
+
+
+def test_chart_ships_the_crd_unchanged() -> None:
+    """crds/ is installed first by Helm; it must be the repository's CRD, byte for byte
+    (resync: cp crds/perfprofile.yaml charts/perfpilot/crds/)."""
+    shipped = helm("show", "crds", str(CHART)).stdout
+    assert yaml.safe_load(shipped) == yaml.safe_load((ROOT / "crds" / "perfprofile.yaml").read_text())
+    assert list((CHART / "crds").iterdir()) == [CHART / "crds" / "perfprofile.yaml"]
+
+
+# ------------------------------------------------------------------------------------ kinds
+def test_default_render_has_the_expected_objects() -> None:
+    kinds = sorted((d["kind"], d["metadata"]["labels"]["app.kubernetes.io/component"])
+                   for d in DEFAULT)
+    assert kinds == sorted([
+        ("ServiceAccount", "operator"), ("ClusterRole", "operator"),
+        ("ClusterRoleBinding", "operator"), ("Service", "operator"), ("Deployment", "operator"),
+        # the pre-delete hook that removes the operator's webhook configurations
+        ("ServiceAccount", "webhook-cleanup"), ("ClusterRole", "webhook-cleanup"),
+        ("ClusterRoleBinding", "webhook-cleanup"), ("Job", "webhook-cleanup"),
+    ])
+    for d in DEFAULT:
+        if d["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+            assert d["metadata"]["namespace"] == "perfpilot-system", d["kind"]
+        assert d["metadata"]["labels"]["app.kubernetes.io/part-of"] == "perfpilot"
+
+
+def test_deployment_defaults() -> None:
+    dep = one(DEFAULT, "Deployment")
+    assert dep["spec"]["replicas"] == 1
+    assert dep["spec"]["strategy"] == {"type": "Recreate"}   # never two operators at once
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == one(DEFAULT, "ServiceAccount")["metadata"]["name"]
+    c = operator_container(DEFAULT)
+    assert c["image"] == "perfpilot/operator:0.1.0"
+    assert c["command"] == ["perfpilot-operator"] and c["args"] == ["--log-format=json"]
+    assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
+    crb = one(DEFAULT, "ClusterRoleBinding")
+    assert crb["roleRef"]["name"] == one(DEFAULT, "ClusterRole")["metadata"]["name"]
+    assert crb["subjects"] == [{"kind": "ServiceAccount", "name": pod["serviceAccountName"],
+                                "namespace": "perfpilot-system"}]
+
+
+def test_cleanup_hook_can_be_turned_off() -> None:
+    docs = render("webhook.cleanupOnUninstall=false")
+    assert not [d for d in docs if d["metadata"]["labels"]["app.kubernetes.io/component"]
+                == "webhook-cleanup"]
+
+
+def test_monitoring_objects_need_the_values_and_the_api() -> None:
+    def kinds(docs: list[dict[str, Any]]) -> set[str]:
+        return {d["kind"] for d in docs} & {"ServiceMonitor", "PrometheusRule"}
+
+    on = ("metrics.serviceMonitor.enabled=true", "prometheusRule.enabled=true")
+    assert kinds(DEFAULT) == set()
+    assert kinds(render(api_versions=MONITORING)) == set()          # API present, values off
+    assert kinds(render(*on)) == set()                              # values on, API absent
+    docs = render(*on, "metrics.serviceMonitor.labels.release=prom", api_versions=MONITORING)
+    assert kinds(docs) == {"ServiceMonitor", "PrometheusRule"}
+    sm = one(docs, "ServiceMonitor")
+    svc = one(docs, "Service")
+    assert sm["metadata"]["labels"]["release"] == "prom"
+    assert sm["spec"]["selector"]["matchLabels"] == svc["spec"]["selector"]
+    assert sm["spec"]["endpoints"][0]["port"] == "metrics"
+    rule = one(docs, "PrometheusRule")
+    alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert set(alerts) == {"PerfPilotOperatorDown", "PerfPilotProfileAlert",
+                           "PerfPilotPodsWithoutSidecar"}
+    # Prometheus templates survive Helm's templating verbatim.
+    assert alerts["PerfPilotProfileAlert"]["labels"]["severity"] == "{{ $labels.severity }}"
+    assert f'job="{svc["metadata"]["name"]}"' in alerts["PerfPilotOperatorDown"]["expr"]
+    # The metrics the rules read are the operator's own (operator/perfpilot_operator/metrics.py).
+    metrics_py = (OPERATOR / "metrics.py").read_text()
+    for name in ("perfpilot_operator_alert_active", "perfpilot_operator_pods"):
+        assert f'"{name}"' in metrics_py
+        assert any(name in r["expr"] for r in alerts.values())
+
+
+# ------------------------------------------------------------------------------------ schema
+@pytest.mark.parametrize("value, field", [
+    ("replicas=abc", "replicas"),
+    ("replicas=2", "replicas"),                     # no leader election: at most one
+    ("webhook.port=70000", "port"),
+    ("webhook.failurePolicy=Sometimes", "failurePolicy"),
+    ("resyncInterval=soon", "resyncInterval"),
+    ("logLevel=loud", "logLevel"),
+    ("sidecar.native=maybe", "native"),
+    ("replica=1", "replica"),                        # a typo is not silently ignored
+])
+def test_schema_rejects_bad_values_naming_the_field(value: str, field: str) -> None:
+    proc = helm("template", "pp", str(CHART), "--kube-version", KUBE_VERSION, "--set", value,
+                check=False)
+    assert proc.returncode != 0, f"--set {value} was accepted"
+    assert "values don't meet the specifications of the schema" in proc.stderr, proc.stderr
+    assert field in proc.stderr, proc.stderr
+
+
+def test_schema_accepts_the_documented_knobs() -> None:
+    docs = render("replicas=0", "image.tag=0.2.0", "sidecar.image.tag=7", "logLevel=debug",
+                  "logFormat=plain", "resyncInterval=1m30s", "rpcTimeout=500ms",
+                  "webhook.failurePolicy=Ignore", "sidecar.native=false",
+                  "nodeSelector.disk=ssd", "tolerations[0].operator=Exists",
+                  "extraEnv[0].name=EXTRA", "extraEnv[0].value=one")
+    c = operator_container(docs)
+    assert c["args"] == ["--log-format=plain", "--verbose"]
+    env = env_of(c)
+    assert env["PERFPILOT_SIDECAR_IMAGE"] == "perfpilot/sidecar:7"
+    assert env["PERFPILOT_RESYNC_INTERVAL"] == "1m30s"
+    assert env["EXTRA"] == "one"
+    assert env["PERFPILOT_NATIVE_SIDECAR"] == "false"
+    assert c["image"] == "perfpilot/operator:0.2.0"
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"disk": "ssd"}
+    assert pod["tolerations"] == [{"operator": "Exists"}]
+
+
+# ------------------------------------------------------------------------------------ env
+def settings_env_names() -> set[str]:
+    return set(re.findall(r'"(PERFPILOT_[A-Z0-9_]+)"', (OPERATOR / "settings.py").read_text()))
+
+
+def test_every_rendered_operator_variable_is_read_by_settings() -> None:
+    known = settings_env_names()
+    assert len(known) >= 15, known   # the parse found settings.py's variables
+    rendered = {n for n in env_of(operator_container(DEFAULT)) if n.startswith("PERFPILOT_")}
+    assert rendered - known == set(), f"the chart sets variables settings.py never reads: " \
+        f"{sorted(rendered - known)}"
+    # Everything the chart decides in-cluster is set explicitly, not left to out-of-cluster defaults.
+    assert {"PERFPILOT_NAMESPACE", "PERFPILOT_WEBHOOK_HOST", "PERFPILOT_WEBHOOK_PORT",
+            "PERFPILOT_WEBHOOK_SERVICE", "PERFPILOT_CERT_DIR", "PERFPILOT_HEALTH_HOST",
+            "PERFPILOT_HEALTH_PORT", "PERFPILOT_METRICS_PORT", "PERFPILOT_RESYNC_INTERVAL",
+            "PERFPILOT_SIDECAR_IMAGE"} <= rendered
+
+
+def test_values_reach_the_operator_environment() -> None:
+    env = env_of(operator_container(render(
+        "webhook.port=10443", "metrics.port=9090", "health.port=9091", "resyncInterval=30s",
+        "rolloutConcurrency=8", "rpcTimeout=3s", "sidecar.grpcPort=6000",
+        "sidecar.metricsPort=6001", "sidecar.image.repository=r/s", "sidecar.native=true",
+        namespace="ops")))
+    assert env["PERFPILOT_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert env["PERFPILOT_WEBHOOK_PORT"] == "10443"
+    assert env["PERFPILOT_METRICS_PORT"] == "9090"
+    assert env["PERFPILOT_HEALTH_PORT"] == "9091"
+    assert env["PERFPILOT_RESYNC_INTERVAL"] == "30s"
+    assert env["PERFPILOT_ROLLOUT_CONCURRENCY"] == "8"
+    assert env["PERFPILOT_RPC_TIMEOUT"] == "3s"
+    assert env["PERFPILOT_SIDECAR_PORT"] == "6000"
+    assert env["PERFPILOT_SIDECAR_METRICS_PORT"] == "6001"
+    assert env["PERFPILOT_SIDECAR_IMAGE"] == "r/s:0.1.0"
+    assert env["PERFPILOT_NATIVE_SIDECAR"] == "true"
+    assert env["PERFPILOT_WEBHOOK_SERVICE"] == "ops/pp-perfpilot"
+
+
+def test_webhooks_are_registered_by_the_charts_service() -> None:
+    """settings.py: a non-empty PERFPILOT_WEBHOOK_SERVICE ('namespace/name') registers the
+    webhooks by Service reference with port PERFPILOT_WEBHOOK_PORT; the Service must exist under
+    that name and serve that port number, and the pod must listen on it on all interfaces."""
+    from perfpilot_operator.logic.webhooks import client_config
+
+    env = env_of(operator_container(DEFAULT))
+    svc = one(DEFAULT, "Service")
+    ns, name = env["PERFPILOT_WEBHOOK_SERVICE"].split("/")
+    assert (ns, name) == (svc["metadata"]["namespace"], svc["metadata"]["name"])
+    port = int(env["PERFPILOT_WEBHOOK_PORT"])
+    cfg = client_config(path="inject-sidecar", ca_bundle=b"x", port=port,
+                        service=env["PERFPILOT_WEBHOOK_SERVICE"])
+    assert cfg["service"] == {"namespace": ns, "name": name, "path": "/inject-sidecar",
+                              "port": port}
+    [webhook_port] = [p for p in svc["spec"]["ports"] if p["name"] == "webhook"]
+    assert webhook_port["port"] == port and webhook_port["targetPort"] == "webhook"
+    c = operator_container(DEFAULT)
+    assert {"name": "webhook", "containerPort": port, "protocol": "TCP"} in c["ports"]
+    assert env["PERFPILOT_WEBHOOK_HOST"] == "0.0.0.0"
+
+
+def test_probes_use_kopfs_health_endpoint() -> None:
+    main = (OPERATOR / "__main__.py").read_text()
+    assert "/healthz" in main and "settings.health_port" in main
+    c = operator_container(DEFAULT)
+    env = env_of(c)
+    health = int(env["PERFPILOT_HEALTH_PORT"])
+    assert {"name": "health", "containerPort": health, "protocol": "TCP"} in c["ports"]
+    assert env["PERFPILOT_HEALTH_HOST"] == "0.0.0.0"   # the kubelet probes the pod IP
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert c[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+
+
+# ------------------------------------------------------------------------------------ security
+def test_security_context_defaults() -> None:
+    pod = one(DEFAULT, "Deployment")["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    for c in (operator_container(DEFAULT),
+              *one(DEFAULT, "Job", "webhook-cleanup")["spec"]["template"]["spec"]["containers"]):
+        sc = c["securityContext"]
+        assert sc["readOnlyRootFilesystem"] is True
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["runAsNonRoot"] is True
+        assert sc["capabilities"] == {"drop": ["ALL"]}
+
+
+def test_read_only_root_has_writable_cert_dir_and_tmp() -> None:
+    """The operator writes its generated webhook CA, cert and key to PERFPILOT_CERT_DIR."""
+    c = operator_container(DEFAULT)
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in one(DEFAULT, "Deployment")["spec"]["template"]["spec"]
+               ["volumes"]}
+    cert_dir = env_of(c)["PERFPILOT_CERT_DIR"]
+    assert cert_dir in mounts and "/tmp" in mounts
+    assert volumes[mounts[cert_dir]]["emptyDir"]["medium"] == "Memory"   # the key stays in RAM
+    assert "emptyDir" in volumes[mounts["/tmp"]]
+
+
+# ------------------------------------------------------------------------------------ RBAC
+Need = tuple[str, str, str]            # (apiGroup, resource, verb)
+
+CLIENT_VERBS = {"read": "get", "list": "list", "create": "create", "replace": "update",
+                "patch": "patch", "delete": "delete"}
+# resource -> API group, for the resources the operator's client calls name.
+CORE = {"secrets", "pods", "events", "configmaps", "namespaces", "services", "pods/resize"}
+ADMISSION = {"mutatingwebhookconfigurations", "validatingwebhookconfigurations"}
+
+
+def _plural(snake: str) -> str:
+    word = snake.replace("_", "")
+    return word if word.endswith("s") else word + "s"
+
+
+def kopf_needs() -> set[Need]:
+    """What kopf itself calls for the operator's handlers, read from kopf's registry."""
+    import kopf
+
+    import perfpilot_operator.handlers  # noqa: F401 - registers the handlers
+
+    main = (OPERATOR / "__main__.py").read_text()
+    # Cluster-wide (no namespace list/watch) and standalone (no peering objects).
+    assert "clusterwide=True" in main
+    assert re.search(r'"--standalone",\s*action="store_true",\s*default=True', main)
+    crd = yaml.safe_load((ROOT / "crds" / "perfprofile.yaml").read_text())
+    with_status = {crd["spec"]["names"]["plural"]} if any(
+        "status" in v.get("subresources", {}) for v in crd["spec"]["versions"]) else set()
+
+    reg = kopf.get_default_registry()
+    needs: set[Need] = {("", "events", "create"),                               # posting
+                        ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
+                        ("apiextensions.k8s.io", "customresourcedefinitions", "watch")}
+    watched = [h.selector for h in reg._indexing.get_all_handlers()]             # noqa: SLF001
+    watched += [h.selector for h in reg._watching.get_all_handlers()]            # noqa: SLF001
+    patched = [h.selector for h in reg._changing.get_all_handlers()]             # noqa: SLF001
+    patched += [h.selector for h in reg._spawning.get_all_handlers()]            # noqa: SLF001
+    for sel in watched + patched:
+        res = sel.plural or sel.any_name
+        needs |= {(sel.group or "", res, "list"), (sel.group or "", res, "watch")}
+    for sel in patched:   # finalizers, progress/diff-base annotations, status
+        res = sel.plural or sel.any_name
+        needs.add((sel.group or "", res, "patch"))
+        if res in with_status:
+            needs.add((sel.group or "", f"{res}/status", "patch"))
+    # Admission handlers need nothing: the API server calls the operator.
+    return needs
+
+
+def kubernetes_api_methods() -> set[str]:
+    """Every method name of the official client's *Api classes (CoreV1Api, AppsV1Api, ...)."""
+    import kubernetes.client
+
+    return {name for cls_name in dir(kubernetes.client) if cls_name.endswith("Api")
+            for name in dir(getattr(kubernetes.client, cls_name)) if not name.startswith("_")}
+
+
+def client_needs() -> set[Need]:
+    """What operator/perfpilot_operator/ calls through the official Kubernetes client."""
+    needs: set[Need] = set()
+    api_methods = kubernetes_api_methods()
+    method = re.compile(r"^(read|list|create|replace|patch|delete)_(namespaced_)?(\w+?)"
+                        r"(_status|_scale)?(_for_all_namespaces)?$")
+    for path in sorted(OPERATOR.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr in api_methods and \
+                    (m := method.match(node.attr)):
+                verb, what, sub = CLIENT_VERBS[m[1]], m[3], (m[4] or "").lstrip("_")
+                if what == "custom_object":
+                    continue   # resolved from the call's literal arguments below
+                res = _plural(what) + (f"/{sub}" if sub else "")
+                group = "" if res in CORE else "admissionregistration.k8s.io" \
+                    if res in ADMISSION else None
+                assert group is not None, (
+                    f"{path.name}: {node.attr} calls an API this test does not know; add its "
+                    f"group here and the rule to charts/perfpilot/templates/clusterrole.yaml")
+                needs.add((group, res, verb))
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                    re.match(r"^\w+_(namespaced_)?custom_object$", node.func.attr):
+                consts = [a.value for a in node.args if isinstance(a, ast.Constant)]
+                group, plural = consts[0], consts[-1]
+                needs.add((group, plural, CLIENT_VERBS[node.func.attr.split("_")[0]]))
+    # ScaleClient builds its method names: f"{verb}_namespaced_{kind}_scale" for apps/v1 kinds.
+    from perfpilot_operator.clients import kube
+
+    src = (OPERATOR / "clients" / "kube.py").read_text()
+    verbs = set(re.findall(r'self\._call, "(\w+)"', src))
+    assert verbs, "ScaleClient no longer calls self._call: update this test"
+    for kind in kube._APPS_KINDS:   # noqa: SLF001
+        for v in verbs:
+            needs.add(("apps", f"{kind.lower()}s/scale", CLIENT_VERBS[v]))
+    return needs
+
+
+def granted(role: dict[str, Any]) -> dict[Need, set[str] | None]:
+    """(group, resource, verb) -> resourceNames (None: any name)."""
+    out: dict[Need, set[str] | None] = {}
+    for rule in role["rules"]:
+        names = set(rule["resourceNames"]) if rule.get("resourceNames") else None
+        for g in rule["apiGroups"]:
+            for r in rule["resources"]:
+                for v in rule["verbs"]:
+                    key = (g, r, v)
+                    assert key not in out, f"{key} granted twice"
+                    out[key] = names
+    return out
+
+
+def test_clusterrole_grants_exactly_what_the_operator_calls() -> None:
+    needs = kopf_needs() | client_needs()
+    # The concrete list, so that a reader (and a reviewer of a change) sees it.
+    assert needs == {
+        ("perfpilot.io", "perfprofiles", "list"), ("perfpilot.io", "perfprofiles", "watch"),
+        ("perfpilot.io", "perfprofiles", "patch"), ("perfpilot.io", "perfprofiles/status", "patch"),
+        ("", "pods", "list"), ("", "pods", "watch"),
+        ("autoscaling", "horizontalpodautoscalers", "list"),
+        ("autoscaling", "horizontalpodautoscalers", "watch"),
+        ("", "events", "create"),
+        ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
+        ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
+        ("", "secrets", "get"), ("", "secrets", "create"),
+        ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "get"),
+        ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "create"),
+        ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "update"),
+        ("admissionregistration.k8s.io", "validatingwebhookconfigurations", "get"),
+        ("admissionregistration.k8s.io", "validatingwebhookconfigurations", "create"),
+        ("admissionregistration.k8s.io", "validatingwebhookconfigurations", "update"),
+        ("apps", "deployments/scale", "get"), ("apps", "deployments/scale", "patch"),
+        ("apps", "statefulsets/scale", "get"), ("apps", "statefulsets/scale", "patch"),
+        ("apps", "replicasets/scale", "get"), ("apps", "replicasets/scale", "patch"),
+    }, "the operator's API calls changed: update the ClusterRole and this list"
+    rules = granted(one(DEFAULT, "ClusterRole"))
+    assert set(rules) == needs, (f"missing: {sorted(needs - set(rules))}; "
+                                 f"not needed: {sorted(set(rules) - needs)}")
+    assert not any(v == "*" or r == "*" or g == "*" for g, r, v in rules)
+
+
+def test_named_grants_are_the_objects_the_code_touches() -> None:
+    """get/update of the webhook configurations and get of Secrets are limited by name."""
+    from perfpilot_operator.logic.injection import SidecarTemplate
+    from perfpilot_operator.logic.webhooks import MUTATING_NAME, VALIDATING_NAME
+
+    rules = granted(one(DEFAULT, "ClusterRole"))
+    adm = "admissionregistration.k8s.io"
+    for verb in ("get", "update"):
+        assert rules[(adm, "mutatingwebhookconfigurations", verb)] == {MUTATING_NAME}
+        assert rules[(adm, "validatingwebhookconfigurations", verb)] == {VALIDATING_NAME}
+    assert rules[("", "secrets", "get")] == {SidecarTemplate().token_secret}
+    # create cannot be limited by name in RBAC
+    assert rules[("", "secrets", "create")] is None
+    hook = granted(one(DEFAULT, "ClusterRole", "webhook-cleanup"))
+    assert hook == {(adm, "mutatingwebhookconfigurations", "delete"): {MUTATING_NAME},
+                    (adm, "validatingwebhookconfigurations", "delete"): {VALIDATING_NAME}}
+
+
+def test_rbac_extra_rules_and_off_switches() -> None:
+    docs = render("rbac.extraRules[0].apiGroups[0]=example.com",
+                  "rbac.extraRules[0].resources[0]=workers/scale",
+                  "rbac.extraRules[0].verbs[0]=get", "rbac.extraRules[0].verbs[1]=patch")
+    assert granted(one(docs, "ClusterRole"))[("example.com", "workers/scale", "patch")] is None
+    docs = render("rbac.create=false", "serviceAccount.create=false", "serviceAccount.name=ops")
+    kinds = {(d["kind"], d["metadata"]["labels"]["app.kubernetes.io/component"]) for d in docs}
+    assert not kinds & {("ClusterRole", "operator"), ("ClusterRoleBinding", "operator"),
+                        ("ServiceAccount", "operator")}
+    assert one(docs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "ops"
+
+
+def test_cleanup_hook_deletes_the_operators_webhook_configurations() -> None:
+    from perfpilot_operator.logic.webhooks import MUTATING_NAME, VALIDATING_NAME
+
+    job = one(DEFAULT, "Job", "webhook-cleanup")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete"
+    pod = job["spec"]["template"]["spec"]
+    script = pod["containers"][0]["args"][0]
+    compile(script, "cleanup", "exec")
+    assert f'"{MUTATING_NAME}"' in script and f'"{VALIDATING_NAME}"' in script
+    assert pod["serviceAccountName"] == one(DEFAULT, "ServiceAccount", "webhook-cleanup")[
+        "metadata"]["name"]
+    # Its pod must not be selected by the operator's Service.
+    svc = one(DEFAULT, "Service")["spec"]["selector"]
+    labels = pod and job["spec"]["template"]["metadata"]["labels"]
+    assert not all(labels.get(k) == v for k, v in svc.items())
+    for d in DEFAULT:
+        if d["metadata"]["labels"]["app.kubernetes.io/component"] == "webhook-cleanup":
+            assert d["metadata"]["annotations"]["helm.sh/hook-delete-policy"] == \
+                "before-hook-creation,hook-succeeded"
