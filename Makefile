@@ -8,7 +8,7 @@ CACHE     ?= $(HOME)/.cache/perfpilot
 STATE     := e2e/.state
 export PERFPILOT_CACHE := $(CACHE)
 
-.PHONY: help venv protos protos-check unit e2e test demo cluster-build cluster-up cluster-env cluster-down bench bench-quick clean
+.PHONY: help venv protos protos-check unit e2e test demo dev-up dev-down cluster-build cluster-up cluster-env cluster-down bench bench-quick clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -39,8 +39,15 @@ cluster-env: ## print shell exports for the local cluster: eval $$(make -s clust
 	@echo "export KUBECONFIG=$(CURDIR)/$(STATE)/kubeconfig"
 	@echo "export PATH=$(CACHE)/bin:\$$PATH"
 
-cluster-down: ## stop the local cluster, leaving no process behind
-	@if [ -x $(PY) ]; then $(PY) -m e2e.harness.cluster down; else echo "no venv, nothing to stop"; fi
+cluster-down: ## stop the operator, pod runner and local cluster, leaving no process behind
+	@if [ -x $(PY) ]; then $(PY) -m e2e.harness.dev down && $(PY) -m e2e.harness.cluster down; \
+	else echo "no venv, nothing to stop"; fi
+
+dev-up: cluster-up ## cluster + CRD + the operator and the pod runner (real sidecars) in the background
+	@$(PY) -m e2e.harness.dev up
+
+dev-down: ## stop the operator and the pod runner (the cluster keeps running)
+	@if [ -x $(PY) ]; then $(PY) -m e2e.harness.dev down; fi
 
 e2e: venv cluster-build ## end-to-end tests on the real local control plane
 	@$(PY) -m pytest e2e -q -p no:cacheprovider
@@ -48,7 +55,7 @@ e2e: venv cluster-build ## end-to-end tests on the real local control plane
 test: venv cluster-build ## unit + e2e
 	@$(PY) -m pytest tests e2e -q
 
-demo: cluster-up ## local cluster + CRD + an example profile
+demo: dev-up ## local cluster + operator + example profiles: injection, live config, alerts, autoscaling
 	@bash scripts/demo.sh
 
 bench: venv ## full benchmarks -> bench/results/latest.json

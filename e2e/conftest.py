@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from e2e.harness.cluster import ROOT, LocalCluster
+from e2e.harness import dev
+from e2e.harness.cluster import LocalCluster
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -95,14 +96,6 @@ def wait_for():  # type: ignore[no-untyped-def]
     return _wait_for
 
 
-def _start_process(cluster: LocalCluster, name: str, cmd: list[str],
-                   env: dict[str, str]) -> subprocess.Popen[bytes]:
-    log = (cluster.logs / f"{name}.log").open("wb")
-    return subprocess.Popen(cmd, env={**cluster.env(), **env}, stdout=log,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True, cwd=ROOT)
-
-
 def _stop_process(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -116,47 +109,32 @@ def _stop_process(proc: subprocess.Popen[bytes]) -> None:
 @pytest.fixture(scope="session")
 def podrunner(cluster: LocalCluster) -> Iterator[subprocess.Popen[bytes]]:
     """Real sidecar processes for injected pods (see e2e/harness/podrunner.py)."""
-    proc = _start_process(cluster, "podrunner",
-                          [sys.executable, "-m", "e2e.harness.podrunner"], {})
+    # A `make dev-up` operator / pod runner would fight ours over webhooks and pod IPs.
+    for name in ("operator", "podrunner"):
+        if dev.stop(cluster, name):
+            print(f"\n[e2e] stopped the dev {name} (make dev-up) for the test session")
+    proc = dev.start(cluster, "podrunner", dev.podrunner_command(), {})
     yield proc
     _stop_process(proc)
+    (cluster.pids / "podrunner.pid").unlink(missing_ok=True)
 
 
 E2E_WEBHOOK_PORT = 19443
 E2E_HEALTH_PORT = 18081
+E2E_METRICS_PORT = 18080
 
 
 @pytest.fixture(scope="session")
 def operator(cluster: LocalCluster, podrunner: subprocess.Popen[bytes]
              ) -> Iterator[subprocess.Popen[bytes]]:
     """perfpilot-operator as its own process against the cluster, webhooks registered by URL."""
-    env = {
-        "PERFPILOT_WEBHOOK_PORT": str(E2E_WEBHOOK_PORT),
-        "PERFPILOT_HEALTH_HOST": "127.0.0.1",
-        "PERFPILOT_HEALTH_PORT": str(E2E_HEALTH_PORT),
-        "PERFPILOT_CERT_DIR": str(cluster.state / "operator-certs"),
-        "PERFPILOT_RESYNC_INTERVAL": "1s",
-    }
-    proc = _start_process(cluster, "operator",
-                          [str(Path(sys.executable).parent / "perfpilot-operator")], env)
-
-    def healthy() -> bool:
-        if proc.poll() is not None:
-            raise RuntimeError(f"perfpilot-operator exited {proc.returncode}; see "
-                               f"{cluster.logs / 'operator.log'}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{E2E_HEALTH_PORT}/healthz",
-                                        timeout=1) as r:
-                return r.status == 200
-        except OSError:
-            return False
-
-    _wait_for(healthy, "the operator's /healthz", timeout=60)
-    _wait_for(lambda: cluster.kubectl("get", "mutatingwebhookconfiguration",
-                                      "perfpilot-pod-injector", check=False).returncode == 0,
-              "the pod webhook registration")
+    env = dev.operator_env(cluster, webhook_port=E2E_WEBHOOK_PORT, health_port=E2E_HEALTH_PORT,
+                           metrics_port=E2E_METRICS_PORT, resync="1s")
+    proc = dev.start(cluster, "operator", dev.operator_command(), env)
+    dev.wait_healthy(cluster, proc, E2E_HEALTH_PORT)
     yield proc
     _stop_process(proc)
+    (cluster.pids / "operator.pid").unlink(missing_ok=True)
     cluster.kubectl("delete", "mutatingwebhookconfiguration", "perfpilot-pod-injector",
                     "--ignore-not-found", check=False)
     cluster.kubectl("delete", "validatingwebhookconfiguration", "perfpilot-profile-validator",

@@ -9,6 +9,7 @@ import os
 import signal
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from e2e.conftest import E2E_METRICS_PORT
 from e2e.harness.cluster import LocalCluster
 from perfpilot_client import AgentClient
 
@@ -141,6 +143,13 @@ def test_alert_fires_and_resolves_and_autoscaler_follows_the_metric(
         assert active[0]["value"] > 0.1
         assert "AnswersSlow" in condition(st, "Alerting")["message"]
         wait_for(lambda: events(cluster, namespace, "AlertFiring"), "an AlertFiring event")
+        # The operator exports what it decided on, for Prometheus and Grafana.
+        with urllib.request.urlopen(f"http://127.0.0.1:{E2E_METRICS_PORT}/metrics") as r:
+            exposition = r.read().decode()
+        assert (f'perfpilot_operator_alert_active{{alert="AnswersSlow",namespace="{namespace}",'
+                f'profile="watched",severity="critical",state="firing"}} 1.0') in exposition
+        assert (f'perfpilot_operator_profile_metric{{metric="app_latency_p99_seconds",'
+                f'namespace="{namespace}",profile="watched"}}') in exposition
         wait_for(lambda: replicas(cluster, namespace) == 3, "scale-up to maxReplicas 3",
                  timeout=60)
         scaled = events(cluster, namespace, "Scaled")

@@ -63,3 +63,17 @@ def test_decisions_stay_within_bounds_and_steps(current: int, metric: float,
         if m < SPEC.target * (1 - SPEC.tolerance):
             assert d.replicas <= current
         current = d.replicas
+
+
+def test_a_new_scaler_does_not_scale_down_before_one_down_window() -> None:
+    """An operator restart must not shrink workloads: no history is not 'all low'."""
+    state = ScalerState()
+    d = decide(state, now=1000, current=6, metric=0, spec=SPEC)
+    assert (d.replicas, d.reason) == (6, "StabilizingDown")
+    d = decide(state, now=1299, current=6, metric=0, spec=SPEC)
+    assert d.replicas == 6
+    d = decide(state, now=1301, current=6, metric=0, spec=SPEC)
+    assert (d.replicas, d.reason) == (5, "ScaledDown")
+    # Scale-up is never held back by this.
+    d = decide(ScalerState(), now=0, current=2, metric=100, spec=SPEC)
+    assert (d.replicas, d.reason) == (4, "ScaledUp")

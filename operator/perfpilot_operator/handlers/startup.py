@@ -47,7 +47,12 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Lo
                  scale=kube_client.ScaleClient(api), native_sidecar=native,
                  ca_bundle=certs.ca_bundle())
     if cfg.metrics_port >= 0:
-        prom.serve(cfg.metrics_port, cfg.metrics_host)
+        try:
+            prom.serve(cfg.metrics_port, cfg.metrics_host)
+        except OSError as e:
+            raise kopf.PermanentError(
+                f"cannot serve /metrics on {cfg.metrics_host}:{cfg.metrics_port}: {e.strerror}; "
+                f"set PERFPILOT_METRICS_PORT to a free port (-1 turns it off)") from e
     memo.runtime = rt
 
     settings.admission.server = kopf.WebhookServer(

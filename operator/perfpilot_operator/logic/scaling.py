@@ -48,9 +48,13 @@ class Decision:
 
 @dataclass
 class ScalerState:
-    """Recent recommendations: (time, replicas), oldest first."""
+    """Recent recommendations: (time, replicas), oldest first, and when the scaler first saw
+    the target (a new or restarted scaler has no history: it must not scale down before a whole
+    down-window has passed, or an operator restart would shrink every workload at once)."""
 
     recommendations: list[tuple[float, int]] = field(default_factory=list)
+    started: float | None = None
+    initial: int | None = None
 
 
 def raw_recommendation(current: int, metric: float, target: float, tolerance: float) -> int:
@@ -85,6 +89,8 @@ def decide(
                         f"no fresh value of the metric; holding {current} replicas",
                         scaling_active=False)
 
+    if state.started is None:
+        state.started, state.initial = now, current
     wanted = raw_recommendation(current, metric, spec.target, spec.tolerance)
     recommended = min(max(wanted, spec.min_replicas), spec.max_replicas)
     horizon = max(spec.scale_up.stabilization_window, spec.scale_down.stabilization_window)
@@ -101,8 +107,12 @@ def decide(
         desired = min(desired, current + spec.scale_up.max_step)
         reason = "ScaledUp" if desired > current else "StabilizingUp"
     elif recommended < current:
-        # Scale down no further than the highest recommendation of the down-window.
-        desired = min(current, max(within(spec.scale_down.stabilization_window)))
+        # Scale down no further than the highest recommendation of the down-window (which,
+        # while the scaler is younger than the window, includes the size it found).
+        seen = within(spec.scale_down.stabilization_window)
+        if now - state.started < spec.scale_down.stabilization_window and state.initial:
+            seen.append(state.initial)
+        desired = min(current, max(seen))
         desired = max(desired, current - spec.scale_down.max_step)
         reason = "ScaledDown" if desired < current else "StabilizingDown"
     desired = min(max(desired, spec.min_replicas), spec.max_replicas)
