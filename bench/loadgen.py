@@ -268,25 +268,48 @@ async def mode_open(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 async def mode_steps(spec: dict[str, Any]) -> dict[str, Any]:
-    """Step the offered rate up per target until p99 >= limit or an error; report every step."""
+    """Step the offered rate up until p99 >= limit, an error, or a missed schedule; report every step.
+
+    At each rate every still-passing target runs one step (order rotating), so a burst of noise from
+    other processes hits the targets alike; a failed step is retried once before it counts, so one
+    noisy 2-second window does not end a target's search.
+    """
     targets = await _targets(spec, spec.get("clients", 100))
     limit = spec["p99_limit_ms"]
     timeout = spec.get("timeout", 2.0)
-    out: dict[str, Any] = {}
+    out: dict[str, list[dict[str, Any]]] = {t.name: [] for t in targets}
     for t in targets:
         await open_loop(t, spec["rates"][0], 0.5, timeout)  # warm-up
-        steps = []
-        for rate in spec["rates"]:
+
+    async def step(t: Target, rate: float) -> bool:
+        for attempt in range(2):
             r = await open_loop(t, rate, spec["step_seconds"], timeout)
             r.pop("_lat")
             # a step passes only if the rate was really offered (the generator kept its schedule)
             sent_ok = r["achieved_send_rate"] >= 0.95 * rate
             r["passed"] = r["p99_ms"] < limit and r["errors"] == 0 and sent_ok
             r["cause"] = None if r["passed"] else _cause(r, sent_ok)
-            steps.append(r)
-            if not r["passed"]:
-                break
-        out[t.name] = steps
+            r["attempt"] = attempt + 1
+            out[t.name].append(r)
+            if r["passed"]:
+                return True
+        return False
+
+    active = list(targets)
+    for n, rate in enumerate(spec["rates"]):
+        k = n % len(active) if active else 0
+        results = {t.name: await step(t, rate) for t in active[k:] + active[:k]}
+        active = [t for t in active if results[t.name]]
+        if not active:
+            break
+    # one bisection step between the last passed and the first failed rate (a 1k grid is coarse)
+    for t in targets:
+        steps = out[t.name]
+        passed = [x["offered"] for x in steps if x["passed"]]
+        failed = [x["offered"] for x in steps if not x["passed"]]
+        if passed and failed and min(failed) - max(passed) > 500:
+            mid = round((max(passed) + min(failed)) / 2 / 250) * 250
+            await step(t, mid)
     for t in targets:
         await t.close()
     return out
