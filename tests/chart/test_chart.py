@@ -10,6 +10,7 @@ settings.py reads. The chart on a real API server: e2e/test_helm.py.
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import subprocess
@@ -214,7 +215,8 @@ def test_every_rendered_operator_variable_is_read_by_settings() -> None:
     # Everything the chart decides in-cluster is set explicitly, not left to out-of-cluster defaults.
     assert {"PERFPILOT_NAMESPACE", "PERFPILOT_WEBHOOK_HOST", "PERFPILOT_WEBHOOK_PORT",
             "PERFPILOT_WEBHOOK_SERVICE", "PERFPILOT_CERT_DIR", "PERFPILOT_HEALTH_HOST",
-            "PERFPILOT_HEALTH_PORT", "PERFPILOT_METRICS_PORT", "PERFPILOT_RESYNC_INTERVAL",
+            "PERFPILOT_HEALTH_PORT", "PERFPILOT_METRICS_HOST", "PERFPILOT_METRICS_PORT",
+            "PERFPILOT_RESYNC_INTERVAL",
             "PERFPILOT_SIDECAR_IMAGE"} <= rendered
 
 
@@ -485,3 +487,28 @@ def test_cleanup_hook_deletes_the_operators_webhook_configurations() -> None:
         if d["metadata"]["labels"]["app.kubernetes.io/component"] == "webhook-cleanup":
             assert d["metadata"]["annotations"]["helm.sh/hook-delete-policy"] == \
                 "before-hook-creation,hook-succeeded"
+
+
+# ------------------------------------------------------------------------------------ docs
+def value_paths(values: dict[str, Any], prefix: str = "") -> list[str]:
+    """Leaf keys of values.yaml; free-form blocks (resources, security contexts, probe timings)
+    count as one."""
+    whole = {"resources", "podSecurityContext", "securityContext", "health.livenessProbe",
+             "health.readinessProbe"}
+    out = []
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value and path not in whole:
+            out += value_paths(value, f"{path}.")
+        else:
+            out.append(path)
+    return out
+
+
+def test_readme_documents_every_value() -> None:
+    readme = (CHART / "README.md").read_text()
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    missing = [p for p in value_paths(values) if f"`{p}`" not in readme]
+    assert missing == [], f"charts/perfpilot/README.md does not document {missing}"
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert set(values) <= set(schema["properties"]), "values.yaml has keys the schema refuses"
