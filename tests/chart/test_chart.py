@@ -362,7 +362,8 @@ def client_needs() -> set[Need]:
     needs: set[Need] = set()
     api_methods = kubernetes_api_methods()
     method = re.compile(r"^(read|list|create|replace|patch|delete)_(namespaced_)?(\w+?)"
-                        r"(_status|_scale)?(_for_all_namespaces)?$")
+                        r"(_status|_scale|_resize|_eviction|_ephemeralcontainers)?"
+                        r"(_for_all_namespaces)?$")
     for path in sorted(OPERATOR.rglob("*.py")):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
