@@ -462,3 +462,56 @@ def test_uninstall_removes_the_release_and_keeps_the_crd(release: Release) -> No
         "helm uninstall must keep the CRD (and every PerfProfile)"
     assert _webhooks_pointing_at(r.cluster, r.namespace) == []
     assert r.helm("list", "-q").stdout.strip() == ""
+
+
+def test_uninstall_hook_script_may_delete_the_webhook_configurations(
+        cluster: LocalCluster, tmp_path: Path) -> None:
+    """The pre-delete hook's script, run here (kwok runs no Job) as the hook's own
+    ServiceAccount, with server-side dry run so that the suite's webhooks stay: its RBAC lets it
+    delete both configurations, and nothing else."""
+    suffix = uuid.uuid4().hex[:6]
+    name, namespace = f"pp-{suffix}", f"e2e-helm-hook-{suffix}"
+    rendered = subprocess.run(
+        [cluster.binary("helm"), "template", name, str(CHART), "-n", namespace,
+         "--kube-version", "1.35.0", "--show-only", "templates/webhook-cleanup.yaml"],
+        capture_output=True, text=True, check=True, env=cluster.env()).stdout
+    docs = [d for d in yaml.safe_load_all(rendered) if d]
+    job = next(d for d in docs if d["kind"] == "Job")
+    script = job["spec"]["template"]["spec"]["containers"][0]["args"][0]
+    sa = job["spec"]["template"]["spec"]["serviceAccountName"]
+    rbac = [d for d in docs if d["kind"] != "Job"]
+    cluster.kubectl("create", "namespace", namespace)
+    try:
+        cluster.kubectl("apply", "-n", namespace, "-f", "-",
+                        input="\n---\n".join(yaml.safe_dump(d) for d in rbac))
+        for verb, res, ok in [
+                ("delete", "mutatingwebhookconfigurations.admissionregistration.k8s.io/"
+                           "perfpilot-pod-injector", True),
+                ("delete", "validatingwebhookconfigurations.admissionregistration.k8s.io/"
+                           "perfpilot-profile-validator", True),
+                ("delete", "mutatingwebhookconfigurations.admissionregistration.k8s.io/other",
+                 False),
+                ("create", "mutatingwebhookconfigurations.admissionregistration.k8s.io", False)]:
+            out = cluster.kubectl("auth", "can-i", verb, res,
+                                  f"--as=system:serviceaccount:{namespace}:{sa}", check=False)
+            assert (out.stdout.strip() == "yes") is ok, f"{verb} {res}: {out.stdout}"
+        token = cluster.kubectl("create", "token", sa, "-n", namespace,
+                                "--duration=10m").stdout.strip()
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "sa",
+            "clusters": [{"name": "local", "cluster": {
+                "server": cluster.server, "certificate-authority": str(cluster.pki.ca_crt)}}],
+            "users": [{"name": "sa", "user": {"token": token}}],
+            "contexts": [{"name": "sa", "context": {"cluster": "local", "user": "sa"}}]}))
+        run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                             timeout=60, env={**os.environ, "KUBECONFIG": str(kubeconfig),
+                                              "DRY_RUN": "1"})
+        assert run.returncode == 0, run.stdout + run.stderr
+        for webhook in ("perfpilot-pod-injector", "perfpilot-profile-validator"):
+            assert re.search(rf"^{webhook}: (deleted \(dry run\)|already absent)$", run.stdout,
+                             re.M), run.stdout
+    finally:
+        cluster.kubectl("delete", "clusterrolebinding,clusterrole", "-l",
+                        f"app.kubernetes.io/instance={name}", "--ignore-not-found", check=False)
+        cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
