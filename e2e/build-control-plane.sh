@@ -72,6 +72,18 @@ if ! fresh kwok "v$KWOK_VERSION"; then
   stamp kwok "v$KWOK_VERSION"
 fi
 
+# kwok's own default pod stages (the "fast" set), kept beside the binary: the harness extends
+# the pod-ready stage to report container resources the way a resize-capable kubelet does.
+STAGES="$CACHE/kwok-stages/v$KWOK_VERSION"
+if [[ ! -s "$STAGES/pod-ready.yaml" ]]; then
+  ALL_FRESH=0
+  dir=$(go mod download -json "sigs.k8s.io/kwok@v$KWOK_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  mkdir -p "$STAGES"
+  cp "$dir"/kustomize/stage/pod/fast/pod-{ready,complete,delete}.yaml "$STAGES/"
+  chmod u+w "$STAGES"/*.yaml
+  log "kwok v$KWOK_VERSION pod stages copied to $STAGES"
+fi
+
 if ! fresh helm "v$HELM_VERSION"; then
   ALL_FRESH=0
   build_step "helm v$HELM_VERSION" env GOBIN="$BIN" go install -v -trimpath \

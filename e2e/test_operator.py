@@ -110,6 +110,28 @@ def test_profile_injects_configures_and_reconfigures_live(cluster: LocalCluster,
         assert cfg.config.pools.process_workers == 2
         assert cfg.config.cache.ttl.seconds == 30
 
+    # New requests/limits reach the running pods in place through pods/resize (kwok carries
+    # out no resize, so this asserts the request: the pods' spec), again without restarts.
+    cluster.kubectl("patch", "perfprofile", "agents", "-n", namespace, "--type=merge", "-p",
+                    '{"spec": {"resources": {"app": {"limits": {"cpu": "1"}}}}}')
+
+    def resized() -> list[dict[str, Any]] | None:
+        pods = get_json(cluster, "pods", "-n", namespace, "-l", "app=agent")["items"]
+        limits = [next(c for c in p["spec"]["containers"] if c["name"] == "agent")
+                  ["resources"]["limits"] for p in pods]
+        return pods if limits and all(lim.get("cpu") == "1" for lim in limits) else None
+
+    after = wait_for(resized, "the app containers resized to a 1-CPU limit", timeout=60)
+    assert {p["metadata"]["uid"]: p["status"]["podIP"] for p in after} == before
+    for p in after:
+        app = next(c for c in p["spec"]["containers"] if c["name"] == "agent")
+        assert app["resources"]["limits"]["memory"] == "2Gi"      # untouched fields stay
+    st = wait_for(lambda: (s := profile_status(cluster, namespace)).get("observedGeneration") == 3
+                  and s, "generation 3 in status")
+    cond = next(c for c in st["conditions"] if c["type"] == "ResourcesApplied")
+    assert cond["status"] == "True", cond
+    assert st["pods"]["stale"] == 0
+
 
 def test_overlapping_profile_is_refused_naming_the_other(cluster: LocalCluster,
                                                          namespace: str) -> None:

@@ -296,13 +296,14 @@ class LocalCluster:
         ]
 
     def _write_kwok_config(self) -> None:
-        """kwok's own options; its metrics/health server listens on loopback only."""
+        """kwok's own options, plus its default pod stages with one change (pod_stages)."""
         (self.state / "kwok.yaml").write_text(
             "apiVersion: config.kwok.x-k8s.io/v1alpha1\n"
             "kind: KwokConfiguration\n"
             "options:\n"
             "  cidr: 127.1.0.0/16\n"
             "  nodeIP: 127.0.0.1\n"
+            + "".join(f"---\n{stage}" for stage in pod_stages(self.bin.parent))
         )
 
     def _create_nodes(self) -> None:
@@ -420,6 +421,31 @@ contexts:
   context: {{cluster: perfpilot-local, user: perfpilot-admin, namespace: default}}
 current-context: perfpilot-local
 """)
+
+
+# In kwok's pod-ready stage, after each container status's `ready: true`: report the container's
+# resources, as a kubelet with in-place resize does. The API server accepts a pods/resize request
+# only for pods whose running containers report them (the version-skew guard of the resize KEP).
+_READY_LINE = "        ready: true\n"
+_RESOURCES_LINE = ("        {{ with .resources }}resources: {{ YAML . 2 }}"
+                   "{{ else }}resources: {}{{ end }}\n")
+
+
+def pod_stages(cache: Path) -> list[str]:
+    """kwok's default ("fast") pod stages, copied by the build script, with resources reported."""
+    dirs = sorted((cache / "kwok-stages").glob("v*"))
+    if not dirs or not (dirs[-1] / "pod-ready.yaml").exists():
+        raise ClusterError(f"kwok pod stages missing under {cache / 'kwok-stages'}: "
+                           f"run `make cluster-build`")
+    out = []
+    for name in ("pod-ready.yaml", "pod-complete.yaml", "pod-delete.yaml"):
+        text = (dirs[-1] / name).read_text()
+        if name == "pod-ready.yaml":
+            if text.count(_READY_LINE) != 2:
+                raise ClusterError(f"unexpected kwok pod-ready stage in {dirs[-1]}")
+            text = text.replace(_READY_LINE, _READY_LINE + _RESOURCES_LINE)
+        out.append(text if text.endswith("\n") else text + "\n")
+    return out
 
 
 def _pid_alive(pid: int) -> bool:

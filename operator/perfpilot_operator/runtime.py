@@ -16,5 +16,6 @@ class Runtime:
     kube: Any = None                      # perfpilot_operator.clients.kube.Kube
     scale: Any = None                     # perfpilot_operator.clients.kube.ScaleClient
     native_sidecar: bool = True
+    resize: bool = True                   # the API server offers pods/resize (1.33+)
     ca_bundle: bytes = b""
     tokens: dict[str, str] = field(default_factory=dict)   # namespace -> agent token

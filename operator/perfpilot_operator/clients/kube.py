@@ -37,6 +37,10 @@ class Kube:
         info = await asyncio.to_thread(self.version_api.get_code)
         return int("".join(ch for ch in info.minor if ch.isdigit()) or 0)
 
+    async def resize_pod(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        """PATCH pods/<name>/resize (strategic merge): new requests/limits, no restart."""
+        await asyncio.to_thread(self.core.patch_namespaced_pod_resize, name, namespace, patch)
+
     async def list_profiles(self, namespace: str) -> list[dict[str, Any]]:
         """PerfProfiles of a namespace, read live: the webhook's fallback when kopf's index has
         not yet seen a profile that was applied a moment before its workload."""

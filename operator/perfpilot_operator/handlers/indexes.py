@@ -30,11 +30,16 @@ def hpas_by_namespace(namespace: str, name: str, spec: kopf.Spec, **_: Any
 def pods_by_namespace(namespace: str, name: str, body: kopf.Body, **_: Any
                       ) -> dict[str, tuple[dict[str, str], PodView]]:
     meta, status = body.get("metadata", {}), body.get("status", {})
+    spec = body.get("spec", {})
+    shape = {"spec": {section: [{"name": c.get("name"), "resources": dict(c.get("resources") or {})}
+                                for c in spec.get(section, [])]
+                      for section in ("containers", "initContainers")}}
     view = PodView(
         name=name,
         ip=status.get("podIP"),
         running=status.get("phase") == "Running" and not meta.get("deletionTimestamp"),
         injected=is_injected(dict(body))
         and meta.get("annotations", {}).get(ANNOTATION_INJECTED) == "true",
+        shape=shape,
     )
     return {namespace: (dict(meta.get("labels") or {}), view)}

@@ -9,6 +9,7 @@ applied generation), so a restarted operator simply re-sends to everyone, harmle
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from typing import Any
 
@@ -22,6 +23,7 @@ from perfpilot_operator.clients.agents import Target, bounded_gather, with_retri
 from perfpilot_operator.logic.conditions import PodView, count_pods, set_condition
 from perfpilot_operator.logic.desired import configure_request
 from perfpilot_operator.logic.injection import selector_matches
+from perfpilot_operator.logic.resize import resize_patch
 from perfpilot_operator.runtime import Runtime
 from perfpilot_operator.settings import Settings
 
@@ -86,6 +88,7 @@ async def sync(*, rt: Runtime, memo: Any, namespace: str, name: str, generation:
         if done:
             logger.info(f"configured {done} sidecar(s) at generation {generation}")
 
+    resized, stale = await _resize(rt, namespace, spec, pods, logger)
     outcome = await observe(token) if observe is not None else None
     unreachable = dict(outcome.unreachable) if outcome is not None else {}
     views = [dataclasses.replace(p, configured_generation=applied.get(f"{p.name}@{p.ip}", 0),
@@ -137,10 +140,55 @@ async def sync(*, rt: Runtime, memo: Any, namespace: str, name: str, generation:
                 if c["type"] in ("InjectionComplete", "ConfigApplied")) and not failures
     cond("Ready", ready, "Reconciled" if ready else "NotReady",
          "profile applied to every selected pod" if ready else "see the other conditions")
-    for state_, n in counts.as_status().items():
+    pod_counts = {**counts.as_status(), "stale": len(stale)}
+    if stale:
+        cond("ResourcesApplied", False, "PodsStale",
+             f"{len(stale)} running pod(s) keep old requests/limits "
+             + ("(in-place resize refused: " + "; ".join(
+                 f"{k}: {v}" for k, v in sorted(stale.items())[:3]) + ")"
+                if rt.resize else "(the API server has no pods/resize before 1.33)")
+             + "; recreate them (kubectl rollout restart) to apply spec.resources")
+    else:
+        cond("ResourcesApplied", True, "Applied" if resized == 0 else "ResizedInPlace",
+             "every running pod has spec.resources" if resized == 0 else
+             f"{resized} running pod(s) resized in place (pods/resize), no restart")
+    for state_, n in pod_counts.items():
         prom.PODS.labels(namespace, name, state_).set(n)
-    return {"observedGeneration": generation, "pods": counts.as_status(), "conditions": conds,
+    return {"observedGeneration": generation, "pods": pod_counts, "conditions": conds,
             **extra}
+
+
+async def _resize(rt: Runtime, namespace: str, spec: dict[str, Any], pods: list[PodView],
+                  logger: Any) -> tuple[int, dict[str, str]]:
+    """Bring running injected pods to spec.resources in place; (resized, stale by pod name)."""
+    if not spec.get("resources"):
+        return 0, {}
+    resized, stale = 0, {}
+    for p in pods:
+        if not (p.running and p.injected and p.shape):
+            continue
+        patch = resize_patch(p.shape, spec)
+        if patch is None:
+            continue
+        if not rt.resize:
+            stale[p.name] = "no pods/resize"
+            continue
+        try:
+            await rt.kube.resize_pod(namespace, p.name, patch)
+            resized += 1
+        except ApiException as e:
+            detail = e.reason or str(e.status)
+            try:
+                detail = json.loads(e.body).get("message", detail)
+            except (TypeError, ValueError):
+                pass
+            stale[p.name] = detail
+    if resized:
+        logger.info(f"resized {resized} pod(s) in place to spec.resources")
+    if stale:
+        logger.warning(f"{len(stale)} pod(s) keep old resources: "
+                       + "; ".join(f"{k}: {v}" for k, v in sorted(stale.items())[:3]))
+    return resized, stale
 
 
 async def _reconcile(body: kopf.Body, patch: kopf.Patch, memo: Any, namespace: str, name: str,

@@ -11,7 +11,7 @@ from perfpilot_operator.certs import ensure_webhook_certs
 from perfpilot_operator import metrics as prom
 from perfpilot_operator.clients import kube as kube_client
 from perfpilot_operator.clients.agents import AgentClients
-from perfpilot_operator.logic import webhooks
+from perfpilot_operator.logic import resize, webhooks
 from perfpilot_operator.runtime import Runtime
 from perfpilot_operator.settings import Settings
 
@@ -45,6 +45,7 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Lo
     certs = ensure_webhook_certs(cfg.cert_dir, names)
     rt = Runtime(settings=cfg, agents=AgentClients(timeout=cfg.rpc_timeout), kube=kube,
                  scale=kube_client.ScaleClient(api), native_sidecar=native,
+                 resize=minor >= resize.RESIZE_MIN_MINOR,
                  ca_bundle=certs.ca_bundle())
     if cfg.metrics_port >= 0:
         try:
@@ -71,7 +72,7 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Lo
             webhooks.validating_configuration(failure_policy=cfg.failure_policy,
                                               client=client(webhooks.PROFILE_HANDLER_ID)))
     logger.info(f"perfpilot operator ready: Kubernetes 1.{minor}, native sidecars "
-                f"{'on' if native else 'off'}, webhooks on {cfg.webhook_host}:{cfg.webhook_port}")
+                f"{'on' if native else 'off'}, in-place resize {'on' if rt.resize else 'off'}, webhooks on {cfg.webhook_host}:{cfg.webhook_port}")
 
 
 @kopf.on.cleanup(id="cleanup")

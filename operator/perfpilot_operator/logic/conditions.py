@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-CONDITION_TYPES = ("Ready", "ConfigApplied", "InjectionComplete", "Degraded", "Alerting",
-                   "ScalingActive")
+CONDITION_TYPES = ("Ready", "ConfigApplied", "InjectionComplete", "ResourcesApplied", "Degraded",
+                   "Alerting", "ScalingActive")
 
 
 def now_iso(now: dt.datetime | None = None) -> str:
@@ -40,6 +40,9 @@ class PodView:
     injected: bool
     configured_generation: int = 0    # as last reported by its sidecar
     healthy: bool = True
+    # {"spec": {"containers": [{name, resources}], "initContainers": [...]}}: what a resize
+    # decision needs, nothing more (the index holds one per pod).
+    shape: dict[str, Any] | None = field(default=None, compare=False, hash=False)
 
 
 @dataclass(frozen=True)
