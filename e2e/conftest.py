@@ -128,6 +128,12 @@ E2E_METRICS_PORT = 18080
 def operator(cluster: LocalCluster, podrunner: subprocess.Popen[bytes]
              ) -> Iterator[subprocess.Popen[bytes]]:
     """perfpilot-operator as its own process against the cluster, webhooks registered by URL."""
+    # The cluster has the Prometheus Operator's PrometheusRule API, as kube-prometheus clusters
+    # do: the operator keeps one per profile with alerts (e2e/test_prometheus.py).
+    cluster.kubectl("apply", "-f", str(Path(__file__).parent / "fixtures" /
+                                       "prometheusrule-crd.yaml"))
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                    "crd/prometheusrules.monitoring.coreos.com")
     env = dev.operator_env(cluster, webhook_port=E2E_WEBHOOK_PORT, health_port=E2E_HEALTH_PORT,
                            metrics_port=E2E_METRICS_PORT, resync="1s")
     proc = dev.start(cluster, "operator", dev.operator_command(), env)

@@ -20,6 +20,7 @@ import kopf
 from perfpilot_operator import metrics as prom
 from perfpilot_operator.clients.agents import Target, bounded_gather
 from perfpilot_operator.logic import monitor as mon
+from perfpilot_operator.logic import prometheusrule as promrule
 from perfpilot_operator.logic import stats
 from perfpilot_operator.logic.alerting import AlertState, Transition
 from perfpilot_operator.logic.conditions import PodView, now_iso
@@ -38,6 +39,7 @@ class MonitorState:
     last_scale_eval: float = 0.0
     last_scale_time: str | None = None
     replicas: dict[str, Any] | None = None
+    rule_synced: Any = None      # the PrometheusRule spec last written (None: never / deleted)
 
 
 def _iso(ts: float) -> str:
@@ -123,6 +125,8 @@ async def observe(*, rt: Runtime, memo: Any, body: kopf.Body, namespace: str, na
         conditions.append(("Alerting", False, "NoAlertsFiring",
                            f"pending: {', '.join(pending)}" if pending else "no alert firing"))
 
+    await _sync_prometheus_rule(rt, state, body, rules, logger)
+
     # Autoscaling.
     auto = mon.autoscaling(spec)
     if auto is None:
@@ -139,6 +143,43 @@ async def observe(*, rt: Runtime, memo: Any, body: kopf.Body, namespace: str, na
         if cond is not None:
             conditions.append(cond)
     return Outcome(status=status, conditions=conditions, unreachable=unreachable)
+
+
+PROMETHEUS_RULES_RECHECK = 60.0
+
+
+async def _sync_prometheus_rule(rt: Runtime, state: MonitorState, body: kopf.Body,
+                                rules: list[Any], logger: Any) -> None:
+    """Keep the profile's PrometheusRule equal to its alerts, where the CRD exists. Failures are
+    logged, never fatal: the operator's own alerting does not depend on it."""
+    now = time.monotonic()
+    if rt.prometheus_rules_checked is None or (
+            not rt.prometheus_rules and now - rt.prometheus_rules_checked > PROMETHEUS_RULES_RECHECK):
+        rt.prometheus_rules_checked = now
+        try:
+            rt.prometheus_rules = await rt.kube.prometheus_rules_available()
+        except Exception as e:  # noqa: BLE001
+            logger.warning(f"cannot discover monitoring.coreos.com/v1: {e}")
+            rt.prometheus_rules = False
+    if not rt.prometheus_rules:
+        return
+    meta = body.get("metadata", {})
+    try:
+        if not rules:
+            if state.rule_synced is not False:
+                await rt.kube.delete_prometheus_rule(meta["namespace"],
+                                                     promrule.rule_name(meta["name"]))
+                state.rule_synced = False
+            return
+        obj = promrule.render(dict(body), rules)
+        if state.rule_synced == obj["spec"]:
+            return
+        result = await rt.kube.apply_prometheus_rule(obj)
+        state.rule_synced = obj["spec"]
+        if result != "unchanged":
+            logger.info(f"PrometheusRule {obj['metadata']['name']} {result}")
+    except Exception as e:  # noqa: BLE001
+        logger.warning(f"PrometheusRule sync failed: {e}")
 
 
 async def _autoscale(rt: Runtime, state: MonitorState, auto: mon.Autoscaling, namespace: str,

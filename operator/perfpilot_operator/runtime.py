@@ -17,5 +17,7 @@ class Runtime:
     scale: Any = None                     # perfpilot_operator.clients.kube.ScaleClient
     native_sidecar: bool = True
     resize: bool = True                   # the API server offers pods/resize (1.33+)
+    prometheus_rules: bool = False        # monitoring.coreos.com/v1 PrometheusRule is served
+    prometheus_rules_checked: float | None = None   # monotonic time of the last discovery
     ca_bundle: bytes = b""
     tokens: dict[str, str] = field(default_factory=dict)   # namespace -> agent token

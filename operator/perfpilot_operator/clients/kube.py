@@ -41,6 +41,52 @@ class Kube:
         """PATCH pods/<name>/resize (strategic merge): new requests/limits, no restart."""
         await asyncio.to_thread(self.core.patch_namespaced_pod_resize, name, namespace, patch)
 
+    async def prometheus_rules_available(self) -> bool:
+        """Whether the cluster serves monitoring.coreos.com/v1 PrometheusRules."""
+        def run() -> bool:
+            try:
+                res = self.custom.get_api_resources("monitoring.coreos.com", "v1")
+            except ApiException as e:
+                if e.status == 404:
+                    return False
+                raise
+            return any(r.name == "prometheusrules" for r in (res.resources or []))
+        return await asyncio.to_thread(run)
+
+    async def apply_prometheus_rule(self, obj: dict[str, Any]) -> str:
+        """Create or update the object; returns "created", "updated" or "unchanged"."""
+        ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+        args = ("monitoring.coreos.com", "v1", ns, "prometheusrules")
+
+        def run() -> str:
+            try:
+                self.custom.create_namespaced_custom_object(*args, obj)
+                return "created"
+            except ApiException as e:
+                if e.status != 409:
+                    raise
+            current = self.custom.get_namespaced_custom_object(*args, name)
+            if (current.get("spec") == obj["spec"]
+                    and current["metadata"].get("labels") == obj["metadata"]["labels"]):
+                return "unchanged"
+            body = {**obj, "metadata": {**obj["metadata"],
+                                        "resourceVersion": current["metadata"]["resourceVersion"]}}
+            self.custom.replace_namespaced_custom_object(*args, name, body)
+            return "updated"
+        return await asyncio.to_thread(run)
+
+    async def delete_prometheus_rule(self, namespace: str, name: str) -> bool:
+        def run() -> bool:
+            try:
+                self.custom.delete_namespaced_custom_object(
+                    "monitoring.coreos.com", "v1", namespace, "prometheusrules", name)
+                return True
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+                return False
+        return await asyncio.to_thread(run)
+
     async def list_profiles(self, namespace: str) -> list[dict[str, Any]]:
         """PerfProfiles of a namespace, read live: the webhook's fallback when kopf's index has
         not yet seen a profile that was applied a moment before its workload."""
