@@ -338,16 +338,25 @@ def _load(procs: Procs, quick: bool, k: Child, k_uds: str, b: Child, b_uds: str)
                         {"name": "b", "kind": "bare", "target": b_uds, "pid": b.pid}]}
     r = _loadgen(procs, "open", spec)
     s, bb = r["s"], r["b"]
-    gen = ("" if s["achieved_send_rate"] >= 0.95 * 1000 and s["lag_p99_ms"] < 10 else
-           f" LOAD GENERATOR LAGGED: achieved send rate {s['achieved_send_rate']:.0f}/s, send lag p99 "
-           f"{s['lag_p99_ms']:.1f} ms.")
     cpu = [x for x in s["server_cpu_cores"] if x is not None]
+    server_cores = statistics.mean(cpu) if cpu else math.nan
+    other = max(0.0, s["machine_busy_cores"] - server_cores - s["generator_cpu_cores"])
+    gen = (f" The generator kept its schedule (sent {s['achieved_send_rate']:.0f}/s, send lag p99 "
+           f"{s['lag_p99_ms']:.1f} ms)" if s["achieved_send_rate"] >= 0.95 * 1000 and s["lag_p99_ms"] < 10 else
+           f" LOAD GENERATOR LAGGED (sent {s['achieved_send_rate']:.0f}/s, its send lag p99 {s['lag_p99_ms']:.1f} ms "
+           f"is part of the latencies)")
+    per_method = ", ".join(f"{m} {s['p50_ms_by_method'][m]:.1f}/{x:.1f}" for m, x in s["p99_ms_by_method"].items())
+    bcpu = [x for x in bb["server_cpu_cores"] if x is not None]
+    machine = (f". Sidecar p50/p99 ms by method: {per_method}. CPU cores in use during the sidecar segments: sidecar "
+               f"{server_cores:.2f} (the bare server needed {statistics.mean(bcpu) if bcpu else math.nan:.2f} for its "
+               f"segments), generator {s['generator_cpu_cores']:.2f}, other processes on the host {other:.2f} (of "
+               f"{len(os.sched_getaffinity(0))}).")
     desc = (f"open loop, 1,000 calls/s offered in total by 100 clients (one channel and connection each) in a "
             f"separate load-generator process, Unix socket, {seconds:g}s per server"
             f"{' (quick run: 30 s in --full)' if quick else ''} in {segments} alternating segments after a 1 s "
             f"warm-up; latency from each call's scheduled send time (no coordinated omission). Sidecar (kernels warm, "
-            f"2 workers) mix: {MIX_TEXT}. Baseline: the bare grpc.aio server under the same schedule of empty calls. "
-            f"Sidecar CPU: {statistics.mean(cpu) if cpu else math.nan:.2f} cores.{gen}")
+            f"2 workers) mix: {MIX_TEXT}. Baseline: the bare grpc.aio server under the same schedule of empty calls."
+            f"{gen}{machine}")
     return {
         "load_p50_ms": entry(s["p50_ms"], "ms", bb["p50_ms"], f"{desc}"),
         "load_p99_ms": entry(s["p99_ms"], "ms", bb["p99_ms"],

@@ -34,6 +34,7 @@ import asyncio
 import json
 import math
 import random
+import statistics
 import sys
 import time
 from collections import Counter
@@ -207,6 +208,9 @@ async def open_loop(target: Target, rate: float, seconds: float, timeout: float)
     own_cpu = time.process_time() - own0
     busy = _machine_busy() - busy0
     ok = [x for x in lat if not math.isnan(x)]
+    by_method: dict[str, list[float]] = {}
+    for i, x in enumerate(lat):
+        by_method.setdefault(target.plan[i % len(target.plan)][0], []).append(x)
     send_span = max(last_send - t0, 1e-9)
     return {
         "offered": rate,
@@ -224,6 +228,7 @@ async def open_loop(target: Target, rate: float, seconds: float, timeout: float)
         "generator_cpu_cores": own_cpu / wall,
         "machine_busy_cores": busy / wall,
         "_lat": ok,
+        "_by_method": by_method,
     }
 
 
@@ -249,6 +254,10 @@ async def mode_open(spec: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, segs in per.items():
         lat = [x for seg in segs for x in seg["_lat"]]
+        methods: dict[str, list[float]] = {}
+        for seg in segs:
+            for m, xs in seg["_by_method"].items():
+                methods.setdefault(m, []).extend(xs)
         out[name] = {
             "offered": rate,
             "seconds": seconds,
@@ -261,6 +270,10 @@ async def mode_open(spec: dict[str, Any]) -> dict[str, Any]:
             "lag_p99_ms": max(seg["lag_p99_ms"] for seg in segs),
             "achieved_send_rate": min(seg["achieved_send_rate"] for seg in segs),
             "server_cpu_cores": [seg["server_cpu_cores"] for seg in segs],
+            "generator_cpu_cores": statistics.mean(seg["generator_cpu_cores"] for seg in segs),
+            "p99_ms_by_method": {m: percentile(xs, 0.99) * 1e3 for m, xs in sorted(methods.items())},
+            "p50_ms_by_method": {m: percentile(xs, 0.5) * 1e3 for m, xs in sorted(methods.items())},
+            "machine_busy_cores": statistics.mean(seg["machine_busy_cores"] for seg in segs),
         }
     for t in targets:
         await t.close()
@@ -285,6 +298,7 @@ async def mode_steps(spec: dict[str, Any]) -> dict[str, Any]:
         for attempt in range(2):
             r = await open_loop(t, rate, spec["step_seconds"], timeout)
             r.pop("_lat")
+            r.pop("_by_method")
             # a step passes only if the rate was really offered (the generator kept its schedule)
             sent_ok = r["achieved_send_rate"] >= 0.95 * rate
             r["passed"] = r["p99_ms"] < limit and r["errors"] == 0 and sent_ok
