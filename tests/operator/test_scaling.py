@@ -77,3 +77,11 @@ def test_a_new_scaler_does_not_scale_down_before_one_down_window() -> None:
     # Scale-up is never held back by this.
     d = decide(ScalerState(), now=0, current=2, metric=100, spec=SPEC)
     assert (d.replicas, d.reason) == (4, "ScaledUp")
+
+
+def test_missing_metrics_policies() -> None:
+    for policy, expected in (("hold", 3), ("scaleToMin", 1), ("scaleToMax", 10)):
+        spec = AutoscalingSpec(min_replicas=1, max_replicas=10, target=50,
+                               on_missing_metrics=policy)
+        d = decide(ScalerState(), now=0, current=3, metric=float("nan"), spec=spec)
+        assert (d.replicas, d.reason, d.scaling_active) == (expected, "MissingMetrics", False)

@@ -80,6 +80,13 @@ def decide(
 ) -> Decision:
     """One evaluation; mutates `state` (the recommendation history)."""
     if metric is None or math.isnan(metric):
+        fallback = {"scaleToMin": spec.min_replicas,
+                    "scaleToMax": spec.max_replicas}.get(spec.on_missing_metrics)
+        if fallback is not None:
+            return Decision(fallback, "MissingMetrics",
+                            f"no fresh value of the metric; onMissingMetrics "
+                            f"{spec.on_missing_metrics}: {current} -> {fallback} replicas",
+                            scaling_active=False)
         clamped = min(max(current, spec.min_replicas), spec.max_replicas)
         if clamped != current:
             return Decision(clamped, "OutOfRange",
