@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from e2e.harness import dev
-from e2e.harness.cluster import LocalCluster
+from e2e.harness.cluster import LocalCluster, Ports
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -119,9 +119,10 @@ def podrunner(cluster: LocalCluster) -> Iterator[subprocess.Popen[bytes]]:
     (cluster.pids / "podrunner.pid").unlink(missing_ok=True)
 
 
-E2E_WEBHOOK_PORT = 19443
-E2E_HEALTH_PORT = 18081
-E2E_METRICS_PORT = 18080
+# Offset like the cluster's ports (PERFPILOT_PORT_BASE), so two suites can run side by side.
+E2E_WEBHOOK_PORT = 19443 + Ports().base
+E2E_HEALTH_PORT = 18081 + Ports().base
+E2E_METRICS_PORT = 18080 + Ports().base
 
 
 @pytest.fixture(scope="session")

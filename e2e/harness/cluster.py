@@ -54,6 +54,7 @@ class Ports:
     kcm: int = field(init=False)
     scheduler: int = field(init=False)
     kwok: int = field(init=False)
+    pod_octet: int = field(init=False)   # pods get 127.<pod_octet>.N.x: distinct per cluster
 
     def __post_init__(self) -> None:
         b = self.base
@@ -63,6 +64,7 @@ class Ports:
         self.kcm = 10257 + b
         self.scheduler = 10259 + b
         self.kwok = 10247 + b
+        self.pod_octet = 1 + (b // 100) % 250
 
 
 class ClusterError(RuntimeError):
@@ -301,7 +303,7 @@ class LocalCluster:
             "apiVersion: config.kwok.x-k8s.io/v1alpha1\n"
             "kind: KwokConfiguration\n"
             "options:\n"
-            "  cidr: 127.1.0.0/16\n"
+            f"  cidr: 127.{self.ports.pod_octet}.0.0/16\n"
             "  nodeIP: 127.0.0.1\n"
             + "".join(f"---\n{stage}" for stage in pod_stages(self.bin.parent))
         )
@@ -321,7 +323,8 @@ class LocalCluster:
                                "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
                                "node-role.kubernetes.io/agent": ""},
                 },
-                "spec": {"podCIDR": f"127.1.{i}.0/24", "podCIDRs": [f"127.1.{i}.0/24"]},
+                "spec": {"podCIDR": f"127.{self.ports.pod_octet}.{i}.0/24",
+                         "podCIDRs": [f"127.{self.ports.pod_octet}.{i}.0/24"]},
                 "status": {
                     "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110"},
                     "capacity": {"cpu": "32", "memory": "256Gi", "pods": "110"},
