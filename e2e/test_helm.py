@@ -63,6 +63,19 @@ class Release:
         out = self.cluster.kubectl("get", kind, name, *ns, "-o", "json", check=False)
         return json.loads(out.stdout) if out.returncode == 0 else None
 
+    def review(self, verb: str, group: str, resource: str, namespace: str = "anywhere"
+               ) -> bool:
+        """A SubjectAccessReview: unlike `kubectl auth can-i`, it needs no served resource
+        (this cluster has no Prometheus Operator CRDs)."""
+        out = self.cluster.kubectl("create", "-o", "json", "-f", "-", input=json.dumps({
+            "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+            "spec": {"user": self.sa, "groups": ["system:serviceaccounts",
+                                                 f"system:serviceaccounts:{self.namespace}",
+                                                 "system:authenticated"],
+                     "resourceAttributes": {"verb": verb, "group": group, "resource": resource,
+                                            "namespace": namespace}}}))
+        return bool(json.loads(out.stdout)["status"].get("allowed"))
+
     def can_i(self, verb: str, resource: str, *flags: str) -> bool:
         out = self.cluster.kubectl("auth", "can-i", verb, resource, f"--as={self.sa}", *flags,
                                    check=False)
@@ -189,6 +202,7 @@ ALLOWED = [
     ("patch", "perfprofiles.perfpilot.io", "--subresource=status", "-n", "anywhere"),
     ("create", "events", "-n", "anywhere"),
     ("list", "pods", "-A"), ("watch", "pods", "-A"),
+    ("patch", "pods", "--subresource=resize", "-n", "anywhere"),   # in-place resize
     ("watch", "horizontalpodautoscalers.autoscaling", "-A"),
     ("watch", "customresourcedefinitions.apiextensions.k8s.io"),
     # the agent token Secret of each profile namespace
@@ -208,7 +222,8 @@ ALLOWED = [
 DENIED = [
     ("delete", "namespaces"), ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
     ("delete", "nodes"), ("create", "pods", "-n", "anywhere"),
-    ("delete", "pods", "-n", "anywhere"), ("delete", "perfprofiles.perfpilot.io", "-A"),
+    ("delete", "pods", "-n", "anywhere"), ("patch", "pods", "-n", "anywhere"),
+    ("delete", "perfprofiles.perfpilot.io", "-A"),
     ("list", "secrets", "-A"), ("get", "secrets/someone-elses", "-n", "anywhere"),
     ("update", "mutatingwebhookconfigurations.admissionregistration.k8s.io/someone-elses"),
     ("delete", "mutatingwebhookconfigurations.admissionregistration.k8s.io/"
@@ -221,11 +236,18 @@ DENIED = [
 
 def test_service_account_may_do_what_the_operator_does(release: Release) -> None:
     refused = [" ".join(c) for c in ALLOWED if not release.can_i(*c)]
+    # each profile's alerts as a PrometheusRule (where Prometheus Operator runs)
+    refused += [f"{v} prometheusrules" for v in ("get", "create", "update", "delete")
+                if not release.review(v, "monitoring.coreos.com", "prometheusrules")]
     assert refused == [], f"the chart's ServiceAccount may not: {refused}"
 
 
 def test_service_account_may_not_do_more(release: Release) -> None:
     allowed = [" ".join(c) for c in DENIED if release.can_i(*c)]
+    allowed += [f"{v} {g}/{r}" for v, g, r in [
+        ("list", "monitoring.coreos.com", "prometheusrules"),
+        ("create", "monitoring.coreos.com", "servicemonitors")]
+        if release.review(v, g, r)]
     assert allowed == [], f"the chart's ServiceAccount may: {allowed}"
 
 
