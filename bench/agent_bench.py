@@ -81,12 +81,15 @@ def _bare(procs: Procs, name: str, *, cpu: int | None = None, tcp: bool = False)
 
 
 def transport(quick: bool, want: Want) -> dict[str, Entry]:
-    """heartbeat_* (sequential, interleaved blocks) and rps_one_core (closed loop), servers on CPU 0."""
+    """heartbeat_* (sequential, interleaved blocks) and rps_one_core (closed loop): servers on one CPU, client on another."""
     out: dict[str, Entry] = {}
+    usable = sorted(os.sched_getaffinity(0))
+    server_cpu, client_cpu = (usable[0], usable[1]) if len(usable) > 1 else (None, None)
+    setup = (f"servers pinned to CPU {server_cpu}, client process pinned to CPU {client_cpu}" if client_cpu is not None
+             else "NOT pinned: only one usable CPU")
     with Procs() as procs:
-        s, s_uds, s_port = _sidecar(procs, "sidecar", cpu=0, tcp=True)
-        b, b_uds, b_port = _bare(procs, "bare", cpu=0, tcp=True)
-        setup = "servers pinned to CPU 0, client process pinned to CPU 1"
+        s, s_uds, s_port = _sidecar(procs, "sidecar", cpu=server_cpu, tcp=True)
+        b, b_uds, b_port = _bare(procs, "bare", cpu=server_cpu, tcp=True)
         if any(want(k) for k in ("heartbeat_p50_us_uds", "heartbeat_p99_us_uds", "heartbeat_p99_us_tcp")):
             rounds, block = (12, 250) if quick else (30, 500)
             spec = {"rounds": rounds, "block": block, "warmup": 200, "targets": [
@@ -95,7 +98,7 @@ def transport(quick: bool, want: Want) -> dict[str, Entry]:
                 {"name": "s_tcp", "kind": "agent", "target": f"127.0.0.1:{s_port}"},
                 {"name": "b_tcp", "kind": "bare", "target": f"127.0.0.1:{b_port}"},
             ]}
-            r = _loadgen(procs, "latency", spec, cpu=1)
+            r = _loadgen(procs, "latency", spec, cpu=client_cpu)
             n = r["s_uds"]["n"]
             common = (f"{n} sequential calls per series in {rounds} interleaved blocks of {block} (sidecar UDS, bare UDS, "
                       f"sidecar TCP, bare TCP, order rotating), grpc.aio client; sidecar: Heartbeat via the generated "
@@ -117,7 +120,7 @@ def transport(quick: bool, want: Want) -> dict[str, Entry]:
             spec = {"concurrency": 64, "channels": 4, "seconds": seconds, "rounds": rounds, "warmup": 0.5,
                     "targets": [{"name": "s", "kind": "agent", "target": s_uds, "pid": s.pid},
                                 {"name": "b", "kind": "bare", "target": b_uds, "pid": b.pid}]}
-            r = _loadgen(procs, "closed", spec, cpu=1)
+            r = _loadgen(procs, "closed", spec, cpu=client_cpu)
             srate = median([x["rate"] for x in r["s"]])
             brate = median([x["rate"] for x in r["b"]])
             scpu = median([x["server_cpu_cores"] for x in r["s"]])
@@ -132,7 +135,7 @@ def transport(quick: bool, want: Want) -> dict[str, Entry]:
             out["rps_one_core"] = entry(
                 srate, "calls/s", brate,
                 f"closed loop, 64 calls in flight over 4 channels on the Unix socket, Heartbeat (sidecar) vs empty "
-                f"call (bare), median of {rounds // 2} x {seconds:g}s rounds per server, alternating; {setup}. "
+                f"call (bare), median of {rounds} x {seconds:g}s rounds per server, alternating; {setup}. "
                 f"Server CPU per call: sidecar {s_us:.0f} us vs bare {b_us:.0f} us (ratio {b_us / s_us:.2f}, the "
                 f"noise-robust view of the same thing); {bound}. errors: {errors}.")
     return out
@@ -222,6 +225,7 @@ def footprint_cache_load(quick: bool, want: Want) -> dict[str, Entry]:
 
 
 def _heartbeats(target: str, n: int) -> None:
+    """n sequential Heartbeats (sync client in this process: RSS is not a latency figure)."""
     import grpc
 
     from perfpilot.v1 import agent_pb2 as pb
@@ -243,10 +247,13 @@ def _role(cmdline: str) -> str:
 
 
 def _footprint(procs: Procs, quick: bool, want: Want, k: Child, b: Child, workers: int) -> dict[str, Entry]:
+    """RSS of a fresh heartbeat-only sidecar and of the kernels-warm tree vs minimal processes; idle CPU."""
     out: dict[str, Entry] = {}
     h, h_uds, _ = _sidecar(procs, "sidecar-idle")
     grpc_probe = _probe(procs, "rss-probe", RSS_PROBE)
-    cpus = str(len(os.sched_getaffinity(0)))
+    from perfpilot_agent.kernels.cpus import available_cpus  # the rule the pool uses for its workers (no numba)
+
+    cpus = str(available_cpus())
     kprobes = [_probe(procs, f"numba-probe-{i}", KERNEL_PROBE, cpus, ",".join(ALL_KERNELS)) for i in range(workers)]
     for p in (grpc_probe, *kprobes):
         if p.readline(180) != "ready":
@@ -303,6 +310,7 @@ def _footprint(procs: Procs, quick: bool, want: Want, k: Child, b: Child, worker
 
 
 def _cache(procs: Procs, quick: bool, target: str) -> dict[str, Entry]:
+    """App-level cache hit vs recompute, and the agent's kernel result cache, via bench.cache_client."""
     repeats, hits = (5, 100) if quick else (15, 200)
     spec = {"target": target, "n": 50_000, "d": 384, "k": 10, "repeats": repeats, "hits_per_round": hits}
     child = procs.start("cache-client", [PY, "-m", "bench.cache_client", json.dumps(spec)])
@@ -330,6 +338,7 @@ def _cache(procs: Procs, quick: bool, target: str) -> dict[str, Entry]:
 
 
 def _load(procs: Procs, quick: bool, k: Child, k_uds: str, b: Child, b_uds: str) -> dict[str, Entry]:
+    """1,000 calls/s open loop from 100 clients: sidecar mix vs bare server, alternating segments."""
     from bench.loadgen import MIX_TEXT
 
     seconds, segments = (8.0, 2) if quick else (30.0, 3)
@@ -369,6 +378,7 @@ def _load(procs: Procs, quick: bool, k: Child, k_uds: str, b: Child, b_uds: str)
 
 
 def _load_steps(procs: Procs, quick: bool, k: Child, k_uds: str, b: Child, b_uds: str) -> dict[str, Entry]:
+    """Highest offered rate with p99 < 100 ms and no errors, sidecar vs bare, and why the search stopped."""
     from bench.loadgen import MIX_TEXT
 
     step = 2.0 if quick else 5.0

@@ -64,6 +64,7 @@ def channel(target: str, ident: int = 0) -> aio.Channel:
 
 
 def _out(result: Any) -> None:
+    """One JSON line on stdout: the orchestrator reads results line by line."""
     sys.stdout.write(json.dumps(result) + "\n")
     sys.stdout.flush()
 
@@ -168,6 +169,7 @@ class Target:
         return self.calls[i % len(self.calls)][method](req, timeout=timeout)
 
     async def close(self) -> None:
+        """Close every channel."""
         await asyncio.gather(*(ch.close() for ch in self.channels))
 
 
@@ -233,6 +235,7 @@ async def open_loop(target: Target, rate: float, seconds: float, timeout: float)
 
 
 async def _targets(spec: dict[str, Any], clients: int) -> list[Target]:
+    """Build and connect every target of a spec."""
     targets = [Target(t, clients) for t in spec["targets"]]
     for t in targets:
         await t.connect()
@@ -467,6 +470,7 @@ MODES = {"latency": mode_latency, "closed": mode_closed, "open": mode_open, "ste
 
 
 def main(argv: list[str]) -> None:
+    """`python -m bench.loadgen MODE SPEC_JSON`."""
     mode, spec = argv[0], json.loads(argv[1])
     result = asyncio.run(MODES[mode](spec))
     if result is not None:
