@@ -29,6 +29,8 @@ class Settings:
     """Serving cert, key and CA for the webhook; generated when absent."""
     register_webhooks: bool = True
     """Whether the operator keeps its webhook configurations in sync (the chart may own them)."""
+    exclude_namespaces: tuple[str, ...] = ()
+    """Namespaces the pod webhook never sees, besides the operator's own (kube-system, ...)."""
     failure_policy: str = "Fail"
     """Pod webhook failurePolicy. Fail is safe: only opted-in pods are sent (objectSelector)."""
     native_sidecar: str = "auto"
@@ -58,6 +60,8 @@ class Settings:
             cert_dir=Path(_env("PERFPILOT_CERT_DIR", str(d.cert_dir))),
             register_webhooks=_env("PERFPILOT_REGISTER_WEBHOOKS", "true") == "true",
             failure_policy=_env("PERFPILOT_WEBHOOK_FAILURE_POLICY", d.failure_policy),
+            exclude_namespaces=tuple(n.strip() for n in _env(
+                "PERFPILOT_WEBHOOK_EXCLUDE_NAMESPACES", "").split(",") if n.strip()),
             native_sidecar=_env("PERFPILOT_NATIVE_SIDECAR", d.native_sidecar),
             sidecar=SidecarTemplate(
                 image=_env("PERFPILOT_SIDECAR_IMAGE", d.sidecar.image),

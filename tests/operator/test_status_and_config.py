@@ -44,5 +44,9 @@ def test_pod_webhook_excludes_operator_namespace_and_needs_opt_in() -> None:
     assert hook["objectSelector"] == {"matchLabels": {"perfpilot.io/inject": "true"}}
     assert hook["namespaceSelector"]["matchExpressions"][0]["values"] == ["perfpilot-system"]
     assert hook["clientConfig"]["url"] == "https://127.0.0.1:9443/inject-sidecar"
+    more = mutating_configuration(operator_namespace="perfpilot-system", failure_policy="Fail",
+                                  client={}, exclude_namespaces=("kube-system", "perfpilot-system"))
+    assert more["webhooks"][0]["namespaceSelector"]["matchExpressions"][0]["values"] == [
+        "kube-system", "perfpilot-system"]
     svc = client_config(path="x", ca_bundle=b"CA", service="ns/op", port=443)
     assert svc["service"] == {"namespace": "ns", "name": "op", "path": "/x", "port": 443}

@@ -68,6 +68,7 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Lo
         await kube.apply_webhooks(
             webhooks.mutating_configuration(operator_namespace=cfg.namespace,
                                             failure_policy=cfg.failure_policy,
+                                            exclude_namespaces=cfg.exclude_namespaces,
                                             client=client(webhooks.POD_HANDLER_ID)),
             webhooks.validating_configuration(failure_policy=cfg.failure_policy,
                                               client=client(webhooks.PROFILE_HANDLER_ID)))

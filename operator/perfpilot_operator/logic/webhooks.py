@@ -31,7 +31,8 @@ def client_config(*, path: str, ca_bundle: bytes, url_host: str | None = None,
 
 
 def mutating_configuration(*, operator_namespace: str, failure_policy: str,
-                           client: dict[str, Any]) -> dict[str, Any]:
+                           client: dict[str, Any], exclude_namespaces: tuple[str, ...] = ()
+                           ) -> dict[str, Any]:
     return {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "MutatingWebhookConfiguration",
@@ -42,11 +43,11 @@ def mutating_configuration(*, operator_namespace: str, failure_policy: str,
             "clientConfig": client,
             "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"],
                        "operations": ["CREATE"], "scope": "Namespaced"}],
-            # Only pods that opt in, never the operator's own namespace.
+            # Only pods that opt in, never the operator's own namespace (nor excluded ones).
             "objectSelector": {"matchLabels": {OPT_IN_LABEL: "true"}},
             "namespaceSelector": {"matchExpressions": [{
                 "key": "kubernetes.io/metadata.name", "operator": "NotIn",
-                "values": [operator_namespace]}]},
+                "values": sorted({operator_namespace, *exclude_namespaces})}]},
             "failurePolicy": failure_policy,
             "sideEffects": "None",
             "admissionReviewVersions": ["v1"],
