@@ -344,7 +344,7 @@ def _load(procs: Procs, quick: bool, k: Child, k_uds: str, b: Child, b_uds: str)
     """1,000 calls/s open loop from 100 clients: sidecar mix vs bare server, alternating segments."""
     from bench.loadgen import MIX_TEXT
 
-    seconds, segments = (8.0, 2) if quick else (30.0, 3)
+    seconds, segments = (8.0, 4) if quick else (30.0, 6)  # short alternating segments spread bursts of host load
     spec = {"rate": 1000, "seconds": seconds, "segments": segments, "clients": 100, "timeout": 5.0, "warmup": 1.0,
             "targets": [{"name": "s", "kind": "agent", "target": k_uds, "pid": k.pid},
                         {"name": "b", "kind": "bare", "target": b_uds, "pid": b.pid}]}
@@ -359,10 +359,12 @@ def _load(procs: Procs, quick: bool, k: Child, k_uds: str, b: Child, b_uds: str)
            f"is part of the latencies)")
     per_method = ", ".join(f"{m} {s['p50_ms_by_method'][m]:.1f}/{x:.1f}" for m, x in s["p99_ms_by_method"].items())
     bcpu = [x for x in bb["server_cpu_cores"] if x is not None]
-    machine = (f". Sidecar p50/p99 ms by method: {per_method}. CPU cores in use during the sidecar segments: sidecar "
-               f"{server_cores:.2f} (the bare server needed {statistics.mean(bcpu) if bcpu else math.nan:.2f} for its "
-               f"segments), generator {s['generator_cpu_cores']:.2f}, other processes on the host {other:.2f} (of "
-               f"{len(os.sched_getaffinity(0))}).")
+    bare_cores = statistics.mean(bcpu) if bcpu else math.nan
+    bother = max(0.0, bb["machine_busy_cores"] - bare_cores - bb["generator_cpu_cores"])
+    machine = (f". Sidecar p50/p99 ms by method: {per_method}. CPU cores in use (of {len(os.sched_getaffinity(0))}) "
+               f"during the sidecar / bare segments: server {server_cores:.2f} / {bare_cores:.2f}, generator "
+               f"{s['generator_cpu_cores']:.2f} / {bb['generator_cpu_cores']:.2f}, other processes on the host "
+               f"{other:.2f} / {bother:.2f}.")
     desc = (f"open loop, 1,000 calls/s offered in total by 100 clients (one channel and connection each) in a "
             f"separate load-generator process, Unix socket, {seconds:g}s per server"
             f"{' (quick run: 30 s in --full)' if quick else ''} in {segments} alternating segments after a 1 s "
