@@ -92,14 +92,14 @@ def transport(quick: bool, want: Want) -> dict[str, Entry]:
         b, b_uds, b_port = _bare(procs, "bare", cpu=server_cpu, tcp=True)
         if any(want(k) for k in ("heartbeat_p50_us_uds", "heartbeat_p99_us_uds", "heartbeat_p99_us_tcp")):
             rounds, block = (12, 250) if quick else (30, 500)
-            spec = {"rounds": rounds, "block": block, "warmup": 200, "targets": [
+            spec = {"rounds": rounds, "block": block, "warmup": 200, "max_seconds": 25.0 if quick else None, "targets": [
                 {"name": "s_uds", "kind": "agent", "target": s_uds},
                 {"name": "b_uds", "kind": "bare", "target": b_uds},
                 {"name": "s_tcp", "kind": "agent", "target": f"127.0.0.1:{s_port}"},
                 {"name": "b_tcp", "kind": "bare", "target": f"127.0.0.1:{b_port}"},
             ]}
             r = _loadgen(procs, "latency", spec, cpu=client_cpu)
-            n = r["s_uds"]["n"]
+            n, rounds = r["s_uds"]["n"], r["s_uds"]["rounds"]
             common = (f"{n} sequential calls per series in {rounds} interleaved blocks of {block} (sidecar UDS, bare UDS, "
                       f"sidecar TCP, bare TCP, order rotating), grpc.aio client; sidecar: Heartbeat via the generated "
                       f"stub; baseline: bare grpc.aio server, empty raw-bytes unary call, same transport; {setup}.")
@@ -389,6 +389,7 @@ def _load_steps(procs: Procs, quick: bool, k: Child, k_uds: str, b: Child, b_uds
     step = 2.0 if quick else 5.0
     rates = [1000, 2000, 3000, 4000, 5000, 6000, 8000, 10000, 12000, 16000]
     spec = {"rates": rates, "step_seconds": step, "p99_limit_ms": 100.0, "clients": 100, "timeout": 2.0,
+            "max_seconds": 40.0 if quick else None,
             "targets": [{"name": "s", "kind": "agent", "target": k_uds, "pid": k.pid},
                         {"name": "b", "kind": "bare", "target": b_uds, "pid": b.pid}]}
     r = _loadgen(procs, "steps", spec)
@@ -404,6 +405,9 @@ def _load_steps(procs: Procs, quick: bool, k: Child, k_uds: str, b: Child, b_uds
         passed = {x["offered"] for x in steps if x["passed"]}
         failed = {x["offered"] for x in steps if not x["passed"]} - passed  # no attempt at that rate passed
         if not failed:
+            if steps[-1].get("budget_exhausted"):
+                return max(passed), (f"passed every step up to {max(passed):.0f}/s, then the quick run's 40 s search "
+                                     f"budget was spent: a lower bound")
             return max(passed), f"passed every step up to {max(passed):.0f}/s (the highest tried)"
         # the lowest rate that failed both attempts: the limit's evidence
         last = [x for x in steps if x["offered"] == min(failed)][-1]

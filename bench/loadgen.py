@@ -312,8 +312,14 @@ async def mode_steps(spec: dict[str, Any]) -> dict[str, Any]:
                 return True
         return False
 
+    budget = spec.get("max_seconds")  # a time budget (--quick): no new rate level once it is spent
+    started = time.monotonic()
     active = list(targets)
     for n, rate in enumerate(spec["rates"]):
+        if budget is not None and time.monotonic() - started > budget:
+            for t in active:
+                out[t.name][-1]["budget_exhausted"] = True
+            break
         k = n % len(active) if active else 0
         results = {t.name: await step(t, rate) for t in active[k:] + active[:k]}
         active = [t for t in active if results[t.name]]
@@ -324,7 +330,7 @@ async def mode_steps(spec: dict[str, Any]) -> dict[str, Any]:
         steps = out[t.name]
         passed = [x["offered"] for x in steps if x["passed"]]
         failed = [x["offered"] for x in steps if not x["passed"]]
-        if passed and failed and min(failed) - max(passed) > 500:
+        if passed and failed and min(failed) - max(passed) > 500 and not (budget and time.monotonic() - started > budget):
             mid = round((max(passed) + min(failed)) / 2 / 250) * 250
             await step(t, mid)
     for t in targets:
@@ -418,7 +424,13 @@ async def mode_latency(spec: dict[str, Any]) -> dict[str, Any]:
             await fns[name]()
     lat: dict[str, list[float]] = {n: [] for n in names}
     round_p50: dict[str, list[float]] = {n: [] for n in names}
+    budget = spec.get("max_seconds")  # a time budget (--quick): whole rounds only, at least 4
+    started = time.monotonic()
+    rounds_done = 0
     for r in range(spec["rounds"]):
+        if budget is not None and r >= 4 and time.monotonic() - started > budget:
+            break
+        rounds_done += 1
         k = r % len(names)
         for name in names[k:] + names[:k]:
             fn, out = fns[name], []
@@ -430,7 +442,7 @@ async def mode_latency(spec: dict[str, Any]) -> dict[str, Any]:
             round_p50[name].append(percentile(out, 0.5) * 1e6)
     for ch in chans:
         await ch.close()
-    return {n: {"n": len(v), "p50_us": percentile(v, 0.5) * 1e6, "p90_us": percentile(v, 0.9) * 1e6,
+    return {n: {"n": len(v), "rounds": rounds_done, "p50_us": percentile(v, 0.5) * 1e6, "p90_us": percentile(v, 0.9) * 1e6,
                 "p99_us": percentile(v, 0.99) * 1e6, "max_us": max(v) * 1e6, "round_p50_us": round_p50[n]}
             for n, v in lat.items()}
 
