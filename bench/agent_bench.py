@@ -237,6 +237,11 @@ def _heartbeats(target: str, n: int) -> None:
             stub.Heartbeat(pb.HeartbeatRequest(sequence=i), timeout=10)
 
 
+def _pct(x: float | None) -> str:
+    """A 0..1 fraction as a percentage ('n/a' when unknown)."""
+    return "n/a" if x is None else f"{100 * x:.0f}%"
+
+
 def _role(cmdline: str) -> str:
     """Short name of a process in the sidecar's tree, from its command line."""
     if "resource_tracker" in cmdline:
@@ -364,7 +369,8 @@ def _load(procs: Procs, quick: bool, k: Child, k_uds: str, b: Child, b_uds: str)
     machine = (f". Sidecar p50/p99 ms by method: {per_method}. CPU cores in use (of {len(os.sched_getaffinity(0))}) "
                f"during the sidecar / bare segments: server {server_cores:.2f} / {bare_cores:.2f}, generator "
                f"{s['generator_cpu_cores']:.2f} / {bb['generator_cpu_cores']:.2f}, other processes on the host "
-               f"{other:.2f} / {bother:.2f}.")
+               f"{other:.2f} / {bother:.2f}; CPU pressure (PSI: share of time runnable tasks waited for a CPU) "
+               f"{_pct(s['cpu_pressure'])} / {_pct(bb['cpu_pressure'])}.")
     desc = (f"open loop, 1,000 calls/s offered in total by 100 clients (one channel and connection each) in a "
             f"separate load-generator process, Unix socket, {seconds:g}s per server"
             f"{' (quick run: 30 s in --full)' if quick else ''} in {segments} alternating segments after a 1 s "
@@ -397,7 +403,7 @@ def _load_steps(procs: Procs, quick: bool, k: Child, k_uds: str, b: Child, b_uds
     causes = {
         "server": "the server saturated its core",
         "generator": "the LOAD GENERATOR saturated its core first (the server's limit is at least the last passed rate)",
-        "machine": "the machine's CPUs were exhausted (server + load generator + other processes on this host)",
+        "machine": "the machine's CPUs were exhausted or contended (server + load generator + other processes)",
         "unclear": "neither the server, the generator nor the machine was CPU-bound",
     }
 
@@ -416,7 +422,8 @@ def _load_steps(procs: Procs, quick: bool, k: Child, k_uds: str, b: Child, b_uds
         other = max(0.0, last["machine_busy_cores"] - server - gen)
         why = (f"failed twice at {last['offered']:.0f}/s (last try: p99 {last['p99_ms']:.0f} ms, errors "
                f"{last['errors']}, sent {last['achieved_send_rate']:.0f}/s; CPU cores used by the server {server:.2f}, "
-               f"the generator {gen:.2f}, other processes {other:.2f}): {causes[who]}" + (f"; {behind}" if behind else ""))
+               f"the generator {gen:.2f}, other processes {other:.2f}; CPU pressure {_pct(last.get('cpu_pressure'))}): "
+               f"{causes[who]}" + (f"; {behind}" if behind else ""))
         return (max(passed) if passed else 0.0), why
 
     sv, swhy = best(r["s"])

@@ -57,6 +57,33 @@ def failed_entry(unit: str, note: str) -> Entry:
     return {"value": math.nan, "unit": unit, "baseline": math.nan, "ratio": math.nan, "note": f"NOT MEASURED: {note}"}
 
 
+def cpu_pressure_us() -> int | None:
+    """Total microseconds some runnable task waited for a CPU (Linux PSI, /proc/pressure/cpu), or None.
+
+    The direct measure of contention from other processes: the difference over a window divided by
+    the window is the fraction of time the CPUs were oversubscribed.
+    """
+    try:
+        with open("/proc/pressure/cpu") as f:
+            for line in f:
+                if line.startswith("some "):
+                    return int(line.rsplit("total=", 1)[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def cpu_pressure_text() -> str:
+    """PSI 'some' averages as 'avg10/avg60/avg300 %', or 'n/a'."""
+    try:
+        with open("/proc/pressure/cpu") as f:
+            some = f.readline().split()
+        vals = dict(kv.split("=") for kv in some[1:])
+        return f"{vals['avg10']}/{vals['avg60']}/{vals['avg300']} %"
+    except (OSError, ValueError, KeyError):
+        return "n/a"
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago (the server binds it right after)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

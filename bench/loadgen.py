@@ -45,7 +45,7 @@ import grpc
 from grpc import aio
 
 from bench.bare_server import EMPTY_METHOD
-from bench.common import percentile
+from bench.common import cpu_pressure_us, percentile
 from perfpilot.v1 import agent_pb2 as pb
 from perfpilot.v1 import agent_pb2_grpc as pb_grpc
 
@@ -192,6 +192,7 @@ async def open_loop(target: Target, rate: float, seconds: float, timeout: float)
         lat[i] = loop.time() - scheduled
 
     cpu0, wall0, own0, busy0 = _server_cpu(target.pid), time.monotonic(), time.process_time(), _machine_busy()
+    psi0 = cpu_pressure_us()
     t0 = loop.time() + 0.01
     i = 0
     while i < n:
@@ -209,6 +210,8 @@ async def open_loop(target: Target, rate: float, seconds: float, timeout: float)
     server_cpu = _server_cpu(target.pid) - cpu0
     own_cpu = time.process_time() - own0
     busy = _machine_busy() - busy0
+    psi1 = cpu_pressure_us()
+    pressure = (psi1 - psi0) / 1e6 / wall if psi0 is not None and psi1 is not None else None
     ok = [x for x in lat if not math.isnan(x)]
     by_method: dict[str, list[float]] = {}
     for i, x in enumerate(lat):
@@ -229,6 +232,7 @@ async def open_loop(target: Target, rate: float, seconds: float, timeout: float)
         "server_cpu_cores": server_cpu / wall if target.pid else None,
         "generator_cpu_cores": own_cpu / wall,
         "machine_busy_cores": busy / wall,
+        "cpu_pressure": pressure,
         "_lat": ok,
         "_by_method": by_method,
     }
@@ -277,6 +281,8 @@ async def mode_open(spec: dict[str, Any]) -> dict[str, Any]:
             "p99_ms_by_method": {m: percentile(xs, 0.99) * 1e3 for m, xs in sorted(methods.items())},
             "p50_ms_by_method": {m: percentile(xs, 0.5) * 1e3 for m, xs in sorted(methods.items())},
             "machine_busy_cores": statistics.mean(seg["machine_busy_cores"] for seg in segs),
+            "cpu_pressure": (statistics.mean(seg["cpu_pressure"] for seg in segs)
+                             if all(seg["cpu_pressure"] is not None for seg in segs) else None),
         }
     for t in targets:
         await t.close()
@@ -344,11 +350,12 @@ def _cause(r: dict[str, Any], sent_ok: bool) -> str:
 
     ncpu = len(os.sched_getaffinity(0))
     server, gen, busy = r["server_cpu_cores"] or 0.0, r["generator_cpu_cores"], r["machine_busy_cores"]
+    pressure = r.get("cpu_pressure") or 0.0
     if server >= 0.85:
         who = "server"
     elif gen >= 0.85:
         who = "generator"
-    elif busy >= 0.9 * ncpu:
+    elif busy >= 0.85 * ncpu or pressure >= 0.25:
         who = "machine"
     else:
         who = "unclear"

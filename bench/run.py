@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import agent_bench, report
-from bench.common import Entry, failed_entry
+from bench.common import Entry, cpu_pressure_text, failed_entry
 from bench.procs import PY, ChildFailed, Procs
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -64,7 +64,7 @@ def _version(module: str) -> str:
         return "?"
 
 
-def meta(mode: str, started: float, wall: float, load_before: Sequence[float]) -> dict[str, Any]:
+def meta(mode: str, started: float, wall: float, load_before: Sequence[float], psi_before: str) -> dict[str, Any]:
     """Machine and software description for latest-meta.json and the markdown header."""
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -87,6 +87,10 @@ def meta(mode: str, started: float, wall: float, load_before: Sequence[float]) -
         "git_commit": commit,
         "loadavg_before": " ".join(f"{x:.2f}" for x in load_before),
         "loadavg_after": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "cpu_pressure_before": psi_before,
+        "cpu_pressure_after": cpu_pressure_text(),
+        "cpu_pressure_note": "Linux PSI /proc/pressure/cpu 'some' avg10/avg60/avg300: share of time runnable tasks "
+                             "waited for a CPU; above a few % other processes were competing with the benchmark",
     }
 
 
@@ -120,10 +124,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return not prefixes or any(key.startswith(p) for p in prefixes)
 
     signal.signal(signal.SIGTERM, _sigterm)
-    started, t0, load_before = time.time(), time.monotonic(), os.getloadavg()
+    started, t0, load_before, psi_before = time.time(), time.monotonic(), os.getloadavg(), cpu_pressure_text()
     label = "quick" if quick else "full"
-    print(f"perfpilot benchmarks ({label}); machine load average {' '.join(f'{x:.2f}' for x in load_before)}",
-          flush=True)
+    print(f"perfpilot benchmarks ({label}); machine load average {' '.join(f'{x:.2f}' for x in load_before)}, "
+          f"CPU pressure {psi_before}", flush=True)
     results: dict[str, Entry] = {}
     try:
         results.update(agent_bench.run(quick, want, log=lambda s: print(s, flush=True)))
@@ -136,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\ninterrupted; child processes stopped, nothing written", file=sys.stderr)
         return 130
     wall = time.monotonic() - t0
-    info = meta(label + (f" (only {', '.join(prefixes)})" if prefixes else ""), started, wall, load_before)
+    info = meta(label + (f" (only {', '.join(prefixes)})" if prefixes else ""), started, wall, load_before, psi_before)
     missing = [k for k in report.REQUIRED if want(k) and k not in results]
     for k in missing:
         results[k] = failed_entry(agent_bench.UNITS.get(k) or KERNEL_KEYS.get(k, "?"), "no result was produced")
