@@ -41,7 +41,7 @@ spec:
     target: 0.05
     interval: 1s
     scaleUp: {stabilizationWindow: 0s, maxStep: 4}
-    scaleDown: {stabilizationWindow: 0s, maxStep: 4}
+    scaleDown: {stabilizationWindow: 5s, maxStep: 4}
 """
 
 DEPLOYMENT = """
@@ -155,11 +155,16 @@ def test_alert_fires_and_resolves_and_autoscaler_follows_the_metric(
         scaled = events(cluster, namespace, "Scaled")
         assert any("1 -> 3" in m for m in scaled), scaled
 
-        # Fast ops: the alert resolves and the target goes back to minReplicas.
+        # Fast ops: the alert resolves; the autoscaler first holds for the 5 s down-window
+        # (the high recommendations are still in it), then goes back to minReplicas.
         latency[0] = 0.001
         wait_for(lambda: condition(status(cluster, namespace), "Alerting")
                  .get("status") == "False", "the alert to resolve", timeout=60)
         assert events(cluster, namespace, "AlertResolved")
+        held = wait_for(lambda: condition(s := status(cluster, namespace), "ScalingActive")
+                        .get("reason") == "StabilizingDown" and s,
+                        "the down-window holding the size", timeout=30, interval=0.05)
+        assert held["replicas"]["current"] == 3 and held["replicas"]["desired"] == 3
         wait_for(lambda: replicas(cluster, namespace) == 1, "scale-down to minReplicas 1",
                  timeout=60)
     st = status(cluster, namespace)
