@@ -355,11 +355,12 @@ class Harness:
         except OSError:
             return 0
 
-    def log_since(self, offset: int) -> str:
+    def log_since(self, offset: int, end: int | None = None) -> str:
         try:
             with (self.cluster.logs / f"{OPERATOR}.log").open("rb") as f:
                 f.seek(offset)
-                return f.read().decode(errors="replace")
+                data = f.read() if end is None else f.read(max(0, end - offset))
+                return data.decode(errors="replace")
         except OSError:
             return ""
 
@@ -587,7 +588,7 @@ async def _rollouts(h: Harness, ns: str, ips: list[str], token: str, repeats: in
                 "per_sidecar": sorted(t - t_send for t in done),
                 "all_pushed": (max(pushed[(ip, gen)] for ip in ips) - t_send
                                if all((ip, gen) in pushed for ip in ips) else None),
-                "log": h.log_since(offset),
+                "log_offset": offset,
                 "loop_lag": lag[0],
             }
             out.append(rec)
@@ -596,6 +597,12 @@ async def _rollouts(h: Harness, ns: str, ips: list[str], token: str, repeats: in
                 f"s, patch {rec['patch_rtt'] * 1000:.0f} ms, bench loop lag "
                 f"{rec['loop_lag'] * 1000:.0f} ms)")
             h.check_alone()
+        # Each rollout's operator log runs until the next patch (a late second Configure round
+        # from a resync pass shows up after the sidecars already report the generation).
+        await asyncio.sleep(1.5)
+        ends = [r["log_offset"] for r in out[1:]] + [h.log_offset()]
+        for r, end in zip(out, ends):
+            r["log"] = h.log_since(r["log_offset"], end)
     finally:
         for w in watchers:
             w.cancel()
@@ -971,15 +978,17 @@ def autoscale_scenario(h: Harness, repeats: int, log: Log) -> Entry:
         f"app_latency_p99_seconds, target 0.05 s, interval {interval:g}s, scale-up window 0s; "
         f"maxReplicas 2 here). The app's ops (client library measure() over the pod's Unix "
         f"socket, timings flushed every 50 ms) turn from none to 0.2 s each at a random phase; "
-        f"value = median over repeats of the seconds from the start of the first slow op to "
-        f"the watch event showing the Deployment's spec.replicas > 1 (includes the 0.2 s of the "
-        f"op itself). All: {', '.join(f'{v:.2f}' for v in values)} s. baseline = the configured "
+        f"value = the slowest repeat (the target is a bound) of the seconds from the start of "
+        f"the first slow op to the watch event showing the Deployment's spec.replicas > 1 "
+        f"(includes the 0.2 s of the op itself); median {median(values):.2f}s. All: "
+        f"{', '.join(f'{v:.2f}' for v in values)} s. baseline = the configured "
         f"autoscaling interval ({interval:g}s). The operator reads stats and evaluates alerts "
         f"and autoscaling only in its resync timer (every {RESYNC}, kopf timer: sleeps the "
         f"interval after each pass), and decides at most once per autoscaling interval, so the "
-        f"expected bound is interval + resync = {bound:g}s (target); worst case {max(values):.2f}s."
+        f"expected bound is interval + resync = {bound:g}s (target), plus the op, the flush and "
+        f"the scale call."
     )
-    return entry(median(values), "s", interval, note)
+    return entry(max(values), "s", interval, note)
 
 
 # --------------------------------------------------------------------------- driver
