@@ -8,7 +8,7 @@ CACHE     ?= $(HOME)/.cache/perfpilot
 STATE     := e2e/.state
 export PERFPILOT_CACHE := $(CACHE)
 
-.PHONY: help venv debs protos protos-check unit e2e test demo dev-up dev-down cluster-build cluster-up cluster-env cluster-down bench bench-quick clean
+.PHONY: help venv debs protos protos-check unit e2e test demo dev-up dev-down cluster-build cluster-up cluster-env cluster-down bench bench-quick bench-operator clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -61,11 +61,14 @@ test: venv cluster-build debs ## unit + e2e
 demo: dev-up ## local cluster + operator + example profiles: injection, live config, alerts, autoscaling
 	@bash scripts/demo.sh
 
-bench: venv ## full benchmarks -> bench/results/latest.json
+bench: venv cluster-build ## full benchmarks, operator figures included -> bench/results/latest.json
 	@$(PY) -m bench.run --full
 
 bench-quick: venv ## quick benchmarks (< 3 min) -> bench/results/latest.json
 	@$(PY) -m bench.run --quick
+
+bench-operator: venv cluster-build ## operator figures only (~3 min; not with `make e2e`) -> bench/results/operator.json
+	@$(PY) -m bench.operator_bench
 
 clean: cluster-down
 	rm -rf $(VENV) $(STATE)

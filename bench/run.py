@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import agent_bench, report
+from bench import agent_bench, operator_bench, report
 from bench.common import Entry, cpu_pressure_text, failed_entry
 from bench.procs import PY, ChildFailed, Procs
 
@@ -136,6 +136,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("  kernels_bench ...", flush=True)
             results.update({k: v for k, v in kernel_figures(quick).items() if want(k)})
             print(f"  kernels_bench: {time.monotonic() - t1:.1f}s", flush=True)
+        if not quick and any(want(k) for k in operator_bench.UNITS):  # ~3 min: full runs only
+            t1 = time.monotonic()
+            print("  operator_bench (local control plane, operator, real sidecars) ...", flush=True)
+            figures = operator_bench.run(False, log=lambda s: print(f"  {s}", flush=True))
+            results.update({k: v for k, v in figures.items() if want(k)})
+            print(f"  operator_bench: {time.monotonic() - t1:.1f}s", flush=True)
     except KeyboardInterrupt:
         print("\ninterrupted; child processes stopped, nothing written", file=sys.stderr)
         return 130
