@@ -1,7 +1,7 @@
 """The live config (PerfProfile pools/cache/heartbeat/kernels): defaults, validation, conversions.
 
 Every check raises InvalidArgument naming the field with the CRD's spelling
-("pools.processWorkers must be between 1 and 64, got -3"), so the operator can surface the
+("pools.processWorkers must be between 0 and 64, got -3"), so the operator can surface the
 message unchanged. Conversions go both ways: proto <-> LiveConfig <-> CRD-shaped dict.
 """
 
@@ -124,7 +124,8 @@ def merge_proto(current: LiveConfig, msg: pb.AgentConfig, known: KnownKernels) -
         if p.HasField("batch_wait"):
             batch_wait = _seconds("pools.batchWait", p.batch_wait, lo=0.0, hi=60.0, lo_open=False)
         cfg = replace(cfg, pools=Pools(
-            process_workers=_int_range("pools.processWorkers", p.process_workers, 1, 64),
+            # 0: no process pool at all (heartbeat-only; numba is never imported).
+            process_workers=_int_range("pools.processWorkers", p.process_workers, 0, 64),
             thread_workers=_int_range("pools.threadWorkers", p.thread_workers, 1, 256),
             max_queue=_int_range("pools.maxQueue", p.max_queue, 1, 1_000_000),
             batch_size=_int_range("pools.batchSize", p.batch_size, 1, 100_000),

@@ -65,7 +65,7 @@ def test_console_script_serves_and_exits_cleanly_on_sigterm(sock_dir: str) -> No
 def test_bad_config_exits_2(sock_dir: str) -> None:
     r = subprocess.run([str(SCRIPT), "--socket", f"{sock_dir}/x.sock", "--port", "-1", "--metrics-port", "-1",
                         "--config", '{"pools": {"processWorkers": -3}}'], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2 and "pools.processWorkers must be between 1 and 64, got -3" in r.stderr
+    assert r.returncode == 2 and "pools.processWorkers must be between 0 and 64, got -3" in r.stderr
 
 
 def test_bad_flag_value_is_reported(sock_dir: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import struct
 
 import grpc
 import pytest
@@ -79,6 +80,32 @@ async def test_configure_resizes_pool_and_reports_it(make_agent: MakeAgent) -> N
     assert batch.events[0].attributes["workers"] == "3" and batch.events[0].attributes["previous"] == "2"
     assert pool.resized == [3]
     call.cancel()
+
+
+async def test_zero_process_workers_stops_the_pool_and_refuses_kernels(make_agent: MakeAgent) -> None:
+    """processWorkers 0 (the CRD's heartbeat-only setting): the pool goes, RunKernel says why,
+    heartbeats go on; 1 brings kernels back."""
+    agent = await make_agent(initial_config={"kernels": {"warm": ["cosine_topk"]}})
+    pool = agent.pools.created[0]
+    call, nxt = await agent.watch(pb.EVENT_TYPE_POOL_RESIZED)
+    await agent.stub.Configure(pb.ConfigureRequest(generation=1, config=pb.AgentConfig(
+        pools=pools(process_workers=0))))
+    batch = await nxt()
+    call.cancel()
+    assert batch.events[0].attributes["workers"] == "0"
+    assert pool.closed and agent.app.runner.pool is None
+    f64 = pb.DTYPE_FLOAT64
+    req = pb.RunKernelRequest(kernel="weighted_mean", inputs={
+        "values": pb.Tensor(dtype=f64, shape=[2, 1], raw=struct.pack("<2d", 1.0, 3.0)),
+        "weights": pb.Tensor(dtype=f64, shape=[2], raw=struct.pack("<2d", 1.0, 1.0))})
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        await agent.stub.RunKernel(req, timeout=5)
+    code, details = rpc_error(exc)
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "processWorkers is 0" in details
+    await agent.heartbeat_ok()
+    await agent.stub.Configure(pb.ConfigureRequest(generation=2, config=pb.AgentConfig(
+        pools=pools(process_workers=1))))
+    assert (await agent.app.runner.ensure_pool()) is agent.pools.created[-1] and len(agent.pools.created) == 2
 
 
 async def test_health_not_serving_until_warm_kernels_compiled(make_agent: MakeAgent) -> None:

@@ -8,6 +8,7 @@ applied generation), so a restarted operator simply re-sends to everyone, harmle
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
@@ -193,9 +194,25 @@ async def _resize(rt: Runtime, namespace: str, spec: dict[str, Any], pods: list[
 
 async def _reconcile(body: kopf.Body, patch: kopf.Patch, memo: Any, namespace: str, name: str,
                      logger: Any, pods_by_namespace: Any, hpas_by_namespace: Any = None) -> None:
+    # The spec handler and the resync timer run concurrently for one profile; one pass at a
+    # time, so the second sees what the first applied instead of configuring everyone twice.
+    lock = getattr(memo, "pass_lock", None)
+    if lock is None:
+        lock = memo.pass_lock = asyncio.Lock()
+    async with lock:
+        await _reconcile_once(body, patch, memo, namespace, name, logger, pods_by_namespace,
+                              hpas_by_namespace)
+
+
+async def _reconcile_once(body: kopf.Body, patch: kopf.Patch, memo: Any, namespace: str,
+                          name: str, logger: Any, pods_by_namespace: Any,
+                          hpas_by_namespace: Any) -> None:
     rt: Runtime = memo.runtime
     spec = dict(body.get("spec", {}))
     generation = int(body.get("metadata", {}).get("generation", 0))
+    if generation < getattr(memo, "seen_generation", 0):
+        return      # a stale copy (a timer tick that waited for the lock): newer work is done
+    memo.seen_generation = generation
     pods = selected_pods(spec, namespace, pods_by_namespace)
     observe = None
     if hpas_by_namespace is not None:

@@ -117,7 +117,9 @@ class KernelRunner:
     async def warm_up(self) -> None:
         """Start the pool with the warm kernels (if any), then mark kernels ready."""
         cfg = self.config()
-        if cfg.kernels.warm:
+        if cfg.kernels.warm and cfg.pools.process_workers == 0:
+            log.warning("kernels.warm is ignored: pools.processWorkers is 0 (no kernel pool)")
+        elif cfg.kernels.warm:
             await self.ensure_pool()
             self.events.publish(pb.EVENT_TYPE_KERNELS_READY, f"warm kernels compiled: {', '.join(cfg.kernels.warm)}",
                                 {"kernels": ",".join(cfg.kernels.warm)})
@@ -130,6 +132,9 @@ class KernelRunner:
         async with self._pool_lock:
             if self.pool is None:
                 cfg = self.config()
+                if cfg.pools.process_workers == 0:
+                    raise FailedPrecondition("kernels are off: pools.processWorkers is 0 "
+                                             "(a heartbeat-only agent); set it to 1 or more")
                 try:
                     pool = self.pool_factory(cfg, self.settings)
                 except ImportError as exc:
@@ -145,14 +150,22 @@ class KernelRunner:
     async def apply(self, old: LiveConfig, new: LiveConfig) -> None:
         """Apply a new config: admission limit at once, pool size in place."""
         self.admission.limit = new.pools.max_queue
-        if self.pool is not None and old.pools.process_workers != new.pools.process_workers:
+        if self.pool is not None and new.pools.process_workers == 0:
+            pool, self.pool = self.pool, None
+            await pool.close()
+            self.events.publish(
+                pb.EVENT_TYPE_POOL_RESIZED,
+                f"kernel pool stopped (was {old.pools.process_workers} workers): processWorkers 0",
+                {"workers": "0", "previous": str(old.pools.process_workers)},
+            )
+        elif self.pool is not None and old.pools.process_workers != new.pools.process_workers:
             await self.pool.resize(new.pools.process_workers)
             self.events.publish(
                 pb.EVENT_TYPE_POOL_RESIZED,
                 f"kernel pool resized from {old.pools.process_workers} to {new.pools.process_workers} workers",
                 {"workers": str(new.pools.process_workers), "previous": str(old.pools.process_workers)},
             )
-        elif self.pool is None and new.kernels.warm:
+        elif self.pool is None and new.kernels.warm and new.pools.process_workers > 0:
             await self.ensure_pool()
 
     async def close(self) -> None:
