@@ -87,6 +87,7 @@ class AsyncAgentClient(_Base):
             await asyncio.gather(self._watcher, return_exceptions=True)
         if self._channel is not None:
             await self._channel.close()
+        self.segment_pool.close()
 
     # -- plain calls -------------------------------------------------------------------------------
 
@@ -128,7 +129,7 @@ class AsyncAgentClient(_Base):
 
     async def run_kernel(self, kernel: str, /, *, use_cache: bool = False, **inputs: Any) -> dict[str, Any]:
         """Run a kernel: arrays become inputs, scalars params; returns NumPy arrays."""
-        segments = tensors.Segments()
+        segments = tensors.Segments(self.segment_pool)
         try:
             req = tensors.build_request(kernel, inputs, use_cache=use_cache,
                                         shm_threshold=self.shm_threshold, segments=segments)

@@ -49,6 +49,7 @@ class _Base:
             shm_threshold = DEFAULT_SHM_THRESHOLD
         self.shm_threshold = shm_threshold if is_local(self.target) else None
         self.timings = TimingBuffer(batch_size=batch_size or 100, batch_wait=0.01 if batch_wait is None else batch_wait)
+        self.segment_pool = tensors.SegmentPool()
         self._batch_fixed = batch_size is not None, batch_wait is not None
         self.channel_options = [
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -121,6 +122,7 @@ class AgentClient(_Base):
         if self._watcher is not None:
             self._watcher.join(5)
         self.channel.close()
+        self.segment_pool.close()
 
     # -- plain calls -------------------------------------------------------------------------------
 
@@ -167,7 +169,7 @@ class AgentClient(_Base):
 
         Arrays of at least shm_threshold bytes travel through shared memory on a Unix socket.
         """
-        segments = tensors.Segments()
+        segments = tensors.Segments(self.segment_pool)
         try:
             req = tensors.build_request(kernel, inputs, use_cache=use_cache,
                                         shm_threshold=self.shm_threshold, segments=segments)

@@ -1,12 +1,14 @@
 """NumPy arrays <-> wire tensors for the client, with shared memory for large arrays.
 
-Segments the client creates are unlinked as soon as the call returns; output segments created by
-the agent are copied into ordinary arrays and unlinked here (the caller owns them).
+Segments the client creates for inputs are kept for reuse by the next call (SegmentPool, unlinked
+when the client closes); output segments created by the agent are copied into ordinary arrays and
+unlinked here (the caller owns them).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+import threading
 from multiprocessing import shared_memory
 from typing import Any
 
@@ -23,21 +25,72 @@ DTYPES: dict[int, np.dtype[Any]] = {
 CODES: dict[str, int] = {dt.str: code for code, dt in DTYPES.items()}
 
 
-class Segments:
-    """Shared-memory segments created for one call; released with close()."""
+def _drop(seg: shared_memory.SharedMemory) -> None:
+    seg.close()
+    try:
+        seg.unlink()
+    except FileNotFoundError:
+        pass
 
-    def __init__(self) -> None:
-        self.items: list[shared_memory.SharedMemory] = []
+
+class SegmentPool:
+    """Input segments kept between calls. A fresh segment pays a page fault for every 4 KiB page
+    on first write (tens of ms for ~100 MB); a reused one is already mapped and resident. At most
+    `max_bytes` are kept (oldest unlinked first); a segment serves arrays from half its size up,
+    so a small array never pins a large segment. Thread-safe; close() unlinks everything."""
+
+    def __init__(self, max_bytes: int = 256 << 20) -> None:
+        self.max_bytes = max_bytes
+        self._free: list[shared_memory.SharedMemory] = []
+        self._lock = threading.Lock()
+
+    def acquire(self, nbytes: int) -> shared_memory.SharedMemory:
+        with self._lock:
+            fits = [s for s in self._free if nbytes <= s.size <= 2 * max(nbytes, 1)]
+            if fits:
+                seg = min(fits, key=lambda s: s.size)
+                self._free.remove(seg)
+                return seg
+        return shared_memory.SharedMemory(create=True, size=max(nbytes, 1))
+
+    def release(self, segments: list[shared_memory.SharedMemory]) -> None:
+        with self._lock:
+            self._free.extend(segments)
+            evict = []
+            while self._free and sum(s.size for s in self._free) > self.max_bytes:
+                evict.append(self._free.pop(0))
+        for seg in evict:
+            _drop(seg)
 
     def close(self) -> None:
-        """Close and unlink everything (the agent has finished reading)."""
-        for seg in self.items:
-            seg.close()
-            try:
-                seg.unlink()
-            except FileNotFoundError:
-                pass
-        self.items.clear()
+        with self._lock:
+            free, self._free = self._free, []
+        for seg in free:
+            _drop(seg)
+
+
+class Segments:
+    """Shared-memory segments used by one call; released with close() once the agent answered
+    (back to the pool when there is one, else unlinked)."""
+
+    def __init__(self, pool: SegmentPool | None = None) -> None:
+        self.items: list[shared_memory.SharedMemory] = []
+        self.pool = pool
+
+    def new(self, nbytes: int) -> shared_memory.SharedMemory:
+        seg = (self.pool.acquire(nbytes) if self.pool is not None
+               else shared_memory.SharedMemory(create=True, size=max(nbytes, 1)))
+        self.items.append(seg)
+        return seg
+
+    def close(self) -> None:
+        """Release everything (the agent has finished reading)."""
+        items, self.items = self.items, []
+        if self.pool is not None:
+            self.pool.release(items)
+        else:
+            for seg in items:
+                _drop(seg)
 
 
 def encode(arr: Any, *, shm_threshold: int | None, segments: Segments) -> pb.Tensor:
@@ -48,8 +101,7 @@ def encode(arr: Any, *, shm_threshold: int | None, segments: Segments) -> pb.Ten
         raise TypeError(f"unsupported dtype {a.dtype}; use float32, float64, int32 or int64")
     a = np.ascontiguousarray(a, dtype=DTYPES[code])
     if shm_threshold is not None and a.nbytes >= shm_threshold:
-        seg = shared_memory.SharedMemory(create=True, size=max(a.nbytes, 1))
-        segments.items.append(seg)
+        seg = segments.new(a.nbytes)
         view = np.ndarray(a.shape, dtype=a.dtype, buffer=seg.buf)
         view[...] = a
         del view

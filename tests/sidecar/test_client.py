@@ -131,6 +131,34 @@ async def test_sync_cache_and_kernels_over_shared_memory(make_agent: MakeAgent) 
     assert _shm_names() - before == set()  # every segment (ours and the agent's outputs) was unlinked
 
 
+async def test_input_segments_are_reused_between_calls_and_unlinked_on_close(agent: Agent) -> None:
+    """A reused segment must carry each call's own data (not the previous call's), and the client
+    must not leave segments behind."""
+    rng = np.random.default_rng(2)
+    m = rng.random((300, 16), dtype=np.float32)
+    queries = [rng.random((2, 16), dtype=np.float32) for _ in range(3)]
+    before = _shm_names()
+
+    def app() -> tuple[list[dict[str, np.ndarray]], set[str], set[str]]:
+        client = AgentClient(agent.app.socket_path, shm_threshold=1024)  # m goes by shm, queries inline
+        try:
+            outs, seen = [], set()
+            for q in queries:
+                outs.append(client.run_kernel("cosine_topk", query=q, matrix=m * (len(outs) + 1), k=3))
+                seen |= _shm_names() - before
+            return outs, seen, _shm_names() - before
+        finally:
+            client.close()
+
+    outs, seen, held = await asyncio.to_thread(app)
+    for i, (q, out) in enumerate(zip(queries, outs)):
+        want = registry.reference_numpy("cosine_topk", {"query": q, "matrix": m * (i + 1)}, {"k": 3})
+        np.testing.assert_array_equal(out["indices"], want["indices"])
+        np.testing.assert_allclose(out["scores"], want["scores"], rtol=1e-5)
+    assert len(seen) == 1 and held == seen  # one segment served all three calls, kept while open
+    assert _shm_names() - before == set()  # close() unlinked it
+
+
 async def test_async_client_everything(agent: Agent) -> None:
     events: list[AgentConfig] = []
     got = asyncio.Event()
