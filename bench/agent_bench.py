@@ -337,11 +337,10 @@ def _cache(procs: Procs, quick: bool, target: str) -> dict[str, Entry]:
             r["kernel_nocache_s"] / r["kernel_hit_s"], "x", 1.0,
             f"RunKernel(use_cache=True) answered from the agent's digest-keyed cache (median "
             f"{r['kernel_hit_s'] * 1e3:.1f} ms) vs use_cache=False (median {r['kernel_nocache_s'] * 1e3:.1f} ms), "
-            f"same {desc}, {r['repeats']} interleaved repeats. A hit still ships the matrix and BLAKE2b-hashes all "
-            f"of it on every call to find the key: BLAKE2b runs at {r['blake2b_gbps']:.2f} GB/s here "
-            f"({r['blake2b_ms']:.0f} ms for this matrix, measured in the same run) while the fused kernel reads the "
-            f"matrix at several GB/s, so for large inputs the digest alone costs as much as or more than the whole "
-            f"computation: the kernel cache only pays off for expensive kernels on small inputs."),
+            f"same {desc}, {r['repeats']} interleaved repeats. A hit still ships the matrix and hashes all of it "
+            f"(XXH3-128) on every call to find the key: {r['digest_gbps']:.1f} GB/s here ({r['digest_ms']:.1f} ms "
+            f"for this matrix, measured in the same run), while a miss also runs the kernel over it; the cache "
+            f"saves the compute, not the transfer or the read of the inputs."),
     }
 
 

@@ -27,6 +27,7 @@ import time
 from typing import Any
 
 import numpy as np
+import xxhash
 
 from perfpilot.v1 import agent_pb2 as pb
 from perfpilot_client import AgentClient, tensors
@@ -103,11 +104,11 @@ def main(spec: dict[str, Any]) -> dict[str, Any]:
     hash_s = []
     for _ in range(3):  # what a kernel-cache lookup pays per call, on this machine (same hash as the agent)
         t0 = pc()
-        hashlib.blake2b(memoryview(matrix).cast("B"), digest_size=20).hexdigest()
+        xxhash.xxh3_128(memoryview(matrix).cast("B")).hexdigest()
         hash_s.append(pc() - t0)
     return {
-        "blake2b_gbps": matrix.nbytes / med(hash_s) / 1e9,
-        "blake2b_ms": med(hash_s) * 1e3,
+        "digest_gbps": matrix.nbytes / med(hash_s) / 1e9,
+        "digest_ms": med(hash_s) * 1e3,
         "recompute_s": med(recompute),
         "hit_s": med(hits),
         "hit_p99_s": sorted(hits)[max(0, int(len(hits) * 0.99) - 1)],
