@@ -8,7 +8,7 @@ CACHE     ?= $(HOME)/.cache/perfpilot
 STATE     := e2e/.state
 export PERFPILOT_CACHE := $(CACHE)
 
-.PHONY: help venv debs protos protos-check unit e2e test demo dev-up dev-down cluster-build cluster-up cluster-env cluster-down bench bench-quick bench-operator clean
+.PHONY: help venv debs protos protos-check dashboards dashboards-check unit e2e test demo dev-up dev-down cluster-build cluster-up cluster-env cluster-down bench bench-quick bench-operator clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -25,6 +25,12 @@ protos: venv ## regenerate the gRPC stubs from protos/
 
 protos-check: venv ## fail when the committed stubs differ from protos/
 	@$(PY) -m scripts.genprotos --check
+
+dashboards: venv ## regenerate charts/perfpilot/dashboards/*.json from dashboards/ (Grafana, as code)
+	@$(PY) -m dashboards
+
+dashboards-check: venv ## fail when the committed dashboard JSON differs from dashboards/
+	@$(PY) -m dashboards --check
 
 unit: venv ## unit and component tests (no cluster)
 	@$(PY) -m pytest tests -q
