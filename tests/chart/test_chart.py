@@ -106,6 +106,8 @@ def test_default_render_has_the_expected_objects() -> None:
         # the pre-delete hook that removes the operator's webhook configurations
         ("ServiceAccount", "webhook-cleanup"), ("ClusterRole", "webhook-cleanup"),
         ("ClusterRoleBinding", "webhook-cleanup"), ("Job", "webhook-cleanup"),
+        # one per Grafana dashboard in charts/perfpilot/dashboards/
+        ("ConfigMap", "dashboards"), ("ConfigMap", "dashboards"),
     ])
     for d in DEFAULT:
         if d["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
@@ -164,6 +166,59 @@ def test_monitoring_objects_need_the_values_and_the_api() -> None:
         alerts["PerfPilotPodsWithoutSidecar"]["expr"]
 
 
+# ------------------------------------------------------------------------------------ dashboards
+DASHBOARD_FILES = sorted((CHART / "dashboards").glob("*.json"))
+
+
+def dashboard_maps(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == "ConfigMap"
+            and d["metadata"]["labels"].get("app.kubernetes.io/component") == "dashboards"]
+
+
+def test_each_dashboard_is_a_configmap_grafanas_sidecar_loads() -> None:
+    """One ConfigMap per committed JSON file (make dashboards), labelled grafana_dashboard: "1",
+    holding the file unchanged under its own name (the file name Grafana's sidecar writes)."""
+    assert len(DASHBOARD_FILES) == 2, DASHBOARD_FILES
+    maps = dashboard_maps(DEFAULT)
+    assert len(maps) == len(DASHBOARD_FILES)
+    by_key = {}
+    for cm in maps:
+        meta = cm["metadata"]
+        assert meta["labels"]["grafana_dashboard"] == "1"
+        assert meta["namespace"] == "perfpilot-system"
+        assert "annotations" not in meta
+        [(key, text)] = cm["data"].items()
+        by_key[key] = text
+        assert meta["name"].startswith("pp-perfpilot-dashboard-") and len(meta["name"]) <= 63
+    assert len({cm["metadata"]["name"] for cm in maps}) == len(maps)
+    assert sorted(by_key) == [p.name for p in DASHBOARD_FILES]
+    for path in DASHBOARD_FILES:
+        shipped = json.loads(by_key[path.name])
+        assert shipped == json.loads(path.read_text())
+        assert shipped["uid"] and shipped["title"].startswith("perfpilot / ")
+        # A ConfigMap holds at most 1 MiB; leave room for growth and Helm's release record.
+        assert len(by_key[path.name].encode()) < 512 * 1024, path.name
+
+
+def test_dashboard_values() -> None:
+    docs = render("grafanaDashboards.labels.release=prom",
+                  "grafanaDashboards.annotations.grafana_folder=perfpilot",
+                  "grafanaDashboards.namespace=monitoring")
+    maps = dashboard_maps(docs)
+    assert len(maps) == len(DASHBOARD_FILES)
+    for cm in maps:
+        meta = cm["metadata"]
+        assert meta["namespace"] == "monitoring"
+        assert meta["labels"]["grafana_dashboard"] == "1" and meta["labels"]["release"] == "prom"
+        assert meta["annotations"] == {"grafana_folder": "perfpilot"}
+    # Everything else stays in the release's namespace.
+    assert one(docs, "Deployment")["metadata"]["namespace"] == "perfpilot-system"
+    # Another sidecar label value (sidecar.dashboards.labelValue), or none of perfpilot's.
+    relabelled = dashboard_maps(render("grafanaDashboards.labels.grafana_dashboard=perfpilot"))
+    assert {cm["metadata"]["labels"]["grafana_dashboard"] for cm in relabelled} == {"perfpilot"}
+    assert dashboard_maps(render("grafanaDashboards.enabled=false")) == []
+
+
 # ------------------------------------------------------------------------------------ schema
 @pytest.mark.parametrize("value, field", [
     ("replicas=abc", "replicas"),
@@ -174,6 +229,8 @@ def test_monitoring_objects_need_the_values_and_the_api() -> None:
     ("logLevel=loud", "logLevel"),
     ("sidecar.native=maybe", "native"),
     ("replica=1", "replica"),                        # a typo is not silently ignored
+    ("grafanaDashboards.enabled=maybe", "enabled"),
+    ("grafanaDashboards.namespace=Monitoring_NS", "namespace"),
 ])
 def test_schema_rejects_bad_values_naming_the_field(value: str, field: str) -> None:
     proc = helm("template", "pp", str(CHART), "--kube-version", KUBE_VERSION, "--set", value,
