@@ -152,6 +152,8 @@ def test_monitoring_objects_need_the_values_and_the_api() -> None:
     assert sm["metadata"]["labels"]["release"] == "prom"
     assert sm["spec"]["selector"]["matchLabels"] == svc["spec"]["selector"]
     assert sm["spec"]["endpoints"][0]["port"] == "metrics"
+    # perfpilot_operator_* carry the profile's namespace label, which must win over the target's.
+    assert sm["spec"]["endpoints"][0]["honorLabels"] is True
     rule = one(docs, "PrometheusRule")
     alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
     # A profile's own alerts are not here: the operator renders a PrometheusRule per profile.
