@@ -335,3 +335,11 @@ def test_promtool_refuses_a_broken_expression(tmp_path: Path) -> None:
     proc = promtool_check(['sum(rate(perfpilot_sidecar_rpc_total{pod=~"$pod"}[$__rate_interval])'],
                           tmp_path)
     assert proc.returncode != 0
+
+
+def test_docs_name_every_dashboard_and_the_values() -> None:
+    docs = Path(dashboards.ROOT, "docs", "dashboards.md").read_text()
+    for dash in COMMITTED.values():
+        assert f"**{dash['title']}** (`{dash['uid']}`)" in docs, dash["title"]
+    for value in ("enabled", "labels", "annotations", "namespace"):
+        assert f"`grafanaDashboards.{value}`" in docs
