@@ -186,6 +186,22 @@ def build() -> Dashboard:
         unit="short", bars=True),
         width=24, height=7)
 
+    lay.add(timeseries(
+        "Operator calls to sidecars that failed",
+        "Configure rounds (after retries) and GetStats calls that did not return OK, by gRPC "
+        "status code, per second. UNAVAILABLE / DEADLINE_EXCEEDED: the sidecar is down, frozen or "
+        "unreachable from the operator (the Degraded condition names the pods); "
+        "UNAUTHENTICATED: the pod's token Secret differs from the operator's; INVALID_ARGUMENT "
+        "on Configure: a sidecar older than the operator rejects the new config.",
+        [Query("sum by (namespace, profile, result) "
+               f'(rate(perfpilot_operator_configure_calls_total{{{SEL}, result!="OK"}}'
+               "[$__rate_interval]))", f"{WHO} Configure {{{{result}}}}"),
+         Query("sum by (namespace, profile, result) "
+               f'(rate(perfpilot_operator_getstats_calls_total{{{SEL}, result!="OK"}}'
+               "[$__rate_interval]))", f"{WHO} GetStats {{{{result}}}}")],
+        unit="reqps"),
+        width=24, height=7)
+
     lay.row("Alerts")
     lay.add(table(
         "Active alerts",

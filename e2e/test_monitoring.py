@@ -150,6 +150,9 @@ def test_alert_fires_and_resolves_and_autoscaler_follows_the_metric(
                 f'profile="watched",severity="critical",state="firing"}} 1.0') in exposition
         assert (f'perfpilot_operator_profile_metric{{metric="app_latency_p99_seconds",'
                 f'namespace="{namespace}",profile="watched"}}') in exposition
+        for rpc in ("configure", "getstats"):  # the sidecar was configured and answered GetStats
+            assert (f'perfpilot_operator_{rpc}_calls_total{{namespace="{namespace}",'
+                    f'profile="watched",result="OK"}}') in exposition, rpc
         wait_for(lambda: replicas(cluster, namespace) == 3, "scale-up to maxReplicas 3",
                  timeout=60)
         scaled = events(cluster, namespace, "Scaled")

@@ -19,8 +19,25 @@ REPLICAS = Gauge("perfpilot_operator_replicas", "Target replicas (current, desir
                  ["namespace", "profile", "kind"], registry=REGISTRY)
 SCALE_EVENTS = Counter("perfpilot_operator_scale_events", "Scale changes made",
                        ["namespace", "profile", "direction"], registry=REGISTRY)
-CONFIGURE_CALLS = Counter("perfpilot_operator_configure_calls", "Configure RPCs by result",
+CONFIGURE_CALLS = Counter("perfpilot_operator_configure_calls", "Configure rounds per sidecar by "
+                          "result (OK, or the gRPC status code after the retries)",
                           ["namespace", "profile", "result"], registry=REGISTRY)
+GETSTATS_CALLS = Counter("perfpilot_operator_getstats_calls", "GetStats calls to sidecars by result "
+                         "(OK, or the gRPC status code)", ["namespace", "profile", "result"],
+                         registry=REGISTRY)
+
+
+def rpc_result(outcome: object) -> str:
+    """The result label of an RPC outcome: OK, a gRPC status code name, or the exception's type."""
+    if not isinstance(outcome, BaseException):
+        return "OK"
+    code = getattr(outcome, "code", None)
+    if callable(code):
+        try:
+            return str(code().name)
+        except Exception:  # noqa: BLE001 - a code() that fails is still a failure
+            pass
+    return type(outcome).__name__
 
 
 def serve(port: int, host: str) -> None:
@@ -36,7 +53,7 @@ def set_or_clear(gauge: Gauge, labels: tuple[str, ...], value: float) -> None:
         gauge.labels(*labels).set(value)
 
 
-def clear_profile(metric: Gauge, namespace: str, profile: str) -> None:
+def clear_profile(metric: Gauge | Counter, namespace: str, profile: str) -> None:
     for labels in list(metric._metrics):  # noqa: SLF001
         if labels[0] == namespace and labels[1] == profile:
             metric.remove(*labels)
@@ -44,5 +61,6 @@ def clear_profile(metric: Gauge, namespace: str, profile: str) -> None:
 
 def forget_profile(namespace: str, profile: str) -> None:
     """Drop every series of a deleted profile."""
-    for metric in (PROFILE_METRIC, PODS, ALERT_ACTIVE, REPLICAS):
+    for metric in (PROFILE_METRIC, PODS, ALERT_ACTIVE, REPLICAS, SCALE_EVENTS, CONFIGURE_CALLS,
+                   GETSTATS_CALLS):
         clear_profile(metric, namespace, profile)

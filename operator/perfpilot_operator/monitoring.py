@@ -55,8 +55,8 @@ class Outcome:
     unreachable: dict[str, str]
 
 
-async def _collect(rt: Runtime, state: MonitorState, pods: list[PodView], token: str
-                   ) -> tuple[list[stats.Snapshot], dict[str, str]]:
+async def _collect(rt: Runtime, state: MonitorState, pods: list[PodView], token: str,
+                   namespace: str, name: str) -> tuple[list[stats.Snapshot], dict[str, str]]:
     """Deltas since the previous pass from every reachable sidecar; failures by pod name."""
     live = [p for p in pods if p.running and p.injected and p.ip]
     port = rt.settings.sidecar.grpc_port
@@ -70,6 +70,7 @@ async def _collect(rt: Runtime, state: MonitorState, pods: list[PodView], token:
     for p, r in zip(live, results):
         key = f"{p.name}@{p.ip}"
         keys.add(key)
+        prom.GETSTATS_CALLS.labels(namespace, name, prom.rpc_result(r)).inc()
         if isinstance(r, BaseException):
             code = r.code().name if isinstance(r, grpc.aio.AioRpcError) else type(r).__name__
             failures[p.name] = code
@@ -88,7 +89,7 @@ async def observe(*, rt: Runtime, memo: Any, body: kopf.Body, namespace: str, na
     state: MonitorState = getattr(memo, "monitor", None) or MonitorState()
     memo.monitor = state
     now = time.time()
-    deltas, unreachable = await _collect(rt, state, pods, token)
+    deltas, unreachable = await _collect(rt, state, pods, token, namespace, name)
     values = stats.profile_metrics(deltas, memory_limit_bytes=mon.sidecar_memory_limit(spec))
     for metric, value in values.items():
         prom.set_or_clear(prom.PROFILE_METRIC, (namespace, name, metric), value)

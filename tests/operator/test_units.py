@@ -32,3 +32,28 @@ def test_quantities(value: str | int, expected: Decimal) -> None:
 def test_bad_quantities(text: str) -> None:
     with pytest.raises(ValueError, match="quantity"):
         parse_quantity(text)
+
+
+def test_rpc_result_labels_are_status_code_names() -> None:
+    import grpc
+
+    from perfpilot_operator import metrics as prom
+
+    err = grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                               details="connection refused")
+    assert prom.rpc_result(object()) == "OK"
+    assert prom.rpc_result(err) == "UNAVAILABLE"
+    assert prom.rpc_result(TimeoutError()) == "TimeoutError"
+
+
+def test_forget_profile_drops_its_counters_too() -> None:
+    from perfpilot_operator import metrics as prom
+
+    prom.CONFIGURE_CALLS.labels("ns-forget", "p", "OK").inc()
+    prom.GETSTATS_CALLS.labels("ns-forget", "p", "UNAVAILABLE").inc()
+    prom.GETSTATS_CALLS.labels("ns-keep", "p", "OK").inc()
+    prom.forget_profile("ns-forget", "p")
+    series = {s.labels.get("namespace") for m in prom.REGISTRY.collect()
+              if m.name in ("perfpilot_operator_configure_calls", "perfpilot_operator_getstats_calls")
+              for s in m.samples}
+    assert "ns-forget" not in series and "ns-keep" in series

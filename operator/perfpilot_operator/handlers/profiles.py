@@ -76,6 +76,7 @@ async def sync(*, rt: Runtime, memo: Any, namespace: str, name: str, generation:
                                        limit=rt.settings.rollout_concurrency)
         for p, r in zip(todo, results):
             key = f"{p.name}@{p.ip}"
+            prom.CONFIGURE_CALLS.labels(namespace, name, prom.rpc_result(r)).inc()
             if isinstance(r, BaseException):
                 code = r.code().name if isinstance(r, grpc.aio.AioRpcError) else type(r).__name__
                 detail = r.details() if isinstance(r, grpc.aio.AioRpcError) else str(r)
