@@ -33,16 +33,31 @@ from perfpilot_agent.kernels import KernelPool, registry
 GB = 1e9
 
 
-def _medians(funcs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
-    for f in funcs.values():  # warm-up (compilation, page faults, BLAS threads)
-        f()
+# How each contender is timed. Interleaving single calls (kernel, NumPy, kernel, ...) measured the
+# contenders' interference rather than the contenders: NumPy's OpenBLAS threads keep spinning for a
+# while after a BLAS call (THREAD_TIMEOUT, ~0.1 s) and numba's OpenMP threads then share the two
+# cores with them, so a kernel timed right after np.dot/np.average ran at half speed (12-15 instead
+# of 25 GB/s here); and long idle gaps let this VM reclaim NumPy's freed pages (200 ms outliers).
+# So each contender runs in blocks: a pause for spinning threads to park, one untimed call, then
+# back-to-back timed calls; blocks alternate over two rounds. A sidecar worker never runs BLAS.
+# The figure is the best block-call (capability, as timeit reports); medians go into the notes.
+_QUIET_S = 0.15
+_ROUNDS = 2
+
+
+def _timings(funcs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, tuple[float, float]]:
+    """(best, median) seconds per contender."""
     times: dict[str, list[float]] = {k: [] for k in funcs}
-    for _ in range(repeats):
+    per_block = max(2, (repeats + _ROUNDS - 1) // _ROUNDS)
+    for _ in range(_ROUNDS):
         for k, f in funcs.items():
-            t0 = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+            time.sleep(_QUIET_S)
+            f()  # untimed: compilation on first use, page faults, threads waking up
+            for _ in range(per_block):
+                t0 = time.perf_counter()
+                f()
+                times[k].append(time.perf_counter() - t0)
+    return {k: (min(v), statistics.median(v)) for k, v in times.items()}
 
 
 def _entry(value: float, unit: str, baseline: float, note: str) -> dict[str, Any]:
@@ -72,7 +87,7 @@ def bench_kernels(quick: bool) -> dict[str, dict[str, Any]]:
     wm_in = {"values": matrix, "weights": weights}
     flat = matrix.reshape(-1)
 
-    t = _medians(
+    tm = _timings(
         {
             "cos_jit": lambda: jit.run_kernel("cosine_topk", cos_in, {"k": k}, parallel=True),
             "cos_np": lambda: registry.reference_numpy("cosine_topk", cos_in, {"k": k}),
@@ -84,7 +99,7 @@ def bench_kernels(quick: bool) -> dict[str, dict[str, Any]]:
     )
     # b=1 (a single query): the regime where the fused kernel is purely memory-bound
     q1 = {"query": query[:1], "matrix": matrix}
-    t1 = _medians(
+    tm1 = _timings(
         {
             "cos1_jit": lambda: jit.run_kernel("cosine_topk", q1, {"k": k}, parallel=True),
             "cos1_np": lambda: registry.reference_numpy("cosine_topk", q1, {"k": k}),
@@ -92,6 +107,9 @@ def bench_kernels(quick: bool) -> dict[str, dict[str, Any]]:
         },
         repeats,
     )
+    t = {k: v[0] for k, v in tm.items()}
+    t1 = {k: v[0] for k, v in tm1.items()}
+    med = {k: v[1] for k, v in tm.items()}
     cos_bytes = matrix.nbytes + query.nbytes
     wm_bytes = matrix.nbytes + weights.nbytes
     cos_gbps = cos_bytes / t["cos_jit"] / GB
@@ -108,13 +126,17 @@ def bench_kernels(quick: bool) -> dict[str, dict[str, Any]]:
             cos_np_gbps,
             f"fused numba cosine top-k, b={b} queries, k={k}, {size}; baseline: NumPy "
             f"(norms + BLAS matmul + partition). With b=1: {cos1_gbps:.1f} vs NumPy {cos1_np_gbps:.1f} GB/s "
-            f"= {cos1_gbps / cos1_np_gbps:.1f}x. Target >= 4x NumPy.",
+            f"= {cos1_gbps / cos1_np_gbps:.1f}x. Best call of {_ROUNDS} alternating blocks per contender; "
+            f"medians: {cos_bytes / med['cos_jit'] / GB:.1f} vs {cos_bytes / med['cos_np'] / GB:.1f} GB/s. "
+            f"Target >= 4x NumPy.",
         ),
         "kernel_weighted_mean_gbps": _entry(
             wm_wbps := wm_bytes / t["wm_jit"] / GB,
             "GB/s",
             wm_bytes / t["wm_np"] / GB,
-            f"numba weighted mean (float64 accumulation), {size}; baseline: np.average(axis=0, weights=w).",
+            f"numba weighted mean (float64 accumulation), {size}; baseline: np.average(axis=0, weights=w) "
+            f"(converts the matrix to float64 first). Medians: {wm_bytes / med['wm_jit'] / GB:.1f} vs "
+            f"{wm_bytes / med['wm_np'] / GB:.1f} GB/s.",
         ),
         "kernel_bandwidth_fraction": _entry(
             cos_gbps,
@@ -123,7 +145,8 @@ def bench_kernels(quick: bool) -> dict[str, dict[str, Any]]:
             f"cosine top-k (b={b}) read rate over the parallel numba read probe (sum) on the same "
             f"{matrix.nbytes / 1e6:.0f} MB; with b=1: {cos1_gbps:.1f} / {probe1_gbps:.1f} GB/s = "
             f"{cos1_gbps / probe1_gbps:.2f}. b={b} does {b} dot products per row: FMA-latency bound, not "
-            f"memory-bound, on {threads} cores. weighted_mean reaches {wm_wbps / probe_gbps:.2f} of the probe. "
+            f"memory-bound, on {threads} cores. Medians: {cos_bytes / med['cos_jit'] / GB:.1f} / "
+            f"{matrix.nbytes / med['probe'] / GB:.1f} GB/s. weighted_mean reaches {wm_wbps / probe_gbps:.2f} of the probe. "
             f"Target >= 0.70.",
         ),
     }
