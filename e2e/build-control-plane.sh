@@ -52,7 +52,7 @@ if (( need_k8s )); then
   for kv in gitVersion=v$K8S_VERSION gitMajor=1 gitMinor=$K8S_MINOR gitTreeState=clean buildDate=2025-01-01T00:00:00Z; do
     LDF="$LDF -X k8s.io/component-base/version.$kv -X k8s.io/client-go/pkg/version.$kv"
   done
-  (cd "$HERE/gobuild/k8sbin" && build_step "kubernetes v$K8S_VERSION (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl; cold: about 6 min on 2 cores; about 11 min for everything, downloads included)" \
+  (cd "$HERE/gobuild/k8sbin" && build_step "kubernetes v$K8S_VERSION (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl; cold: 5-6 min on 2 cores; 8-11 min for everything, downloads included)" \
     go build -v -trimpath -ldflags "$LDF" -o "$BIN/" \
       k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
       k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
