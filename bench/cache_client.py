@@ -55,7 +55,7 @@ def app_key(query: np.ndarray, k: int) -> str:
 
 def kernel_call(agent: AgentClient, use_cache: bool, **inputs: Any) -> bool:
     """run_kernel through the library's own request builder, returning the response's cache_hit flag."""
-    segments = tensors.Segments()
+    segments = tensors.Segments(agent.segment_pool)  # as AgentClient.run_kernel does
     try:
         req = tensors.build_request("cosine_topk", inputs, use_cache=use_cache,
                                     shm_threshold=agent.shm_threshold, segments=segments)

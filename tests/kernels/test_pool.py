@@ -130,6 +130,37 @@ async def test_shared_array_is_sent_without_copy(pool, rng):
     assert not mapped_in_workers()
 
 
+async def test_recycled_input_segments_stay_mapped_until_freed(pool, rng):
+    """Copies of large inline inputs go to recycled segments whose mapping the worker keeps; a
+    segment dropped from the spares is unmapped by the workers' next calls (no leak)."""
+    pool.shm_threshold_bytes = 0
+    old_spare = pool.spare_segment_bytes
+    try:
+        a = rng.standard_normal((4000, 16)).astype(np.float32)
+        w = rng.random(4000)
+        for scale in (1.0, 2.0):  # the same recycled segment carries each call's own data
+            got = await pool.run("weighted_mean", {"values": a * scale, "weights": w}, {})
+            assert_close("weighted_mean", got, {"values": a * scale, "weights": w}, {})
+        names = [seg.name for seg in pool._spare]
+        assert names
+
+        def mapped() -> set[str]:
+            maps = "".join(open(f"/proc/{pid}/maps").read() for pid in pool.worker_pids())
+            return {n for n in names if n in maps}
+
+        assert mapped()  # kept between calls
+        pool.spare_segment_bytes = 0  # the next release frees every spare segment
+        small = {"values": a[:10], "weights": w[:10]}
+        await asyncio.gather(*(pool.run("weighted_mean", small, {}) for _ in range(8)))
+        await asyncio.gather(*(pool.run("weighted_mean", small, {}) for _ in range(8)))
+        assert not set(names) & set(shm.list_segments())
+        assert not mapped()
+    finally:
+        pool.shm_threshold_bytes = 1 << 20
+        pool.spare_segment_bytes = old_spare
+    assert leaked(pool) == []
+
+
 async def test_concurrent_calls_all_correct(pool, rng):
     cs = cases(rng, n=500) * 8
     results = await asyncio.gather(*(pool.run(n, i, p) for n, i, p in cs))

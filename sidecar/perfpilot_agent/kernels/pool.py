@@ -557,7 +557,11 @@ class KernelPool:
                 view = seg.ndarray(arr.shape, arr.dtype)
                 np.copyto(view, arr, casting="no")
                 del view
-                arrays[key] = shm.ShmRef(seg.name, arr.dtype.str, tuple(int(x) for x in arr.shape), 0)
+                # keep=True: the segment is recycled for later calls, so the worker keeps its
+                # mapping (populating the page tables of a 100 MB mapping costs ~10 ms per call);
+                # _recycle tells the workers to drop it when the segment is freed.
+                arrays[key] = shm.ShmRef(seg.name, arr.dtype.str, tuple(int(x) for x in arr.shape), 0,
+                                         keep=True)
             else:
                 arrays[key] = arr
         forget = self._unlinked[w.forgot :]
@@ -613,8 +617,10 @@ class KernelPool:
                 while total > self.spare_segment_bytes and self._spare:
                     old = self._spare.pop(0)
                     total -= old.size
+                    self._unlinked.append(old.name)  # workers unmap it with their next call
                     old.free()
                 return
+        self._unlinked.append(seg.name)
         seg.free()
 
     def _release(self, job: _Job) -> None:
