@@ -16,6 +16,7 @@ import os
 import re
 import subprocess
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,9 @@ CHART = ROOT / "charts" / "perfpilot"
 OPERATOR = ROOT / "operator" / "perfpilot_operator"
 HELM = Path(os.environ.get("PERFPILOT_CACHE", Path.home() / ".cache" / "perfpilot")) / "bin" / "helm"
 KUBE_VERSION = "1.35.0"   # the local control plane's version (e2e/build-control-plane.sh)
-MONITORING = ("monitoring.coreos.com/v1/ServiceMonitor", "monitoring.coreos.com/v1/PrometheusRule")
+PODMONITOR_API = "monitoring.coreos.com/v1/PodMonitor"
+MONITORING = ("monitoring.coreos.com/v1/ServiceMonitor", "monitoring.coreos.com/v1/PrometheusRule",
+              PODMONITOR_API)
 
 pytestmark = pytest.mark.skipif(
     not HELM.exists(),
@@ -168,6 +171,164 @@ def test_monitoring_objects_need_the_values_and_the_api() -> None:
         alerts["PerfPilotPodsWithoutSidecar"]["expr"]
 
 
+# ------------------------------------------------------------------------------------ PodMonitor
+POD_MONITOR_ON = "sidecarMetrics.podMonitor.enabled=true"
+
+
+def pod_monitors(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == "PodMonitor"]
+
+
+def sidecar_pod_monitor(*sets: str) -> dict[str, Any]:
+    [pm] = pod_monitors(render(POD_MONITOR_ON, *sets, api_versions=[PODMONITOR_API]))
+    assert pm["apiVersion"] == "monitoring.coreos.com/v1"
+    return pm
+
+
+def test_sidecar_podmonitor_needs_the_value_and_the_api() -> None:
+    assert pod_monitors(DEFAULT) == []
+    assert pod_monitors(render(api_versions=MONITORING)) == []           # API present, value off
+    assert pod_monitors(render(POD_MONITOR_ON)) == []                    # value on, API absent
+    assert pod_monitors(render(POD_MONITOR_ON, api_versions=[           # other monitoring APIs
+        "monitoring.coreos.com/v1/ServiceMonitor"])) == []
+    # The operator's ServiceMonitor is independent of it.
+    docs = render(POD_MONITOR_ON, api_versions=MONITORING)
+    assert len(pod_monitors(docs)) == 1
+    assert not [d for d in docs if d["kind"] == "ServiceMonitor"]
+
+
+def test_sidecar_podmonitor_defaults() -> None:
+    pm = sidecar_pod_monitor()
+    meta = pm["metadata"]
+    assert meta["name"] == "pp-perfpilot-sidecars"
+    assert meta["namespace"] == "perfpilot-system"
+    assert meta["labels"]["app.kubernetes.io/component"] == "sidecar-metrics"
+    assert meta["labels"]["app.kubernetes.io/part-of"] == "perfpilot"
+    spec = pm["spec"]
+    # Injected pods live in the workloads' namespaces, never in the release's.
+    assert spec["namespaceSelector"] == {"any": True}
+    assert spec["selector"] == {"matchExpressions": [
+        {"key": "perfpilot.io/profile", "operator": "Exists"}]}
+    [ep] = spec["podMetricsEndpoints"]
+    assert ep == {"port": "pp-metrics", "path": "/metrics", "interval": "15s",
+                  "scrapeTimeout": "10s"}
+
+
+def test_sidecar_podmonitor_values() -> None:
+    pm = sidecar_pod_monitor("sidecarMetrics.podMonitor.interval=30s",
+                             "sidecarMetrics.podMonitor.scrapeTimeout=5s",
+                             "sidecarMetrics.podMonitor.labels.release=prom",
+                             "sidecarMetrics.podMonitor.labels.team=perf")
+    assert pm["metadata"]["labels"]["release"] == "prom"
+    assert pm["metadata"]["labels"]["team"] == "perf"
+    [ep] = pm["spec"]["podMetricsEndpoints"]
+    assert (ep["interval"], ep["scrapeTimeout"]) == ("30s", "5s")
+    assert pm["spec"]["namespaceSelector"] == {"any": True}
+    # matchNames restricts the namespaces; next to any: true the Prometheus Operator would
+    # ignore it, so the chart renders it alone.
+    pm = sidecar_pod_monitor("sidecarMetrics.podMonitor.namespaceSelector.matchNames={team-a,team-b}")
+    assert pm["spec"]["namespaceSelector"] == {"matchNames": ["team-a", "team-b"]}
+    # Neither: the PodMonitor would watch only the release's namespace, which the pod webhook
+    # never sees (no injected pod can be there): refused, naming the value.
+    proc = helm("template", "pp", str(CHART), "--kube-version", KUBE_VERSION,
+                "--api-versions", PODMONITOR_API, "--set", POD_MONITOR_ON,
+                "--set", "sidecarMetrics.podMonitor.namespaceSelector.any=false", check=False)
+    assert proc.returncode != 0
+    assert "sidecarMetrics.podMonitor.namespaceSelector" in proc.stderr, proc.stderr
+
+
+def test_docs_point_to_the_podmonitor_value_and_agree_with_it() -> None:
+    """docs/dashboards.md names the value, and its hand-written PodMonitor (for installs without
+    the chart) selects the same pods and port as the chart's."""
+    docs = (ROOT / "docs" / "dashboards.md").read_text()
+    assert "`sidecarMetrics.podMonitor.enabled`" in docs
+    assert docs.index("sidecarMetrics.podMonitor.enabled") < docs.index("kind: PodMonitor")
+    [block] = [b for b in re.findall(r"```yaml\n(.*?)```", docs, re.S) if "kind: PodMonitor" in b]
+    by_hand = yaml.safe_load(block)["spec"]
+    chart = sidecar_pod_monitor()["spec"]
+    assert by_hand["selector"] == chart["selector"]
+    assert by_hand["namespaceSelector"] == chart["namespaceSelector"]
+    [hand_ep], [chart_ep] = by_hand["podMetricsEndpoints"], chart["podMetricsEndpoints"]
+    assert (hand_ep["port"], hand_ep["path"]) == (chart_ep["port"], chart_ep["path"])
+
+
+def test_sidecar_podmonitor_selects_what_the_webhook_injects(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The selector label and the port name come from the operator's injection code: the
+    operator is configured from the chart's own environment (settings.py), injects a pod, and
+    the PodMonitor must select that pod and name the port that serves the sidecar's /metrics."""
+    from perfpilot_operator.logic.injection import (LABEL_PROFILE, OPT_IN_LABEL, SIDECAR_NAME,
+                                                    inject, selector_matches)
+    from perfpilot_operator.settings import Settings
+
+    sets = ("sidecar.metricsPort=9500",)   # the PodMonitor names the port, not the number
+    docs = render(POD_MONITOR_ON, *sets, api_versions=[PODMONITOR_API])
+    [pm] = pod_monitors(docs)
+    [ep] = pm["spec"]["podMetricsEndpoints"]
+    for name, value in env_of(operator_container(docs)).items():
+        if isinstance(value, str):
+            monkeypatch.setenv(name, value)
+    tmpl = Settings.from_env().sidecar
+    assert tmpl.metrics_port == 9500
+
+    labels = {"app": "agent", OPT_IN_LABEL: "true"}
+    pod = {"metadata": {"name": "agent-0", "namespace": "team-a", "labels": dict(labels)},
+           "spec": {"containers": [{"name": "app", "image": "app:1"}]}}
+    profile = {"metadata": {"name": "agents", "namespace": "team-a", "generation": 3},
+               "spec": {"selector": {"matchLabels": {"app": "agent"}}}}
+    selector = pm["spec"]["selector"]
+    # An opted-in pod the webhook did not inject (no profile selects it) has no sidecar to scrape.
+    assert not selector_matches(selector, labels)
+    for native in (True, False):
+        changes = inject(pod, profile, replace(tmpl, native_sidecar=native)).changes
+        injected = {**labels, **changes["metadata.labels"]}
+        assert LABEL_PROFILE in changes["metadata.labels"]
+        assert selector_matches(selector, injected)
+        [sidecar] = [c for c in changes["spec.initContainers" if native else "spec.containers"]
+                     if c["name"] == SIDECAR_NAME]
+        [port] = [p for p in sidecar["ports"] if p["containerPort"] == tmpl.metrics_port]
+        assert ep["port"] == port["name"]
+        # ... and that port is where the sidecar serves /metrics.
+        env = {e["name"]: e.get("value") for e in sidecar["env"]}
+        assert env["PERFPILOT_METRICS_PORT"] == str(port["containerPort"])
+    assert ep["path"] == "/metrics"
+    # The operator's own pod is not a target.
+    operator_labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert not selector_matches(selector, operator_labels)
+
+
+def test_sidecar_podmonitor_keeps_the_labels_the_sidecars_dashboard_uses() -> None:
+    """The Sidecars dashboard selects on the target labels namespace and pod, which a
+    PodMonitor adds to every series by default; nothing here may rename or drop them, and
+    honorLabels stays off so that the target's namespace and pod win."""
+    def strings(node: Any) -> Iterable[str]:
+        if isinstance(node, dict):
+            for v in node.values():
+                yield from strings(v)
+        elif isinstance(node, list):
+            for v in node:
+                yield from strings(v)
+        elif isinstance(node, str):
+            yield node
+
+    dash = json.loads((CHART / "dashboards" / "perfpilot-sidecars.json").read_text())
+    text = "\n".join(strings(dash))
+    used = set(re.findall(r'(\w+)=~"\$\w+"', text))                    # {namespace=~"$namespace"}
+    used |= set(re.findall(r"label_values\([^,]+, (\w+)\)", text))       # the variables' queries
+    assert used == {"namespace", "pod"}, used
+    # What the Prometheus Operator's PodMonitor adds to each target (besides instance).
+    pod_monitor_target_labels = {"namespace", "pod", "container", "endpoint", "job"}
+    assert used <= pod_monitor_target_labels
+    [ep] = sidecar_pod_monitor()["spec"]["podMetricsEndpoints"]
+    assert not ep.get("honorLabels")
+    # The sidecar's own series carry none of the target labels (honorLabels would not matter).
+    from perfpilot_agent.metrics.definitions import METRICS
+
+    assert not {label for _kind, labels, _help in METRICS.values() for label in labels} \
+        & pod_monitor_target_labels
+    assert "relabelings" not in ep and "metricRelabelings" not in ep
+
+
 # ------------------------------------------------------------------------------------ dashboards
 DASHBOARD_FILES = sorted((CHART / "dashboards").glob("*.json"))
 
@@ -233,6 +394,12 @@ def test_dashboard_values() -> None:
     ("replica=1", "replica"),                        # a typo is not silently ignored
     ("grafanaDashboards.enabled=maybe", "enabled"),
     ("grafanaDashboards.namespace=Monitoring_NS", "namespace"),
+    ("sidecarMetrics.podMonitor.enabled=maybe", "enabled"),
+    ("sidecarMetrics.podMonitor.interval=1.5s", "interval"),        # no fractions in Prometheus
+    ("sidecarMetrics.podMonitor.scrapeTimeout=soon", "scrapeTimeout"),
+    ("sidecarMetrics.podMonitor.namespaceSelector.matchNames[0]=Team_A", "matchNames"),
+    ("sidecarMetrics.podMonitor.namespaceSelector.all=true", "all"),
+    ("sidecarMetrics.podMonitors.enabled=true", "podMonitors"),
 ])
 def test_schema_rejects_bad_values_naming_the_field(value: str, field: str) -> None:
     proc = helm("template", "pp", str(CHART), "--kube-version", KUBE_VERSION, "--set", value,
@@ -602,7 +769,7 @@ def value_paths(values: dict[str, Any], prefix: str = "") -> list[str]:
     """Leaf keys of values.yaml; free-form blocks (resources, security contexts, probe timings)
     count as one."""
     whole = {"resources", "podSecurityContext", "securityContext", "health.livenessProbe",
-             "health.readinessProbe"}
+             "health.readinessProbe", "sidecarMetrics.podMonitor.namespaceSelector"}
     out = []
     for key, value in values.items():
         path = f"{prefix}{key}"

@@ -67,3 +67,10 @@ MUTATING_NAME and VALIDATING_NAME); the RBAC and the uninstall hook name them.
 {{- define "perfpilot.validatingWebhookName" -}}perfpilot-profile-validator{{- end }}
 {{/* The per-namespace agent token Secret the operator creates (SidecarTemplate.token_secret). */}}
 {{- define "perfpilot.tokenSecretName" -}}perfpilot-agent-token{{- end }}
+{{/*
+The label the pod webhook sets on every pod it injects (injection.py, LABEL_PROFILE; the value is
+the profile's name) and the sidecar container's metrics port name (sidecar_container()); the
+PodMonitor selects on both. tests/chart reads them from the operator's code.
+*/}}
+{{- define "perfpilot.injectedPodLabel" -}}perfpilot.io/profile{{- end }}
+{{- define "perfpilot.sidecarMetricsPortName" -}}pp-metrics{{- end }}
