@@ -439,7 +439,7 @@ def test_upgrade_changes_the_operator_environment(release: Release) -> None:
     dep = r.get("deployment", r.fullname)
     assert dep is not None
     assert _env(dep)["PERFPILOT_RESYNC_INTERVAL"] == "30s"
-    assert "--verbose" in dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--log-level=debug" in dep["spec"]["template"]["spec"]["containers"][0]["args"]
     assert dep["metadata"]["generation"] > before["metadata"]["generation"]
     # Recreate: the one pod that runs now carries the new environment.
     [pod] = _wait(lambda: [p for p in _operator_pods(r) if _running_ready(p)

@@ -57,3 +57,53 @@ def test_forget_profile_drops_its_counters_too() -> None:
               if m.name in ("perfpilot_operator_configure_calls", "perfpilot_operator_getstats_calls")
               for s in m.samples}
     assert "ns-forget" not in series and "ns-keep" in series
+
+
+@pytest.mark.parametrize(("argv", "env", "root", "kopf_level"), [
+    ([], None, "INFO", "INFO"),
+    (["--log-level", "warning"], None, "WARNING", "WARNING"),
+    (["--log-level=error"], None, "ERROR", "WARNING"),
+    (["--verbose"], None, "DEBUG", "DEBUG"),
+    ([], "Debug", "DEBUG", "DEBUG"),
+])
+def test_operator_log_level_flag_and_env(monkeypatch: pytest.MonkeyPatch, argv: list[str], env: str | None,
+                                         root: str, kopf_level: str) -> None:
+    """--log-level / PERFPILOT_LOG_LEVEL reach the root logger (kopf.configure only knows debug,
+    info and warning); kopf.operator is replaced so nothing connects to a cluster."""
+    import logging
+
+    import kopf
+
+    from perfpilot_operator import __main__ as cli
+
+    seen: dict[str, str] = {}
+
+    def fake_configure(**kw: object) -> None:
+        seen["kopf"] = "DEBUG" if kw.get("verbose") else "WARNING" if kw.get("quiet") else "INFO"
+
+    async def fake_operator(**kw: object) -> None:
+        seen["root"] = logging.getLevelName(logging.getLogger().level)
+
+    if env is None:
+        monkeypatch.delenv("PERFPILOT_LOG_LEVEL", raising=False)
+    else:
+        monkeypatch.setenv("PERFPILOT_LOG_LEVEL", env)
+    monkeypatch.setattr(kopf, "configure", fake_configure)
+    monkeypatch.setattr(kopf, "operator", fake_operator)
+    old = logging.getLogger().level
+    try:
+        assert cli.main(argv) == 0
+    finally:
+        logging.getLogger().setLevel(old)
+    assert seen == {"kopf": kopf_level, "root": root}
+
+
+def test_operator_rejects_a_bad_log_level_env(monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from perfpilot_operator import __main__ as cli
+
+    monkeypatch.setenv("PERFPILOT_LOG_LEVEL", "loud")
+    with pytest.raises(SystemExit) as exc:
+        cli.main([])
+    assert exc.value.code == 2
+    assert "PERFPILOT_LOG_LEVEL='loud'" in capsys.readouterr().err
