@@ -383,7 +383,7 @@ def test_operator_runs_under_the_charts_rbac_without_a_forbidden(
 
         pp = _wait(reconciled, "the profile reconciled (status, coverage, autoscaling)")
         messages = [x.get("message", "") for x in pp["status"]["conditions"]]
-        assert not [m for m in messages if "forbidden" in m.lower() or "403" in m], messages
+        assert not [m for m in messages if re.search(r"forbidden|\b403\b", m, re.I)], messages
         _wait(lambda: c.kubectl("get", "secret", "perfpilot-agent-token", "-n", work,
                                 check=False).returncode == 0, "the agent token Secret")
         _wait(lambda: json.loads(c.kubectl(
