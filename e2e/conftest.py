@@ -28,6 +28,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.e2e)
 
 
+_SESSION_START = time.time()
+
+
 def _tail(path: Path, lines: int) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -43,12 +46,24 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     report = outcome.get_result()
     if report.when != "call" or not report.failed or "/e2e/" not in str(item.path):
         return
-    state = LocalCluster().state
+    cluster = LocalCluster()
+    state = cluster.state
     logs = [state / "logs" / "operator.log", state / "logs" / "podrunner.log"]
     logs += sorted((state / "pods").glob("*/*.log"))[-6:]
     for log in logs:
-        if log.exists():
+        # Only logs this session wrote: a previous run's leftovers would mislead.
+        if log.exists() and log.stat().st_mtime >= _SESSION_START:
             report.sections.append((f"log {log.relative_to(state)}", _tail(log, 60)))
+    # What the cluster saw: pods and the latest events (scheduling, kwok, admission).
+    for what, args in (("pods", ("get", "pods", "-A", "-o", "wide")),
+                       ("events", ("get", "events", "-A", "--sort-by=.lastTimestamp"))):
+        try:
+            out = cluster.kubectl(*args, check=False, timeout=10)
+            text = (out.stdout or out.stderr).splitlines()
+            keep = text if len(text) <= 41 else text[:1] + text[-40:]   # header + latest
+            report.sections.append((f"kubectl {what}", "\n".join(keep)))
+        except Exception as exc:  # noqa: BLE001 - the cluster may be down; the report goes on
+            report.sections.append((f"kubectl {what}", f"(unavailable: {exc})"))
 
 
 @pytest.fixture(scope="session")
