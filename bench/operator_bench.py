@@ -635,6 +635,9 @@ def attribute(rec: dict[str, Any]) -> dict[str, Any]:
         elif pending and (h := re.search(r"(Handler|Timer) '([^']+)' succeeded", msg)):
             handlers.append(h.group(2))
             pending = False
+        elif pending and msg.startswith("resync pass over"):   # the operator's resync loop
+            handlers.append("resync")
+            pending = False
     return {"configured_log": configured_at, "handlers": handlers}
 
 
@@ -983,7 +986,7 @@ def autoscale_scenario(h: Harness, repeats: int, log: Log) -> Entry:
         f"(includes the 0.2 s of the op itself); median {median(values):.2f}s. All: "
         f"{', '.join(f'{v:.2f}' for v in values)} s. baseline = the configured "
         f"autoscaling interval ({interval:g}s). The operator reads stats and evaluates alerts "
-        f"and autoscaling only in its resync timer (every {RESYNC}, kopf timer: sleeps the "
+        f"and autoscaling only in its resync loop (every {RESYNC}: sleeps the "
         f"interval after each pass), and decides at most once per autoscaling interval, so the "
         f"expected bound is interval + resync = {bound:g}s (target), plus the op, the flush and "
         f"the scale call."

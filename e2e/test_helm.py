@@ -391,7 +391,7 @@ def test_operator_runs_under_the_charts_rbac_without_a_forbidden(
             "involvedObject.kind=PerfProfile,involvedObject.name=rbac-probe,"
             "reason=PodsWithoutSidecar", "-o", "json").stdout)["items"],
             "the coverage audit's PodsWithoutSidecar Event")
-        _wait(lambda: log_path.read_text().count("Timer 'resync' succeeded") >= 2,
+        _wait(lambda: log_path.read_text().count("resync pass over") >= 2,
               "two resync passes of this operator")
         # /metrics as the chart's ServiceMonitor scrapes it (path /metrics on the metrics port).
         with urllib.request.urlopen(

@@ -132,6 +132,10 @@ def test_profile_injects_configures_and_reconfigures_live(cluster: LocalCluster,
     assert cond["status"] == "True", cond
     assert st["pods"]["stale"] == 0
 
+    # No finalizer (nothing to clean up): deleting the profile never waits for the operator.
+    profile = get_json(cluster, "perfprofile", "agents", "-n", namespace)
+    assert not profile["metadata"].get("finalizers"), profile["metadata"]
+
 
 def test_overlapping_profile_is_refused_naming_the_other(cluster: LocalCluster,
                                                          namespace: str) -> None:

@@ -55,6 +55,15 @@ class Outcome:
     unreachable: dict[str, str]
 
 
+async def post_event(rt: Runtime, body: Any, type_: str, reason: str, message: str,
+                     logger: Any) -> None:
+    """A Kubernetes Event on the profile; a failure to post is logged, never fails the pass."""
+    try:
+        await rt.kube.post_event(body, type_=type_, reason=reason, message=message)
+    except Exception as e:  # noqa: BLE001 - events are best effort, as kopf's own
+        logger.warning(f"could not post Event {reason}: {e}")
+
+
 async def _collect(rt: Runtime, state: MonitorState, pods: list[PodView], token: str,
                    namespace: str, name: str) -> tuple[list[stats.Snapshot], dict[str, str]]:
     """Deltas since the previous pass from every reachable sidecar; failures by pod name."""
@@ -104,14 +113,14 @@ async def observe(*, rt: Runtime, memo: Any, body: kopf.Body, namespace: str, na
         value = f"{ch.value:g}" if ch.value is not None else "n/a"
         text = f"{ch.rule.metric} = {value} {ch.rule.op} {ch.rule.threshold:g}"
         if ch.transition is Transition.FIRED:
-            kopf.warn(body, reason="AlertFiring",
-                      message=f"{ch.rule.name} ({ch.rule.severity}) firing: {text}")
+            await post_event(rt, body, "Warning", "AlertFiring",
+                             f"{ch.rule.name} ({ch.rule.severity}) firing: {text}", logger)
         elif ch.transition is Transition.RESOLVED:
-            kopf.event(body, type="Normal", reason="AlertResolved",
-                       message=f"{ch.rule.name} resolved: {ch.rule.metric} = {value}")
+            await post_event(rt, body, "Normal", "AlertResolved",
+                             f"{ch.rule.name} resolved: {ch.rule.metric} = {value}", logger)
         elif ch.transition is Transition.PENDING:
-            kopf.event(body, type="Normal", reason="AlertPending",
-                       message=f"{ch.rule.name} pending for {ch.rule.for_seconds:g}s: {text}")
+            await post_event(rt, body, "Normal", "AlertPending",
+                             f"{ch.rule.name} pending for {ch.rule.for_seconds:g}s: {text}", logger)
     active = mon.active_alerts(rules, state.alerts, _iso)
     status["activeAlerts"] = active
     prom.clear_profile(prom.ALERT_ACTIVE, namespace, name)
@@ -217,9 +226,9 @@ async def _autoscale(rt: Runtime, state: MonitorState, auto: mon.Autoscaling, na
         state.last_scale_time = _iso(now)
         direction = "up" if decision.replicas > current else "down"
         prom.SCALE_EVENTS.labels(namespace, name, direction).inc()
-        kopf.event(body, type="Normal", reason="Scaled",
-                   message=f"{ref['kind']}/{ref['name']} {current} -> {decision.replicas}: "
-                           f"{decision.message}")
+        await post_event(rt, body, "Normal", "Scaled",
+                         f"{ref['kind']}/{ref['name']} {current} -> {decision.replicas}: "
+                         f"{decision.message}", logger)
         logger.info(f"scaled {ref['kind']}/{ref['name']} {current} -> {decision.replicas}")
     prom.REPLICAS.labels(namespace, name, "current").set(current)
     prom.REPLICAS.labels(namespace, name, "desired").set(decision.replicas)

@@ -21,3 +21,6 @@ class Runtime:
     prometheus_rules_checked: float | None = None   # monotonic time of the last discovery
     ca_bundle: bytes = b""
     tokens: dict[str, str] = field(default_factory=dict)   # namespace -> agent token
+    # (namespace, name) -> per-profile memory (generations applied, alert and scaler state),
+    # shared by the spec handlers and the resync loop: see handlers/profiles.profile_state.
+    profiles: dict[tuple[str, str], Any] = field(default_factory=dict)

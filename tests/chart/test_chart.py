@@ -611,14 +611,15 @@ def client_needs() -> set[Need]:
     method = re.compile(r"^(read|list|create|replace|patch|delete)_(namespaced_)?(\w+?)"
                         r"(_status|_scale|_resize|_eviction|_ephemeralcontainers)?"
                         r"(_for_all_namespaces)?$")
-    custom = re.compile(r"^(get|list|create|replace|patch|delete)_(namespaced_)?custom_object$")
+    custom = re.compile(r"^(get|list|create|replace|patch|delete)_(namespaced_|cluster_)?"
+                        r"custom_object(_status)?$")
     for path in sorted(OPERATOR.rglob("*.py")):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Attribute) and node.attr in api_methods and \
                     (m := method.match(node.attr)):
                 verb, what, sub = CLIENT_VERBS[m[1]], m[3], (m[4] or "").lstrip("_")
-                if what == "custom_object":
+                if what in ("custom_object", "cluster_custom_object"):
                     continue   # resolved from the call's arguments below
                 res = _plural(what) + (f"/{sub}" if sub else "")
                 group = "" if res in CORE else "admissionregistration.k8s.io" \
@@ -643,14 +644,15 @@ def client_needs() -> set[Need]:
                 args = _call_args(node, scope)
                 try:
                     group, plural = (eval(ast.unparse(a), vars(module))  # noqa: S307
-                                     for a in (args[0], args[3 if m[2] else 2]))
+                                     for a in (args[0], args[3 if m[2] == "namespaced_" else 2]))
                 except (IndexError, NameError):
                     group = plural = None
                 if not (isinstance(group, str) and isinstance(plural, str)):
                     unresolved[id(node)] = f"{path.name}:{node.lineno}: {node.func.attr}"
                     continue
                 resolved.add(id(node))
-                needs.add((group, plural, CLIENT_VERBS.get(m[1], m[1])))
+                needs.add((group, plural + ("/status" if m[3] else ""),
+                           CLIENT_VERBS.get(m[1], m[1])))
         left = [where for key, where in unresolved.items() if key not in resolved]
         assert not left, (f"custom-object calls whose group/plural this test cannot resolve: "
                           f"{left}; list their needs here and in the ClusterRole")

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
+import os
 import secrets
+from collections.abc import Mapping
 from typing import Any
 
 from kubernetes import client, config
@@ -95,6 +98,52 @@ class Kube:
                 "perfpilot.io", "v1alpha1", namespace, "perfprofiles")
             return list(out.get("items", []))
         return await asyncio.to_thread(run)
+
+    async def list_all_profiles(self) -> list[dict[str, Any]]:
+        """Every PerfProfile, with status: the resync loop's one read per pass."""
+        def run() -> list[dict[str, Any]]:
+            out = self.custom.list_cluster_custom_object("perfpilot.io", "v1alpha1", "perfprofiles")
+            return list(out.get("items", []))
+        return await asyncio.to_thread(run)
+
+    async def patch_profile_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """Merge-patch the status subresource (as kopf patches it); a profile gone meanwhile is fine."""
+        def run() -> None:
+            try:
+                self.custom.patch_namespaced_custom_object_status(
+                    "perfpilot.io", "v1alpha1", namespace, "perfprofiles", name, {"status": status})
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+        await asyncio.to_thread(run)
+
+    async def post_event(self, obj: Mapping[str, Any], *, type_: str, reason: str,
+                         message: str) -> None:
+        """A core/v1 Event on `obj`, as kopf posts them (`kubectl describe` lists it). Posted
+        here rather than with kopf.event because kopf's event queue exists only inside its
+        per-object handler tasks, and the resync loop is not one."""
+        meta = obj.get("metadata", {})
+        now = datetime.datetime.now(datetime.timezone.utc)
+        body = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{meta.get('name')}.",
+                                         namespace=meta.get("namespace")),
+            involved_object=client.V1ObjectReference(
+                api_version=obj.get("apiVersion", "perfpilot.io/v1alpha1"),
+                kind=obj.get("kind", "PerfProfile"), name=meta.get("name"),
+                namespace=meta.get("namespace"), uid=meta.get("uid")),
+            type=type_, reason=reason, message=message[:1024], count=1,
+            first_timestamp=now, last_timestamp=now,
+            source=client.V1EventSource(component="perfpilot-operator"),
+            reporting_component="perfpilot-operator",
+            reporting_instance=os.environ.get("HOSTNAME", "perfpilot-operator"))
+
+        def run() -> None:
+            try:
+                self.core.create_namespaced_event(meta.get("namespace"), body)
+            except ApiException as e:
+                if e.status not in (403, 404):  # the namespace is going away: nothing to tell
+                    raise
+        await asyncio.to_thread(run)
 
     async def ensure_token(self, namespace: str, name: str) -> str:
         """The namespace's agent token Secret; created with a random token when missing."""

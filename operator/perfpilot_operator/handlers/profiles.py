@@ -1,7 +1,7 @@
 """Reconcile a PerfProfile: roll its config out to the selected sidecars and report status.
 
-Level-triggered: the same pass runs on create/resume, on every spec change (at once) and on a
-timer (late pods, recovered sidecars). Which sidecar holds which generation lives in the
+Level-triggered: the same pass runs on create/resume, on every spec change (at once) and in the
+operator-level resync loop (late pods, recovered sidecars, stats, alerts, autoscaling). Which sidecar holds which generation lives in the
 object's memo; the sidecars themselves are the source of truth (Configure answers with the
 applied generation), so a restarted operator simply re-sends to everyone, harmlessly.
 """
@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import types
 from typing import Any
 
 import grpc
@@ -29,7 +30,6 @@ from perfpilot_operator.runtime import Runtime
 from perfpilot_operator.settings import Settings
 
 GROUP, VERSION, PLURAL = "perfpilot.io", "v1alpha1", "perfprofiles"
-_RESYNC = Settings.from_env().resync_interval
 
 
 def selected_pods(spec: dict[str, Any], namespace: str,
@@ -234,9 +234,20 @@ async def _reconcile_once(body: kopf.Body, patch: kopf.Patch, memo: Any, namespa
         # down) run without the sidecar; say so where `kubectl describe` shows it.
         cond = next((c for c in new.get("conditions", []) if c["type"] == "InjectionComplete"),
                     {})
-        kopf.warn(body, reason="PodsWithoutSidecar", message=cond.get("message", ""))
+        await monitoring.post_event(memo.runtime, body, "Warning", "PodsWithoutSidecar",
+                                    cond.get("message", ""), logger)
     if any(old.get(k) != v for k, v in new.items()):
         patch.status.update(new)
+
+
+def profile_state(rt: Runtime, namespace: str, name: str) -> Any:
+    """The profile's memory (generations applied per pod, alert and scaler state, the pass
+    lock), shared by the spec handlers and the resync loop: kopf's per-object memo is not
+    reachable from an operator-level task."""
+    state = rt.profiles.get((namespace, name))
+    if state is None:
+        state = rt.profiles[(namespace, name)] = types.SimpleNamespace(runtime=rt)
+    return state
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile-resume")
@@ -244,18 +255,62 @@ async def _reconcile_once(body: kopf.Body, patch: kopf.Patch, memo: Any, namespa
 @kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile-spec", field="spec")
 async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: Any, namespace: str, name: str,
                     logger: Any, pods_by_namespace: Any, **_: Any) -> None:
-    await _reconcile(body, patch, memo, namespace, name, logger, pods_by_namespace)
+    await _reconcile(body, patch, profile_state(memo.runtime, namespace, name), namespace, name,
+                     logger, pods_by_namespace)
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, id="resync", interval=_RESYNC, initial_delay=_RESYNC)
-async def resync(body: kopf.Body, patch: kopf.Patch, memo: Any, namespace: str, name: str,
-                 logger: Any, pods_by_namespace: Any, hpas_by_namespace: Any, **_: Any) -> None:
-    """The periodic pass: late pods and recovered sidecars, then stats, alerts, autoscaling."""
-    await _reconcile(body, patch, memo, namespace, name, logger, pods_by_namespace,
-                     hpas_by_namespace)
+async def resync_loop(rt: Runtime, settings: kopf.OperatorSettings, pods_by_namespace: Any,
+                      hpas_by_namespace: Any) -> None:
+    """The periodic pass over every profile: late pods and recovered sidecars, then stats,
+    alerts, autoscaling and the coverage audit.
+
+    One operator-level task instead of a kopf timer per profile: kopf puts a finalizer on every
+    object that has a timer, so deleting a profile (or its namespace) would wait for the
+    operator; nothing here needs cleanup before a profile goes. Sleeps the interval after each
+    pass, as a kopf timer does; profiles are passed concurrently, each under its own lock."""
+    log = logging.getLogger("perfpilot_operator.resync")
+    while True:
+        await asyncio.sleep(rt.settings.resync_interval)
+        try:
+            items = await rt.kube.list_all_profiles()
+        except Exception as e:  # noqa: BLE001 - the next pass tries again
+            log.warning(f"resync: cannot list PerfProfiles: {e}")
+            continue
+        live = {(i["metadata"]["namespace"], i["metadata"]["name"]) for i in items}
+        for key in set(rt.profiles) - live:   # deleted while no delete handler saw it
+            _forget(rt, *key)
+        await asyncio.gather(*(_resync_one(rt, settings, item, pods_by_namespace,
+                                           hpas_by_namespace, log) for item in items))
+        log.info(f"resync pass over {len(items)} profile(s) done")
+
+
+async def _resync_one(rt: Runtime, settings: kopf.OperatorSettings, item: dict[str, Any],
+                      pods_by_namespace: Any, hpas_by_namespace: Any, log: logging.Logger) -> None:
+    meta = item["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    if meta.get("deletionTimestamp"):
+        return
+    body = kopf.Body(item)
+    patch = kopf.Patch()
+    logger = kopf.LocalObjectLogger(body=body, settings=settings)
+    try:
+        await _reconcile(body, patch, profile_state(rt, namespace, name), namespace, name,
+                         logger, pods_by_namespace, hpas_by_namespace)
+        status = patch.get("status")
+        if status:
+            await rt.kube.patch_profile_status(namespace, name, dict(status))
+    except Exception:  # noqa: BLE001 - one profile's failure never stops the others
+        log.exception(f"resync of {namespace}/{name} failed; retried in "
+                      f"{rt.settings.resync_interval:g}s")
+
+
+def _forget(rt: Runtime, namespace: str, name: str) -> None:
+    rt.profiles.pop((namespace, name), None)
+    prom.forget_profile(namespace, name)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, id="forget", optional=True)
 async def forget(namespace: str, name: str, memo: Any, **_: Any) -> None:
-    """Drop the deleted profile's metric series and its sidecar channels."""
-    prom.forget_profile(namespace, name)
+    """Drop the deleted profile's memory and metric series (the resync loop also does it for
+    profiles deleted while no handler saw the deletion)."""
+    _forget(memo.runtime, namespace, name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -11,6 +12,7 @@ from perfpilot_operator.certs import ensure_webhook_certs
 from perfpilot_operator import metrics as prom
 from perfpilot_operator.clients import kube as kube_client
 from perfpilot_operator.clients.agents import AgentClients
+from perfpilot_operator.handlers import profiles
 from perfpilot_operator.logic import resize, webhooks
 from perfpilot_operator.runtime import Runtime
 from perfpilot_operator.settings import Settings
@@ -20,7 +22,7 @@ NATIVE_SIDECAR_MINOR = 29   # SidecarContainers is on by default from 1.29
 
 @kopf.on.startup(id="startup")
 async def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Logger,
-                  **_: Any) -> None:
+                  pods_by_namespace: Any, hpas_by_namespace: Any, **_: Any) -> None:
     cfg: Settings = getattr(memo, "settings", None) or Settings.from_env()
     # Watches never go blind: server-side timeouts plus kopf's inactivity detector.
     settings.watching.server_timeout = 300
@@ -72,12 +74,20 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Lo
                                             client=client(webhooks.POD_HANDLER_ID)),
             webhooks.validating_configuration(failure_policy=cfg.failure_policy,
                                               client=client(webhooks.PROFILE_HANDLER_ID)))
+    # The periodic pass over every profile (kopf keeps the indexes current meanwhile).
+    memo.resync_task = asyncio.create_task(
+        profiles.resync_loop(rt, settings, pods_by_namespace, hpas_by_namespace),
+        name="perfpilot-resync")
     logger.info(f"perfpilot operator ready: Kubernetes 1.{minor}, native sidecars "
                 f"{'on' if native else 'off'}, in-place resize {'on' if rt.resize else 'off'}, webhooks on {cfg.webhook_host}:{cfg.webhook_port}")
 
 
 @kopf.on.cleanup(id="cleanup")
 async def cleanup(memo: Any, **_: Any) -> None:
+    task: asyncio.Task[None] | None = getattr(memo, "resync_task", None)
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
     rt: Runtime | None = getattr(memo, "runtime", None)
     if rt is not None:
         await rt.agents.close()
