@@ -189,6 +189,8 @@ async def _sync_prometheus_rule(rt: Runtime, state: MonitorState, body: kopf.Bod
         if result != "unchanged":
             logger.info(f"PrometheusRule {obj['metadata']['name']} {result}")
     except Exception as e:  # noqa: BLE001
+        if getattr(e, "status", None) == 403 and "being terminated" in str(getattr(e, "body", "")):
+            return      # the namespace is going away with the profile: nothing to keep in sync
         logger.warning(f"PrometheusRule sync failed: {e}")
 
 

@@ -259,29 +259,52 @@ async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: Any, namespace: st
                      logger, pods_by_namespace)
 
 
-async def resync_loop(rt: Runtime, settings: kopf.OperatorSettings, pods_by_namespace: Any,
-                      hpas_by_namespace: Any) -> None:
+async def resync_loop(rt: Runtime, settings: kopf.OperatorSettings, profiles_by_namespace: Any,
+                      pods_by_namespace: Any, hpas_by_namespace: Any) -> None:
     """The periodic pass over every profile: late pods and recovered sidecars, then stats,
     alerts, autoscaling and the coverage audit.
 
     One operator-level task instead of a kopf timer per profile: kopf puts a finalizer on every
     object that has a timer, so deleting a profile (or its namespace) would wait for the
-    operator; nothing here needs cleanup before a profile goes. Sleeps the interval after each
-    pass, as a kopf timer does; profiles are passed concurrently, each under its own lock."""
+    operator; nothing here needs cleanup before a profile goes. Every interval it lists the
+    profiles and starts a pass for each one whose previous pass has finished: a slow profile
+    (hundreds of sidecars, or unreachable ones waiting out their deadlines) skips a beat
+    instead of delaying everyone else's."""
     log = logging.getLogger("perfpilot_operator.resync")
-    while True:
-        await asyncio.sleep(rt.settings.resync_interval)
-        try:
-            items = await rt.kube.list_all_profiles()
-        except Exception as e:  # noqa: BLE001 - the next pass tries again
-            log.warning(f"resync: cannot list PerfProfiles: {e}")
-            continue
-        live = {(i["metadata"]["namespace"], i["metadata"]["name"]) for i in items}
-        for key in set(rt.profiles) - live:   # deleted while no delete handler saw it
-            _forget(rt, *key)
-        await asyncio.gather(*(_resync_one(rt, settings, item, pods_by_namespace,
-                                           hpas_by_namespace, log) for item in items))
-        log.info(f"resync pass over {len(items)} profile(s) done")
+    passes: dict[tuple[str, str], asyncio.Task[None]] = {}
+    try:
+        while True:
+            await asyncio.sleep(rt.settings.resync_interval)
+            try:
+                items = await rt.kube.list_all_profiles()
+            except Exception as e:  # noqa: BLE001 - the next pass tries again
+                log.warning(f"resync: cannot list PerfProfiles: {e}")
+                continue
+            # Only the profiles this operator serves: kopf's index follows its namespace scope.
+            ours = {(ns, p["metadata"]["name"]) for ns, store in list(profiles_by_namespace.items())
+                    for p in store}
+            items = [i for i in items
+                     if (i["metadata"]["namespace"], i["metadata"]["name"]) in ours]
+            live = {(i["metadata"]["namespace"], i["metadata"]["name"]) for i in items}
+            for key in set(rt.profiles) - live:   # deleted while no delete handler saw it
+                _forget(rt, *key)
+            for key in [k for k, t in passes.items() if t.done()]:
+                del passes[key]
+            busy = 0
+            for item in items:
+                key = (item["metadata"]["namespace"], item["metadata"]["name"])
+                if key in passes:
+                    busy += 1       # its previous pass is still running: skip this beat
+                    continue
+                passes[key] = asyncio.create_task(
+                    _resync_one(rt, settings, item, pods_by_namespace, hpas_by_namespace, log),
+                    name=f"perfpilot-resync-{key[0]}/{key[1]}")
+            log.info(f"resync pass over {len(items)} profile(s) started"
+                     + (f" ({busy} still busy from the previous one)" if busy else ""))
+    finally:
+        for t in passes.values():
+            t.cancel()
+        await asyncio.gather(*passes.values(), return_exceptions=True)
 
 
 async def _resync_one(rt: Runtime, settings: kopf.OperatorSettings, item: dict[str, Any],

@@ -22,7 +22,8 @@ NATIVE_SIDECAR_MINOR = 29   # SidecarContainers is on by default from 1.29
 
 @kopf.on.startup(id="startup")
 async def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Logger,
-                  pods_by_namespace: Any, hpas_by_namespace: Any, **_: Any) -> None:
+                  profiles_by_namespace: Any, pods_by_namespace: Any, hpas_by_namespace: Any,
+                  **_: Any) -> None:
     cfg: Settings = getattr(memo, "settings", None) or Settings.from_env()
     # Watches never go blind: server-side timeouts plus kopf's inactivity detector.
     settings.watching.server_timeout = 300
@@ -76,7 +77,8 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Lo
                                               client=client(webhooks.PROFILE_HANDLER_ID)))
     # The periodic pass over every profile (kopf keeps the indexes current meanwhile).
     memo.resync_task = asyncio.create_task(
-        profiles.resync_loop(rt, settings, pods_by_namespace, hpas_by_namespace),
+        profiles.resync_loop(rt, settings, profiles_by_namespace, pods_by_namespace,
+                             hpas_by_namespace),
         name="perfpilot-resync")
     logger.info(f"perfpilot operator ready: Kubernetes 1.{minor}, native sidecars "
                 f"{'on' if native else 'off'}, in-place resize {'on' if rt.resize else 'off'}, webhooks on {cfg.webhook_host}:{cfg.webhook_port}")
