@@ -556,8 +556,8 @@ async def _rollouts(h: Harness, ns: str, ips: list[str], token: str, repeats: in
     try:
         await asyncio.sleep(1.0)       # the event streams are open
         for _ in range(repeats):
-            # A random phase against the operator's 1 s resync timer: a rollout done by the
-            # update handler does not care, one left to the timer shows up as up to 1 s extra.
+            # A random phase against the operator's 1 s resync loop: a rollout done by the
+            # update handler does not care, one left to the loop shows up as up to 1 s extra.
             await asyncio.sleep(random.uniform(0.3, 1.3))
             gen += 1
             offset = h.log_offset()

@@ -34,6 +34,11 @@ def _quantile(q: float, histogram: str, by: str) -> str:
             f"(rate({histogram}_bucket{{{SEL}}}[{WINDOW}])))")
 
 
+def _quantiles(histogram: str, by: str, qs: tuple[float, ...] = (0.5, 0.99)) -> list[Query]:
+    """One query per quantile, legend "{{by}} pNN"."""
+    return [Query(_quantile(q, histogram, by), f"{{{{{by}}}}} p{round(q * 100)}") for q in qs]
+
+
 def build() -> Dashboard:
     """The dashboard builder (common.encode turns it into the committed JSON)."""
     d = new_dashboard(
@@ -99,10 +104,7 @@ def build() -> Dashboard:
         "Time each sidecar spends answering Heartbeat, p50 and p99 over the window. Well "
         "under a millisecond is normal; high p99: the sidecar is CPU-throttled (raise "
         "spec.resources.sidecar CPU) or the node is overloaded. " + BUCKETS,
-        [Query(_quantile(0.5, "perfpilot_sidecar_heartbeat_duration_seconds", "pod"),
-               "{{pod}} p50"),
-         Query(_quantile(0.99, "perfpilot_sidecar_heartbeat_duration_seconds", "pod"),
-               "{{pod}} p99")], unit="s"),
+        _quantiles("perfpilot_sidecar_heartbeat_duration_seconds", "pod"), unit="s"),
         width=12, height=8)
     lay.add(timeseries(
         "App calls per second by op",
@@ -117,9 +119,7 @@ def build() -> Dashboard:
         "Latency the app recorded per op over the selected pods (pick one pod to see it "
         "alone). One op slow: that code path or its dependency; all ops slow together: the pod "
         "is saturated (CPU and queue below). " + BUCKETS,
-        [Query(_quantile(0.5, "perfpilot_sidecar_app_latency_seconds", "op"), "{{op}} p50"),
-         Query(_quantile(0.95, "perfpilot_sidecar_app_latency_seconds", "op"), "{{op}} p95"),
-         Query(_quantile(0.99, "perfpilot_sidecar_app_latency_seconds", "op"), "{{op}} p99")],
+        _quantiles("perfpilot_sidecar_app_latency_seconds", "op", (0.5, 0.95, 0.99)),
         unit="s"),
         width=12, height=8)
     lay.add(timeseries(
@@ -165,10 +165,7 @@ def build() -> Dashboard:
         "Kernel latency p50 / p99",
         "RunKernel latency (admission to result) per kernel. p99 far above p50: calls wait in "
         "the queue; compare with queue depth and pool utilization. " + BUCKETS,
-        [Query(_quantile(0.5, "perfpilot_sidecar_kernel_duration_seconds", "kernel"),
-               "{{kernel}} p50"),
-         Query(_quantile(0.99, "perfpilot_sidecar_kernel_duration_seconds", "kernel"),
-               "{{kernel}} p99")], unit="s"),
+        _quantiles("perfpilot_sidecar_kernel_duration_seconds", "kernel"), unit="s"),
         width=12, height=8)
     lay.add(timeseries(
         "Kernel calls, cache hits and errors",

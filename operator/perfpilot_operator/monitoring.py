@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
 import kopf
 
 from perfpilot_operator import metrics as prom
@@ -79,9 +78,9 @@ async def _collect(rt: Runtime, state: MonitorState, pods: list[PodView], token:
     for p, r in zip(live, results):
         key = f"{p.name}@{p.ip}"
         keys.add(key)
-        prom.GETSTATS_CALLS.labels(namespace, name, prom.rpc_result(r)).inc()
+        code = prom.rpc_result(r)
+        prom.GETSTATS_CALLS.labels(namespace, name, code).inc()
         if isinstance(r, BaseException):
-            code = r.code().name if isinstance(r, grpc.aio.AioRpcError) else type(r).__name__
             failures[p.name] = code
             continue
         snap = stats.from_proto(r)

@@ -90,19 +90,17 @@ class Kube:
                 return False
         return await asyncio.to_thread(run)
 
-    async def list_profiles(self, namespace: str) -> list[dict[str, Any]]:
-        """PerfProfiles of a namespace, read live: the webhook's fallback when kopf's index has
-        not yet seen a profile that was applied a moment before its workload."""
+    async def list_profiles(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        """PerfProfiles with status, read live: of one namespace for the webhook's fallback (kopf's
+        index may not yet have seen a profile applied a moment before its workload), of the
+        whole cluster for the resync loop's one read per pass."""
         def run() -> list[dict[str, Any]]:
-            out = self.custom.list_namespaced_custom_object(
-                "perfpilot.io", "v1alpha1", namespace, "perfprofiles")
-            return list(out.get("items", []))
-        return await asyncio.to_thread(run)
-
-    async def list_all_profiles(self) -> list[dict[str, Any]]:
-        """Every PerfProfile, with status: the resync loop's one read per pass."""
-        def run() -> list[dict[str, Any]]:
-            out = self.custom.list_cluster_custom_object("perfpilot.io", "v1alpha1", "perfprofiles")
+            if namespace is None:
+                out = self.custom.list_cluster_custom_object(
+                    "perfpilot.io", "v1alpha1", "perfprofiles")
+            else:
+                out = self.custom.list_namespaced_custom_object(
+                    "perfpilot.io", "v1alpha1", namespace, "perfprofiles")
             return list(out.get("items", []))
         return await asyncio.to_thread(run)
 

@@ -1,8 +1,8 @@
 """Reconcile a PerfProfile: roll its config out to the selected sidecars and report status.
 
 Level-triggered: the same pass runs on create/resume, on every spec change (at once) and in the
-operator-level resync loop (late pods, recovered sidecars, stats, alerts, autoscaling). Which sidecar holds which generation lives in the
-object's memo; the sidecars themselves are the source of truth (Configure answers with the
+operator-level resync loop (late pods, recovered sidecars, stats, alerts, autoscaling). Which
+sidecar holds which generation lives in the profile's state (profile_state); the sidecars themselves are the source of truth (Configure answers with the
 applied generation), so a restarted operator simply re-sends to everyone, harmlessly.
 """
 
@@ -27,7 +27,6 @@ from perfpilot_operator.logic.desired import configure_request
 from perfpilot_operator.logic.injection import selector_matches
 from perfpilot_operator.logic.resize import resize_patch
 from perfpilot_operator.runtime import Runtime
-from perfpilot_operator.settings import Settings
 
 GROUP, VERSION, PLURAL = "perfpilot.io", "v1alpha1", "perfprofiles"
 
@@ -76,9 +75,9 @@ async def sync(*, rt: Runtime, memo: Any, namespace: str, name: str, generation:
                                        limit=rt.settings.rollout_concurrency)
         for p, r in zip(todo, results):
             key = f"{p.name}@{p.ip}"
-            prom.CONFIGURE_CALLS.labels(namespace, name, prom.rpc_result(r)).inc()
+            code = prom.rpc_result(r)
+            prom.CONFIGURE_CALLS.labels(namespace, name, code).inc()
             if isinstance(r, BaseException):
-                code = r.code().name if isinstance(r, grpc.aio.AioRpcError) else type(r).__name__
                 detail = r.details() if isinstance(r, grpc.aio.AioRpcError) else str(r)
                 failures[p.name] = f"{code}: {detail}"
             else:
@@ -276,23 +275,22 @@ async def resync_loop(rt: Runtime, settings: kopf.OperatorSettings, profiles_by_
         while True:
             await asyncio.sleep(rt.settings.resync_interval)
             try:
-                items = await rt.kube.list_all_profiles()
+                items = await rt.kube.list_profiles()
             except Exception as e:  # noqa: BLE001 - the next pass tries again
                 log.warning(f"resync: cannot list PerfProfiles: {e}")
                 continue
             # Only the profiles this operator serves: kopf's index follows its namespace scope.
             ours = {(ns, p["metadata"]["name"]) for ns, store in list(profiles_by_namespace.items())
                     for p in store}
-            items = [i for i in items
-                     if (i["metadata"]["namespace"], i["metadata"]["name"]) in ours]
-            live = {(i["metadata"]["namespace"], i["metadata"]["name"]) for i in items}
+            items = [i for i in items if _key(i) in ours]
+            live = {_key(i) for i in items}
             for key in set(rt.profiles) - live:   # deleted while no delete handler saw it
                 _forget(rt, *key)
             for key in [k for k, t in passes.items() if t.done()]:
                 del passes[key]
             busy = 0
             for item in items:
-                key = (item["metadata"]["namespace"], item["metadata"]["name"])
+                key = _key(item)
                 if key in passes:
                     busy += 1       # its previous pass is still running: skip this beat
                     continue
@@ -305,6 +303,10 @@ async def resync_loop(rt: Runtime, settings: kopf.OperatorSettings, profiles_by_
         for t in passes.values():
             t.cancel()
         await asyncio.gather(*passes.values(), return_exceptions=True)
+
+
+def _key(obj: dict[str, Any]) -> tuple[str, str]:
+    return obj["metadata"]["namespace"], obj["metadata"]["name"]
 
 
 async def _resync_one(rt: Runtime, settings: kopf.OperatorSettings, item: dict[str, Any],
