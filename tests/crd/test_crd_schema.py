@@ -276,7 +276,8 @@ def test_minimal_example_defaults() -> None:
     assert doc["spec"] == {
         "selector": {"matchLabels": {"app": "agent"}},
         "resources": {"sidecar": {"requests": {"cpu": "50m", "memory": "64Mi"},
-                                  "limits": {"cpu": "500m", "memory": "256Mi"}}},
+                                  "limits": {"cpu": "500m", "memory": "256Mi"}},
+                      "sharedMemory": "1Gi"},
         "heartbeat": {"interval": "5s", "timeout": "200ms"},
         "pools": {"processWorkers": 2, "threadWorkers": 8, "maxQueue": 1000, "batchSize": 100,
                   "batchWait": "10ms"},
