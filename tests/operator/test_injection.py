@@ -189,3 +189,12 @@ def test_app_starts_after_the_sidecar_is_serving() -> None:
     probe = sidecar["startupProbe"]
     assert probe["grpc"] == {"port": 50051}
     assert probe["periodSeconds"] * probe["failureThreshold"] >= 60
+
+
+def test_pull_policy_of_the_sidecar_image() -> None:
+    tmpl = SidecarTemplate(image="localhost/perfpilot/sidecar:abc", image_pull_policy="Never")
+    sidecar = _sidecar(apply(POD, inject(POD, PROFILE, tmpl).changes))
+    assert sidecar["image"] == "localhost/perfpilot/sidecar:abc"
+    assert sidecar["imagePullPolicy"] == "Never"
+    assert "imagePullPolicy" not in _sidecar(apply(POD, inject(POD, PROFILE,
+                                                               SidecarTemplate()).changes))

@@ -38,6 +38,7 @@ class SidecarTemplate:
     """How the sidecar container is started; the operator's settings fill this in."""
 
     image: str = "perfpilot/sidecar:0.1.0"
+    image_pull_policy: str = ""           # empty: the API server's default for the tag
     command: tuple[str, ...] = ("perfpilot-sidecar",)
     grpc_port: int = 50051
     metrics_port: int = 9464
@@ -143,6 +144,8 @@ def sidecar_container(profile_ns: str, profile_name: str, tmpl: SidecarTemplate,
         "readinessProbe": {"grpc": {"port": tmpl.grpc_port}, "periodSeconds": 5},
         "securityContext": security if security is not None else security_context({}),
     }
+    if tmpl.image_pull_policy:
+        container["imagePullPolicy"] = tmpl.image_pull_policy
     if resources:
         container["resources"] = resources
     if tmpl.native_sidecar:
