@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from e2e.harness.cluster import ROOT, _processes_mentioning
+
+pytestmark = pytest.mark.local_harness
 
 
 def test_up_then_down_leaves_no_process(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
+from e2e.harness.anycluster import helm_image_args
 from e2e.harness.cluster import ROOT, LocalCluster
 
 CHART = ROOT / "charts" / "perfpilot"
@@ -139,7 +140,7 @@ def release(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
     cluster.kubectl("label", "namespace", r.namespace,
                     "pod-security.kubernetes.io/enforce=restricted",
                     "pod-security.kubernetes.io/enforce-version=latest")
-    r.install_output = r.helm("install", r.name, str(CHART),
+    r.install_output = r.helm("install", r.name, str(CHART), *helm_image_args(),
                               "--wait", "--timeout", "120s").stdout
     yield r
     r.helm("uninstall", r.name, "--wait", "--timeout", "120s", "--ignore-not-found",
@@ -185,6 +186,7 @@ def test_install_creates_the_operator_and_its_rbac(release: Release) -> None:
                                                        "fieldPath": "metadata.namespace"}}
 
 
+@pytest.mark.local_harness
 def test_operator_pod_runs_on_a_kwok_node(release: Release) -> None:
     r = release
     [pod] = _wait(lambda: [p for p in _operator_pods(r) if _running_ready(p)],
