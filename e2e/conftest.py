@@ -48,7 +48,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
         return
     cluster = LocalCluster()
     state = cluster.state
-    logs = [state / "logs" / "operator.log", state / "logs" / "podrunner.log"]
+    logs = [state / "logs" / f"{name}.log"
+            for name in ("operator", "podrunner", "kubelet", "containerd")]
     logs += sorted((state / "pods").glob("*/*.log"))[-6:]
     for log in logs:
         # Only logs this session wrote: a previous run's leftovers would mislead.

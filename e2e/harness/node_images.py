@@ -46,7 +46,7 @@ def _key(*parts: bytes) -> str:
 
 def k8s_version() -> str:
     """The pinned k8s.io/kubernetes version (one source: the Go build's go.mod)."""
-    m = re.search(r"^\s*k8s\.io/kubernetes (v\S+)", K8S_GOMOD.read_text(), re.M)
+    m = re.search(r"^\s*k8s\.io/kubernetes (v\S+)", K8S_GOMOD.read_text(), re.MULTILINE)
     if not m:
         raise oci.ImageError(f"k8s.io/kubernetes is not required in {K8S_GOMOD}")
     return m.group(1)
@@ -72,7 +72,7 @@ def pause_dir() -> Path:
 
 
 def pause_tag(build_pause: Path) -> str:
-    m = re.search(r"^TAG \?= (\S+)", (build_pause / "Makefile").read_text(), re.M)
+    m = re.search(r"^TAG \?= (\S+)", (build_pause / "Makefile").read_text(), re.MULTILINE)
     if not m:
         raise oci.ImageError(f"no `TAG ?=` line in {build_pause / 'Makefile'}")
     return m.group(1)
@@ -114,7 +114,7 @@ def ensure_pause_image() -> tuple[str, Path]:
 def busybox_version() -> str:
     if not BUSYBOX.exists():
         raise oci.ImageError(f"{BUSYBOX} is missing: run `make debs` (busybox-static)")
-    head = subprocess.run([str(BUSYBOX)], capture_output=True, text=True).stdout
+    head = subprocess.run([str(BUSYBOX)], capture_output=True, text=True, check=False).stdout
     m = re.search(r"BusyBox v(\S+)", head)
     if not m:
         raise oci.ImageError(f"cannot read the version of {BUSYBOX}: {head[:80]!r}")

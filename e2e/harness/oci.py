@@ -127,7 +127,7 @@ def _write_layer(src: Path, blobs: Path) -> tuple[dict[str, Any], str]:
                 pack_directory(src, inner)   # type: ignore[arg-type]
             elif src.is_file() and src.name.endswith(".tar"):
                 with src.open("rb") as fh:
-                    shutil.copyfileobj(fh, inner, 1 << 20)   # type: ignore[misc]
+                    shutil.copyfileobj(fh, inner, 1 << 20)
             else:
                 raise ImageError(f"layer {src} must be a directory or an uncompressed .tar file")
     tmp.rename(blobs / outer.sha.hexdigest())
@@ -211,7 +211,7 @@ def import_image(tar: Path, address: str, *, timeout: float = 300) -> None:
     cmd = [ctr, "--address", address, "-n", "k8s.io", "images", "import",
            "--no-unpack=false", str(tar)]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired as exc:
         raise ImageError(f"importing {tar} into {address} timed out after {timeout:.0f}s") \
             from exc
