@@ -40,6 +40,7 @@ COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-schedul
 
 NODE_COUNT = int(os.environ.get("PERFPILOT_KWOK_NODES", "2"))
 SERVICE_CIDR = "10.0.0.0/24"
+SERVICE_IP = "10.0.0.1"   # the `kubernetes` Service (first address of SERVICE_CIDR)
 
 
 def _log(msg: str) -> None:
@@ -95,7 +96,8 @@ class LocalCluster:
         # The real node (containerd + kubelet) beside the kwok nodes; PERFPILOT_REAL_NODE=0
         # leaves it out of `up` (`down` always cleans up after one).
         self.node = real_node.RealNode(state=state, bin_dir=bin_dir, pki=self.pki,
-                                       base=self.ports.base)
+                                       base=self.ports.base, api_service_ip=SERVICE_IP,
+                                       api_port=self.ports.apiserver)
         self.with_real_node = real_node.enabled()
 
     # ---------------------------------------------------------------- paths / env
@@ -150,8 +152,17 @@ class LocalCluster:
         ]
         for f in files:
             self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(f))
-        self.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                     *[f"crd/{n}" for n in names])
+        # `kubectl wait` fails at once on a CRD without status yet (a fresh cluster): retry.
+        deadline = time.monotonic() + 60
+        while True:
+            done = self.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                                *[f"crd/{n}" for n in names], check=False, timeout=70)
+            if done.returncode == 0:
+                return
+            if "accessor error" not in done.stderr or time.monotonic() > deadline:
+                raise KubectlError(done.returncode, done.args, output=done.stdout,
+                                   stderr=done.stderr)
+            time.sleep(0.2)
 
     # ---------------------------------------------------------------- lifecycle
     def is_up(self) -> bool:
@@ -178,7 +189,7 @@ class LocalCluster:
         shutil.rmtree(self.state / "etcd", ignore_errors=True)
         self.logs.mkdir(exist_ok=True)
         self.pids.mkdir(exist_ok=True)
-        ensure_pki(self.pki.dir)
+        ensure_pki(self.pki.dir, service_ip=SERVICE_IP)
         self._ensure_kubelet_client_cert()
         self._write_kubeconfig()
         phases: dict[str, float] = {}

@@ -112,20 +112,26 @@ def _mounts_under(prefixes: list[str]) -> list[str]:
     return sorted(set(found), key=lambda p: (-p.count("/"), p))
 
 
-def _v1_hierarchies() -> list[Path]:
-    """Mount points of the cgroup v1 hierarchies (the kubelet's cgroupfs driver uses all)."""
+def _cgroup_mounts(types: tuple[str, ...] = ("cgroup",)) -> list[Path]:
+    """Mount points of the cgroup hierarchies of these filesystem types (v1: "cgroup")."""
     points = []
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         pre, _, post = line.partition(" - ")
-        if post.split()[0] == "cgroup":
+        if post.split()[0] in types:
             points.append(Path(pre.split()[4]))
     return points
+
+
+def _v1_hierarchies() -> list[Path]:
+    """The cgroup v1 hierarchies: the kubelet's cgroupfs driver needs its root in each."""
+    return _cgroup_mounts()
 
 
 class RealNode:
     """One real node of a LocalCluster (its state dir, PKI, port base and API server)."""
 
-    def __init__(self, *, state: Path, bin_dir: Path, pki: Pki, base: int) -> None:
+    def __init__(self, *, state: Path, bin_dir: Path, pki: Pki, base: int,
+                 api_service_ip: str, api_port: int) -> None:
         self.dir = state / "node"
         self.logs = state / "logs"
         self.pids = state / "pids"
@@ -139,6 +145,10 @@ class RealNode:
         self.containerd_address = str(self.dir / "containerd.sock")
         self.kubelet_root = self.dir / "kubelet"
         self.cni_net = f"perfpilot-{self.net.octet}"
+        # Pods reach the API server as on any cluster: the `kubernetes` Service's ClusterIP
+        # (routed to the node, DNAT to the loopback API server; see _pod_api_access).
+        self.api_service_ip = api_service_ip
+        self.api_port = api_port
 
     # ------------------------------------------------------------------ API for tests
     @property
@@ -177,6 +187,7 @@ class RealNode:
             (self.dir / d).mkdir(parents=True, exist_ok=True)
         self._save_host_sysctls()
         self._network_up()
+        self._pod_api_access(add=True)
         self._cgroups_up()
         self._write_cni_config()
         self._write_containerd_config(pause_ref)
@@ -202,11 +213,11 @@ class RealNode:
 
     def down(self, kubectl: Kubectl | None) -> list[str]:
         """Stop everything the node started; return what was cleaned (for the log line)."""
+        t0 = time.monotonic()
         done: list[str] = []
         if kubectl is not None and self._alive("kubelet"):
             self._drain(kubectl)
-        netns = ([os.path.realpath(p) for p in self._sandbox_netns()]
-                 if self._alive("containerd") else [])
+        netns = self._sandbox_netns()
         if self._stop("kubelet"):
             done.append("kubelet")
         killed = self._kill_cgroup_tree()
@@ -224,6 +235,7 @@ class RealNode:
             Path(ns).unlink(missing_ok=True)
         if self._cgroups_down():
             done.append("cgroups")
+        self._pod_api_access(add=False)
         if _link_exists(self.net.bridge):
             _ip("link", "delete", self.net.bridge, check=False)
             done.append(f"bridge {self.net.bridge}")
@@ -234,9 +246,12 @@ class RealNode:
         if not _mounts_under([str(self.dir)]):
             shutil.rmtree(self.kubelet_root, ignore_errors=True)
             shutil.rmtree(self.dir / "containerd" / "state", ignore_errors=True)
+            shutil.rmtree(self.dir / "cni" / "ipam", ignore_errors=True)   # no leaked pod IPs
         if kubectl is not None:
             kubectl("delete", "node", self.name, "--ignore-not-found", "--wait=false",
                     check=False, timeout=15)
+        if done:
+            done.append(f"in {time.monotonic() - t0:.1f}s")
         return done
 
     # ------------------------------------------------------------------ checks
@@ -294,9 +309,44 @@ class RealNode:
             _ip("addr", "add", f"{ip}/24", "dev", br)
         _ip("link", "set", br, "up")
 
+    def _iptables_rules(self) -> list[list[str]]:
+        br, tag = self.net.bridge, f"perfpilot real node {self.net.bridge}"
+        return [
+            # kubernetes.default:443 -> the API server on loopback (what kube-proxy would do).
+            ["-t", "nat", "PREROUTING", "-i", br, "-d", f"{self.api_service_ip}/32", "-p",
+             "tcp", "--dport", "443", "-m", "comment", "--comment", tag, "-j", "DNAT",
+             "--to-destination", f"127.0.0.1:{self.api_port}"],
+            # Nothing from the pods is routed off the bridge (ip_forward is on for CNI).
+            ["-t", "filter", "FORWARD", "-i", br, "!", "-o", br, "-m", "comment",
+             "--comment", tag, "-j", "DROP"],
+        ]
+
+    def _pod_api_access(self, *, add: bool) -> None:
+        """Install (or remove) the DNAT to the API server and the no-forwarding rule; the
+        bridge's route_localnet lets the DNAT target loopback."""
+        if shutil.which("iptables") is None:
+            raise NodeError("iptables is missing: run `make debs`")
+        for rule in self._iptables_rules():
+            table, chain, spec = rule[:2], rule[2], rule[3:]
+            present = subprocess.run(["iptables", "-w", *table, "-C", chain, *spec],
+                                     capture_output=True, check=False).returncode == 0
+            if add and not present:
+                out = subprocess.run(["iptables", "-w", *table, "-I", chain, "1", *spec],
+                                     capture_output=True, text=True, check=False)
+                if out.returncode:
+                    raise NodeError(f"iptables {' '.join(rule)} failed: {out.stderr.strip()}")
+            while not add and present:
+                subprocess.run(["iptables", "-w", *table, "-D", chain, *spec],
+                               capture_output=True, check=False)
+                present = subprocess.run(["iptables", "-w", *table, "-C", chain, *spec],
+                                         capture_output=True, check=False).returncode == 0
+        if add:
+            Path(f"/proc/sys/net/ipv4/conf/{self.net.bridge}/route_localnet").write_text("1")
+
     def _write_cni_config(self) -> None:
         """bridge (gateway on the bridge, no masquerade) + host-local on the /24, no routes:
-        pods reach each other and this host, nothing else. containerd adds loopback itself."""
+        pods reach each other, this host and the API server's ClusterIP, nothing else.
+        containerd adds loopback itself."""
         conf = {
             "cniVersion": "0.4.0",
             "name": self.cni_net,
@@ -304,7 +354,9 @@ class RealNode:
                 "type": "bridge", "bridge": self.net.bridge, "isGateway": True,
                 "ipMasq": False, "hairpinMode": True,
                 "ipam": {"type": "host-local", "dataDir": str(self.dir / "cni" / "ipam"),
-                         "ranges": [[{"subnet": self.net.subnet, "gateway": self.net.node_ip}]]},
+                         "ranges": [[{"subnet": self.net.subnet, "gateway": self.net.node_ip}]],
+                         "routes": [{"dst": f"{self.api_service_ip}/32",
+                                     "gw": self.net.node_ip}]},
             }],
         }
         (self.dir / "cni" / "net.d" / "10-perfpilot.conflist").write_text(json.dumps(conf,
@@ -321,9 +373,10 @@ class RealNode:
                         (path / f).write_text((h / f).read_text())
 
     def _cgroup_dirs(self) -> list[Path]:
-        """Every cgroup of the node's tree in every hierarchy, children first."""
+        """Every cgroup of the node's tree in every hierarchy (runc also joins the v2 one of a
+        hybrid host), children first."""
         dirs: list[Path] = []
-        for h in _v1_hierarchies():
+        for h in _cgroup_mounts(("cgroup", "cgroup2")):
             top = h / self.cgroup_root.lstrip("/")
             if top.is_dir():
                 dirs += [Path(p) for p, _, _ in os.walk(top)]
@@ -418,24 +471,21 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         return subprocess.run(["ctr", "--address", self.containerd_address, "version"],
                               capture_output=True, check=False).returncode == 0
 
-    def _ctr(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["ctr", "--address", self.containerd_address, "-n", "k8s.io",
-                               *args], capture_output=True, text=True, timeout=30, check=False)
-
     def _sandbox_netns(self) -> list[str]:
-        """Network namespace files of the sandboxes containerd still knows."""
-        paths = []
-        ids = self._ctr("containers", "ls", "-q",
-                        'labels."io.cri-containerd.kind"==sandbox').stdout.split()
-        for cid in ids:
-            info = self._ctr("containers", "info", cid)
+        """Network namespace files (resolved, still present) named by the OCI bundles of the
+        tasks containerd runs; readable even after containerd died. A stopped sandbox has
+        neither a bundle nor a netns any more."""
+        paths: set[str] = set()
+        bundles = self.dir / "containerd" / "state" / "io.containerd.runtime.v2.task"
+        for config in bundles.glob("*/*/config.json"):
             try:
-                spec = json.loads(info.stdout)["Spec"]
-                paths += [ns["path"] for ns in spec["linux"]["namespaces"]
-                          if ns.get("type") == "network" and ns.get("path")]
-            except (ValueError, KeyError, TypeError):
+                spec = json.loads(config.read_text())
+                paths |= {os.path.realpath(ns["path"])
+                          for ns in spec["linux"]["namespaces"]
+                          if ns.get("type") == "network" and ns.get("path")}
+            except (OSError, ValueError, KeyError, TypeError):
                 continue
-        return paths
+        return sorted(p for p in paths if os.path.exists(p))
 
     def _kill_shims(self) -> int:
         """containerd-shim processes serving our socket (they outlive a stopped containerd)."""
