@@ -127,3 +127,36 @@ def test_kubelet_refuses_anonymous_requests(cluster: LocalCluster, busybox: str)
                         str(cluster.pki.dir / "kube-apiserver-kubelet-client.key"))
     with urllib.request.urlopen(url, timeout=5, context=ctx) as resp:
         assert json.loads(resp.read())["kind"] == "PodList"
+
+
+def test_pod_reaches_the_api_server_in_cluster_and_nothing_else(
+        cluster: LocalCluster, namespace: str, busybox: str) -> None:
+    """In-cluster clients (the operator's container) find the API server the standard way:
+    the `kubernetes` Service env, the ServiceAccount token and CA. No route leads off-node."""
+    ref, tar = node_images.ensure_kubectl_image(cluster.bin / "kubectl")
+    cluster.node.import_image(tar)
+    script = ("kubectl auth whoami -o jsonpath='{.status.userInfo.username}'; echo; "
+              "if nc -w 2 1.1.1.1 53 </dev/null; then echo offnet=open; "
+              "else echo offnet=blocked; fi")
+    pod = {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "client"},
+        "spec": {
+            "nodeSelector": REAL_NODE_SELECTOR, "tolerations": [REAL_NODE_TOLERATION],
+            "restartPolicy": "Never",
+            "containers": [{"name": "client", "image": ref, "imagePullPolicy": "Never",
+                            "command": ["/bin/sh", "-c", script]}],
+        },
+    }
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(pod))
+    deadline = time.monotonic() + 90
+    phase = ""
+    while time.monotonic() < deadline and phase not in ("Succeeded", "Failed"):
+        time.sleep(0.5)
+        phase = cluster.kubectl("get", "pod", "client", "-n", namespace, "-o",
+                                "jsonpath={.status.phase}", check=False).stdout
+    logs = cluster.kubectl("logs", "client", "-n", namespace, check=False)
+    assert phase == "Succeeded", (phase, logs.stdout, logs.stderr,
+                                  tail(cluster.logs / "kubelet.log", 30))
+    lines = logs.stdout.splitlines()     # stdout and stderr (nc's own error) interleaved
+    assert lines[0] == f"system:serviceaccount:{namespace}:default", logs.stdout
+    assert "offnet=blocked" in lines and "offnet=open" not in lines, logs.stdout

@@ -441,6 +441,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
   disable_apparmor = true
+  # Pods' network namespaces under our state dir, not /run/netns: teardown finds every one.
+  netns_mounts_under_state_dir = true
   enable_selinux = false
 
 [{cri}.containerd]

@@ -125,30 +125,54 @@ def busybox_ref() -> str:
     return f"localhost/perfpilot/busybox:{busybox_version()}"
 
 
+BUSYBOX_CONFIG = {"Entrypoint": ["/bin/sh"], "Env": ["PATH=/bin"], "WorkingDir": "/"}
+
+
+def _busybox_rootfs(rootfs: Path) -> None:
+    """/bin/busybox with a link per applet, /etc/passwd and /etc/group, an empty /tmp."""
+    for d in ("bin", "etc", "tmp", "proc", "sys", "dev"):
+        (rootfs / d).mkdir(parents=True)
+    (rootfs / "tmp").chmod(0o1777)
+    shutil.copy2(BUSYBOX, rootfs / "bin" / "busybox")
+    applets = subprocess.run([str(BUSYBOX), "--list"], capture_output=True, text=True,
+                             check=True).stdout.split()
+    for applet in applets:
+        if applet != "busybox":
+            (rootfs / "bin" / applet).symlink_to("busybox")
+    (rootfs / "etc" / "passwd").write_text(
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n")
+    (rootfs / "etc" / "group").write_text("root:x:0:\nnogroup:x:65534:\n")
+
+
 def ensure_busybox_image() -> tuple[str, Path]:
     """(reference, OCI tarball) of a busybox-static image: /bin/busybox and its applets."""
     ref = busybox_ref()
-    binary = BUSYBOX.read_bytes()
-    out = IMAGES / f"busybox-{busybox_version()}-{_key(binary)}.tar"
+    out = IMAGES / f"busybox-{busybox_version()}-{_key(BUSYBOX.read_bytes())}.tar"
     if out.exists():
         return ref, out
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="busybox-") as tmp:
-        rootfs = Path(tmp) / "rootfs"
-        for d in ("bin", "etc", "tmp", "proc", "sys", "dev", "var/www"):
-            (rootfs / d).mkdir(parents=True)
-        (rootfs / "tmp").chmod(0o1777)
-        shutil.copy2(BUSYBOX, rootfs / "bin" / "busybox")
-        applets = subprocess.run([str(BUSYBOX), "--list"], capture_output=True, text=True,
-                                 check=True).stdout.split()
-        for applet in applets:
-            if applet != "busybox":
-                (rootfs / "bin" / applet).symlink_to("busybox")
-        (rootfs / "etc" / "passwd").write_text(
-            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n")
-        (rootfs / "etc" / "group").write_text("root:x:0:\nnogroup:x:65534:\n")
-        oci.write_image(ref, [rootfs], {"Entrypoint": ["/bin/sh"],
-                                        "Env": ["PATH=/bin"], "WorkingDir": "/"}, out)
+        _busybox_rootfs(Path(tmp) / "rootfs")
+        oci.write_image(ref, [Path(tmp) / "rootfs"], BUSYBOX_CONFIG, out)
+    _log(f"built {ref} in {time.monotonic() - t0:.1f}s -> {out}")
+    return ref, out
+
+
+def ensure_kubectl_image(kubectl: Path) -> tuple[str, Path]:
+    """(reference, OCI tarball) of busybox + the built kubectl (static Go) as a second layer:
+    a pod that talks to the API server with its ServiceAccount, as in-cluster clients do."""
+    version = k8s_version()
+    ref = f"localhost/perfpilot/kubectl:{version}"
+    out = IMAGES / f"kubectl-{version}-{_key(BUSYBOX.read_bytes(), kubectl.read_bytes())}.tar"
+    if out.exists():
+        return ref, out
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="kubectl-") as tmp:
+        base, top = Path(tmp) / "base", Path(tmp) / "top"
+        _busybox_rootfs(base)
+        (top / "bin").mkdir(parents=True)
+        shutil.copy2(kubectl, top / "bin" / "kubectl")
+        oci.write_image(ref, [base, top], BUSYBOX_CONFIG, out)
     _log(f"built {ref} in {time.monotonic() - t0:.1f}s -> {out}")
     return ref, out
 
