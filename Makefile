@@ -35,17 +35,17 @@ dashboards-check: venv ## fail when the committed dashboard JSON differs from da
 unit: venv ## unit and component tests (no cluster)
 	@$(PY) -m pytest tests -q
 
-cluster-build: ## build the pinned control-plane binaries into $(CACHE)/bin (cached)
+cluster-build: ## build the pinned control-plane binaries and the kubelet into $(CACHE)/bin (cached)
 	@bash e2e/build-control-plane.sh
 
-cluster-up: venv cluster-build ## start etcd, kube-apiserver, controller-manager, scheduler and kwok on loopback
+cluster-up: venv cluster-build debs ## start etcd, kube-apiserver, controller-manager, scheduler, kwok and a real node (containerd + kubelet)
 	@$(PY) -m e2e.harness.cluster up
 
 cluster-env: ## print shell exports for the local cluster: eval $$(make -s cluster-env)
 	@echo "export KUBECONFIG=$(CURDIR)/$(STATE)/kubeconfig"
 	@echo "export PATH=$(CACHE)/bin:\$$PATH"
 
-cluster-down: ## stop the operator, pod runner and local cluster, leaving no process behind
+cluster-down: ## stop the operator, pod runner and local cluster (real node included), leaving nothing behind
 	@if [ -x $(PY) ]; then $(PY) -m e2e.harness.dev down && $(PY) -m e2e.harness.cluster down; \
 	else echo "no venv, nothing to stop"; fi
 
@@ -55,7 +55,7 @@ dev-up: cluster-up ## cluster + CRD + the operator and the pod runner (real side
 dev-down: ## stop the operator and the pod runner (the cluster keeps running)
 	@if [ -x $(PY) ]; then $(PY) -m e2e.harness.dev down; fi
 
-debs: ## Debian packages the e2e suite uses (prometheus), installed once
+debs: ## Debian packages the cluster and e2e suite use (containerd, runc, CNI, prometheus...), installed once
 	@bash scripts/ensure-debs.sh
 
 e2e: venv cluster-build debs ## end-to-end tests on the real local control plane
@@ -67,13 +67,13 @@ test: venv cluster-build debs ## unit + e2e
 demo: dev-up ## local cluster + operator + example profiles: injection, live config, alerts, autoscaling
 	@bash scripts/demo.sh
 
-bench: venv cluster-build ## full benchmarks, operator figures included -> bench/results/latest.json
+bench: venv cluster-build debs ## full benchmarks, operator figures included -> bench/results/latest.json
 	@$(PY) -m bench.run --full
 
 bench-quick: venv ## quick benchmarks (< 3 min) -> bench/results/latest.json
 	@$(PY) -m bench.run --quick
 
-bench-operator: venv cluster-build ## operator figures only (~3 min; not with `make e2e`) -> bench/results/operator.json
+bench-operator: venv cluster-build debs ## operator figures only (~3 min; not with `make e2e`) -> bench/results/operator.json
 	@$(PY) -m bench.operator_bench
 
 clean: cluster-down
