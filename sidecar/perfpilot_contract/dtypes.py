@@ -15,7 +15,7 @@ from perfpilot.v1 import agent_pb2 as pb
 class DType:
     """One wire element type."""
 
-    code: int
+    code: pb.DType.ValueType
     """The DType enum value."""
     name: str
     """Lower-case name as in messages and docs (float32)."""

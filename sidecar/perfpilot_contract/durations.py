@@ -69,7 +69,7 @@ def _fraction(value: int, unit: int) -> str:
 
 
 def format_ns(ns: int) -> str:
-    """Go's Duration.String(): 0s, 250ms, 1.5s, 5m0s, 1h30m0s (parse_ns reads it back exactly)."""
+    """Compact Go syntax: 0s, 250ms, 1.5s, 5m, 1h30m, 1m0.5s (parse_ns reads it back exactly)."""
     if ns == 0:
         return "0s"
     sign, ns = ("-" if ns < 0 else ""), abs(ns)
@@ -81,8 +81,8 @@ def format_ns(ns: int) -> str:
         return f"{sign}{_fraction(ns, 1_000_000)}ms"
     hours, rest = divmod(ns, 3600 * NS_PER_SECOND)
     minutes, rest = divmod(rest, 60 * NS_PER_SECOND)
-    out = sign + (f"{hours}h" if hours else "") + (f"{minutes}m" if hours or minutes else "")
-    return f"{out}{_fraction(rest, NS_PER_SECOND)}s"
+    out = sign + (f"{hours}h" if hours else "") + (f"{minutes}m" if minutes else "")
+    return out + (f"{_fraction(rest, NS_PER_SECOND)}s" if rest else "")
 
 
 def from_proto(field: str, d: Duration) -> int:

@@ -26,7 +26,7 @@ def quantile(bounds: Sequence[float], counts: Sequence[int], q: float) -> float:
     rank = q * n
     cumulative = 0
     lower = 0.0
-    for bound, c in zip(bounds, counts):
+    for bound, c in zip(bounds, counts, strict=True):
         if c and cumulative + c >= rank:
             if math.isinf(bound):
                 return lower

@@ -41,6 +41,13 @@ class Limit:
     schema_default: bool = True
     """False for members of a pair: the CRD states no default, the conversion computes it."""
 
+    @property
+    def number(self) -> int:
+        """The default of an int or duration (nanoseconds) field."""
+        if isinstance(self.default, bool) or not isinstance(self.default, int):
+            raise TypeError(f"{self.path} has no numeric default")
+        return self.default
+
 
 KERNEL_NAMES: tuple[str, ...] = ("cosine_topk", "normalize_score", "weighted_mean")
 """Every kernel the sidecar can run (perfpilot_agent.kernels.registry is keyed by this tuple)."""

@@ -25,18 +25,17 @@ class ConfigError(ValueError):
 
 
 def _s(limit: L.Limit) -> float:
-    assert isinstance(limit.default, int)
-    return limit.default / NS_PER_SECOND
+    return limit.number / NS_PER_SECOND
 
 
 @dataclass(frozen=True)
 class Pools:
     """spec.pools: kernel workers, the kernel admission limit and the client's timing batches."""
 
-    process_workers: int = int(L.PROCESS_WORKERS.default)
-    thread_workers: int = int(L.THREAD_WORKERS.default)
-    max_queue: int = int(L.MAX_QUEUE.default)
-    batch_size: int = int(L.BATCH_SIZE.default)
+    process_workers: int = L.PROCESS_WORKERS.number
+    thread_workers: int = L.THREAD_WORKERS.number
+    max_queue: int = L.MAX_QUEUE.number
+    batch_size: int = L.BATCH_SIZE.number
     batch_wait: float = _s(L.BATCH_WAIT)
     """Seconds."""
 
@@ -46,7 +45,7 @@ class Cache:
     """spec.cache: default TTL (seconds; 0 = values without their own TTL are not cached) and capacity."""
 
     ttl: float = _s(L.CACHE_TTL)
-    max_entries: int = int(L.CACHE_MAX_ENTRIES.default)
+    max_entries: int = L.CACHE_MAX_ENTRIES.number
 
 
 @dataclass(frozen=True)
@@ -248,21 +247,21 @@ def agent_config(data: Mapping[str, Any]) -> pb.AgentConfig:
         mq = _int("pools.maxQueue", p["maxQueue"]) if "maxQueue" in p else None
         bs = _int("pools.batchSize", p["batchSize"]) if "batchSize" in p else None
         if mq is None:
-            mq = _clamp(L.MAX_QUEUE, max(int(L.MAX_QUEUE.default), bs if bs is not None else 0))
+            mq = _clamp(L.MAX_QUEUE, max(L.MAX_QUEUE.number, bs if bs is not None else 0))
         if bs is None:
-            bs = _clamp(L.BATCH_SIZE, min(int(L.BATCH_SIZE.default), mq))
+            bs = _clamp(L.BATCH_SIZE, min(L.BATCH_SIZE.number, mq))
         msg.pools.CopyFrom(pb.PoolsConfig(
-            process_workers=_int("pools.processWorkers", p.get("processWorkers", L.PROCESS_WORKERS.default)),
-            thread_workers=_int("pools.threadWorkers", p.get("threadWorkers", L.THREAD_WORKERS.default)),
+            process_workers=_int("pools.processWorkers", p.get("processWorkers", L.PROCESS_WORKERS.number)),
+            thread_workers=_int("pools.threadWorkers", p.get("threadWorkers", L.THREAD_WORKERS.number)),
             max_queue=mq, batch_size=bs,
             batch_wait=durations.to_proto(
-                _ns("pools.batchWait", p["batchWait"]) if "batchWait" in p else int(L.BATCH_WAIT.default)),
+                _ns("pools.batchWait", p["batchWait"]) if "batchWait" in p else L.BATCH_WAIT.number),
         ))
     if "cache" in data:
         c = _section(data, "cache", ("ttl", "maxEntries"))
         msg.cache.CopyFrom(pb.CacheConfig(
-            ttl=durations.to_proto(_ns("cache.ttl", c["ttl"]) if "ttl" in c else int(L.CACHE_TTL.default)),
-            max_entries=_int("cache.maxEntries", c.get("maxEntries", L.CACHE_MAX_ENTRIES.default)),
+            ttl=durations.to_proto(_ns("cache.ttl", c["ttl"]) if "ttl" in c else L.CACHE_TTL.number),
+            max_entries=_int("cache.maxEntries", c.get("maxEntries", L.CACHE_MAX_ENTRIES.number)),
         ))
     if "heartbeat" in data:
         h = _section(data, "heartbeat", ("interval", "timeout"))
@@ -270,9 +269,9 @@ def agent_config(data: Mapping[str, Any]) -> pb.AgentConfig:
         timeout = _ns("heartbeat.timeout", h["timeout"]) if "timeout" in h else None
         if interval is None:
             interval = _clamp(L.HEARTBEAT_INTERVAL,
-                              max(int(L.HEARTBEAT_INTERVAL.default), 2 * timeout if timeout is not None else 0))
+                              max(L.HEARTBEAT_INTERVAL.number, 2 * timeout if timeout is not None else 0))
         if timeout is None:
-            timeout = _clamp(L.HEARTBEAT_TIMEOUT, min(int(L.HEARTBEAT_TIMEOUT.default), interval // 2))
+            timeout = _clamp(L.HEARTBEAT_TIMEOUT, min(L.HEARTBEAT_TIMEOUT.number, interval // 2))
         msg.heartbeat.CopyFrom(pb.HeartbeatConfig(interval=durations.to_proto(interval),
                                                   timeout=durations.to_proto(timeout)))
     if "kernels" in data:

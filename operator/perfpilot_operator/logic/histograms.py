@@ -7,7 +7,6 @@ estimator the sidecars use too): linear inside the bucket, as Prometheus' histog
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
