@@ -13,8 +13,9 @@ export PERFPILOT_CACHE := $(CACHE)
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-# The venv is rebuilt only when pyproject.toml changes; pip's wheel cache makes a rebuild cheap.
-$(VENV)/.stamp: pyproject.toml
+# The venv is rebuilt only when pyproject.toml changes or a top-level package is added (the
+# editable install maps packages by name); pip's wheel cache makes a rebuild cheap.
+$(VENV)/.stamp: pyproject.toml $(wildcard sidecar/*/__init__.py operator/*/__init__.py)
 	@bash scripts/ensure-venv.sh $(VENV)
 	@touch $@
 

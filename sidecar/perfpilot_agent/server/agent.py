@@ -19,8 +19,10 @@ from grpc import aio
 from perfpilot.v1 import agent_pb2 as pb
 from perfpilot.v1 import agent_pb2_grpc as pb_grpc
 from perfpilot_agent.errors import AgentError, InvalidArgument
-from perfpilot_agent.liveconfig import MAX_TTL_SECONDS, to_proto
+from perfpilot_agent.liveconfig import to_proto
 from perfpilot_agent.runtime.compute import KERNEL_KEY_PREFIX
+from perfpilot_contract.limits import CACHE_PUT_TTL
+from perfpilot_contract.liveconfig import ConfigError, check_duration
 
 if TYPE_CHECKING:
     from perfpilot_agent.app import AgentApp
@@ -132,13 +134,11 @@ class AgentServicer(pb_grpc.AgentServicer):
         if len(request.value) > limit:
             raise InvalidArgument(f"value is {len(request.value)} bytes; at most {limit} (--cache-max-value-bytes)")
         ttl = None
-        if request.HasField("ttl"):
-            d = request.ttl
-            if not -999_999_999 <= d.nanos <= 999_999_999:
-                raise InvalidArgument(f"ttl.nanos must be within [-999999999, 999999999], got {d.nanos}")
-            ttl = d.seconds + d.nanos / 1e9
-            if not 0 < ttl <= MAX_TTL_SECONDS:
-                raise InvalidArgument(f"ttl must be within (0s, {MAX_TTL_SECONDS}s], got {ttl:g}s")
+        if request.HasField("ttl"):  # the contract's one Duration rule, cache.ttl's bounds; 0s: not stored
+            try:
+                ttl = check_duration(CACHE_PUT_TTL, request.ttl, path="ttl")
+            except ConfigError as exc:
+                raise InvalidArgument(str(exc)) from None
         evicted = self.app.cache.put(request.key, bytes(request.value), ttl=ttl, size=len(request.value) + len(request.key))
         return pb.CachePutResponse(evicted=evicted)
 
