@@ -8,7 +8,7 @@ CACHE     ?= $(HOME)/.cache/perfpilot
 STATE     := e2e/.state
 export PERFPILOT_CACHE := $(CACHE)
 
-.PHONY: help venv debs protos protos-check dashboards dashboards-check unit e2e test demo dev-up dev-down cluster-build cluster-up cluster-env cluster-down bench bench-quick bench-operator clean
+.PHONY: help venv debs lint protos protos-check dashboards dashboards-check unit e2e test demo dev-up dev-down cluster-build cluster-up cluster-env cluster-down bench bench-quick bench-operator clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ dashboards: venv ## regenerate charts/perfpilot/dashboards/*.json from dashboard
 
 dashboards-check: venv ## fail when the committed dashboard JSON differs from dashboards/
 	@$(PY) -m dashboards --check
+
+lint: venv ## ruff + mypy --strict (also part of `make test`, as tests/checks/test_lint.py)
+	@$(PY) -m scripts.lint
 
 unit: venv ## unit and component tests (no cluster)
 	@$(PY) -m pytest tests -q

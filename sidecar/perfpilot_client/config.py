@@ -9,6 +9,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 
+from google.protobuf.duration_pb2 import Duration
 from perfpilot.v1 import agent_pb2 as pb
 
 POD_SOCKET = "/var/run/perfpilot/agent.sock"
@@ -41,8 +42,8 @@ def is_local(target: str) -> bool:
     return target.startswith("unix:")
 
 
-def _seconds(d: object) -> float:
-    return d.seconds + d.nanos / 1e9  # type: ignore[attr-defined]
+def _seconds(d: Duration) -> float:
+    return d.seconds + d.nanos / 1e9
 
 
 @dataclass(frozen=True)
