@@ -169,6 +169,13 @@ def test_monitoring_objects_need_the_values_and_the_api(default: list[dict[str, 
     assert "{{ $labels.profile }}" in alerts["PerfPilotPodsWithoutSidecar"]["annotations"][
         "summary"]
     assert f'job="{svc["metadata"]["name"]}"' in alerts["PerfPilotOperatorDown"]["expr"]
+    # absent() returns a series without labels: the rule carries namespace and job itself.
+    assert alerts["PerfPilotOperatorDown"]["labels"] == {
+        "severity": "critical", "namespace": "perfpilot-system", "job": svc["metadata"]["name"]}
+    # Without the ServiceMonitor nothing scrapes that job: the down alert would fire forever.
+    rules_only = render("prometheusRule.enabled=true", api_versions=MONITORING)
+    assert {r["alert"] for g in one(rules_only, "PrometheusRule")["spec"]["groups"]
+            for r in g["rules"]} == {"PerfPilotPodsWithoutSidecar"}
     # The metric the coverage rule reads is the operator's own (perfpilot_operator/metrics.py).
     assert '"perfpilot_operator_pods"' in (OPERATOR / "metrics.py").read_text()
     assert 'perfpilot_operator_pods{state="uninjected"}' in \
