@@ -48,9 +48,9 @@ cluster-env: ## print shell exports for the local cluster: eval $$(make -s clust
 	@echo "export KUBECONFIG=$(CURDIR)/$(STATE)/kubeconfig"
 	@echo "export PATH=$(CACHE)/bin:\$$PATH"
 
-cluster-down: ## stop the operator, pod runner and local cluster, leaving no process behind
-	@if [ -x $(PY) ]; then $(PY) -m e2e.harness.dev down && $(PY) -m e2e.harness.cluster down; \
-	else echo "no venv, nothing to stop"; fi
+cluster-down: ## stop the operator, pod runner and local cluster (and the test suite's), leaving no process behind
+	@if [ -x $(PY) ]; then $(PY) -m e2e.harness.dev down && $(PY) -m e2e.harness.cluster down \
+	  && $(PY) -m e2e.harness.suite down; else echo "no venv, nothing to stop"; fi
 
 dev-up: cluster-up ## cluster + CRD + the operator and the pod runner (real sidecars) in the background
 	@$(PY) -m e2e.harness.dev up
@@ -80,4 +80,4 @@ bench-operator: venv cluster-build ## operator figures only (~3 min; not with `m
 	@$(PY) -m bench.operator_bench
 
 clean: cluster-down
-	rm -rf $(VENV) $(STATE)
+	rm -rf $(VENV) $(STATE) e2e/.state-test

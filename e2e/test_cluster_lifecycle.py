@@ -7,12 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from e2e.harness.cluster import ROOT, _processes_mentioning
+from e2e.harness.cluster import ROOT, Ports, _processes_mentioning
 
 
 def test_up_then_down_leaves_no_process(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    env = dict(os.environ, PERFPILOT_STATE=str(state), PERFPILOT_PORT_BASE="100",
+    # 100 above the suite's own ports, so suites of different port bases never collide.
+    env = dict(os.environ, PERFPILOT_STATE=str(state), PERFPILOT_PORT_BASE=str(Ports().base + 100),
                PERFPILOT_KWOK_NODES="1")
     cmd = [sys.executable, "-m", "e2e.harness.cluster"]
     up = subprocess.run([*cmd, "up"], cwd=ROOT, env=env, capture_output=True, text=True,
