@@ -8,7 +8,7 @@ CACHE     ?= $(HOME)/.cache/perfpilot
 STATE     := e2e/.state
 export PERFPILOT_CACHE := $(CACHE)
 
-.PHONY: help venv debs lint protos protos-check dashboards dashboards-check unit e2e test demo dev-up dev-down cluster-build cluster-up cluster-env cluster-down bench bench-quick bench-operator clean
+.PHONY: help venv debs grafana-schema lint protos protos-check dashboards dashboards-check unit e2e test demo dev-up dev-down cluster-build cluster-up cluster-env cluster-down bench bench-quick bench-operator clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -35,7 +35,7 @@ dashboards-check: venv ## fail when the committed dashboard JSON differs from da
 lint: venv ## ruff + mypy --strict (also part of `make test`, as tests/checks/test_lint.py)
 	@$(PY) -m scripts.lint
 
-unit: venv ## unit and component tests (no cluster)
+unit: venv grafana-schema ## lint, unit and component tests (no cluster)
 	@$(PY) -m pytest tests -q
 
 cluster-build: ## build the pinned control-plane binaries into $(CACHE)/bin (cached)
@@ -58,13 +58,16 @@ dev-up: cluster-up ## cluster + CRD + the operator and the pod runner (real side
 dev-down: ## stop the operator and the pod runner (the cluster keeps running)
 	@if [ -x $(PY) ]; then $(PY) -m e2e.harness.dev down; fi
 
-debs: ## Debian packages the e2e suite uses (prometheus), installed once
+debs: ## Debian packages the tests use (prometheus, promtool), installed once
 	@bash scripts/ensure-debs.sh
+
+grafana-schema: ## Grafana's published dashboard schema (npm @grafana/schema) for the dashboard test, once
+	@bash scripts/ensure-grafana-schema.sh || echo "[grafana-schema] not installed: tests/checks/test_dashboard_schema.py will skip, naming why"
 
 e2e: venv cluster-build debs ## end-to-end tests on the real local control plane
 	@$(PY) -m pytest e2e -q -p no:cacheprovider
 
-test: venv cluster-build debs ## unit + e2e
+test: venv cluster-build debs grafana-schema ## lint + unit + e2e
 	@$(PY) -m pytest tests e2e -q
 
 demo: dev-up ## local cluster + operator + example profiles: injection, live config, alerts, autoscaling

@@ -35,6 +35,7 @@ def _chart_rules() -> dict[str, Any]:
     if not HELM.exists():
         pytest.skip(f"{HELM} is missing: `make cluster-build` builds it (`make test` does so first)")
     args = [str(HELM), "template", "pp", str(CHART), "-n", "perfpilot-system",
+            "--kube-version", "1.35.0",
             "--set", "metrics.serviceMonitor.enabled=true", "--set", "prometheusRule.enabled=true"]
     for api in MONITORING_APIS:
         args += ["--api-versions", api]
