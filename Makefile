@@ -8,7 +8,7 @@ CACHE     ?= $(HOME)/.cache/perfpilot
 STATE     := e2e/.state
 export PERFPILOT_CACHE := $(CACHE)
 
-.PHONY: help venv debs protos protos-check dashboards dashboards-check unit e2e test demo dev-up dev-down cluster-build cluster-up cluster-env cluster-down bench bench-quick bench-operator clean
+.PHONY: help venv debs grafana-schema lint protos protos-check dashboards dashboards-check unit e2e test demo dev-up dev-down cluster-build cluster-up cluster-env cluster-down bench bench-quick bench-operator clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -33,7 +33,10 @@ dashboards: venv ## regenerate charts/perfpilot/dashboards/*.json from dashboard
 dashboards-check: venv ## fail when the committed dashboard JSON differs from dashboards/
 	@$(PY) -m dashboards --check
 
-unit: venv ## unit and component tests (no cluster)
+lint: venv ## ruff + mypy --strict (also part of `make test`, as tests/checks/test_lint.py)
+	@$(PY) -m scripts.lint
+
+unit: venv grafana-schema ## lint, unit and component tests (no cluster)
 	@$(PY) -m pytest tests -q
 
 cluster-build: ## build the pinned control-plane binaries and the kubelet into $(CACHE)/bin (cached)
@@ -46,9 +49,9 @@ cluster-env: ## print shell exports for the local cluster: eval $$(make -s clust
 	@echo "export KUBECONFIG=$(CURDIR)/$(STATE)/kubeconfig"
 	@echo "export PATH=$(CACHE)/bin:\$$PATH"
 
-cluster-down: ## stop the operator, pod runner and local cluster (real node included), leaving nothing behind
-	@if [ -x $(PY) ]; then $(PY) -m e2e.harness.dev down && $(PY) -m e2e.harness.cluster down; \
-	else echo "no venv, nothing to stop"; fi
+cluster-down: ## stop the operator, pod runner and local cluster (and the test suite's), leaving no process behind
+	@if [ -x $(PY) ]; then $(PY) -m e2e.harness.dev down && $(PY) -m e2e.harness.cluster down \
+	  && $(PY) -m e2e.harness.suite down; else echo "no venv, nothing to stop"; fi
 
 dev-up: cluster-up ## cluster + CRD + the operator and the pod runner (real sidecars) in the background
 	@$(PY) -m e2e.harness.dev up
@@ -59,10 +62,13 @@ dev-down: ## stop the operator and the pod runner (the cluster keeps running)
 debs: ## Debian packages the cluster and e2e suite use (containerd, runc, CNI, prometheus...), installed once
 	@bash scripts/ensure-debs.sh
 
+grafana-schema: ## Grafana's published dashboard schema (npm @grafana/schema) for the dashboard test, once
+	@bash scripts/ensure-grafana-schema.sh || echo "[grafana-schema] not installed: tests/checks/test_dashboard_schema.py will skip, naming why"
+
 e2e: venv cluster-build debs ## end-to-end tests on the real local control plane
 	@$(PY) -m pytest e2e -q -p no:cacheprovider
 
-test: venv cluster-build debs ## unit + e2e
+test: venv cluster-build debs grafana-schema ## lint + unit + e2e
 	@$(PY) -m pytest tests e2e -q
 
 demo: dev-up ## local cluster + operator + example profiles: injection, live config, alerts, autoscaling
@@ -78,4 +84,4 @@ bench-operator: venv cluster-build debs ## operator figures only (~3 min; not wi
 	@$(PY) -m bench.operator_bench
 
 clean: cluster-down
-	rm -rf $(VENV) $(STATE)
+	rm -rf $(VENV) $(STATE) e2e/.state-test

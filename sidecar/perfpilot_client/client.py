@@ -259,7 +259,7 @@ class AgentClient(_Base):
             except grpc.RpcError as exc:
                 self._watching.clear()
                 self._attempted.set()
-                if self._closed.is_set() or exc.code() == grpc.StatusCode.CANCELLED:  # type: ignore[attr-defined]
+                if self._closed.is_set() or exc.code() == grpc.StatusCode.CANCELLED:
                     return
                 log.debug("config watch interrupted: %s", exc)
             if self._closed.wait(backoff):
@@ -273,5 +273,5 @@ class AgentClient(_Base):
     ) -> Iterator[pb.EventBatch]:
         """Raw WatchEvents stream (the first batch arrives at once and may be empty)."""
         req = pb.WatchEventsRequest(types=list(types), since_sequence=since, max_batch=max_batch)  # type: ignore[arg-type]
-        return self.stub.WatchEvents(req, metadata=self.metadata)  # type: ignore[no-any-return]
+        return self.stub.WatchEvents(req, metadata=self.metadata)
 

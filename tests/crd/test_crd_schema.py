@@ -17,6 +17,7 @@ import yaml
 from crd_schema_walk import (
     CRD_PATH,
     ROOT,
+    Schema,
     apply_defaults,
     cel_rules,
     load_crd,

@@ -22,7 +22,8 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -287,7 +288,8 @@ def cosine_scores_numpy(query: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     mn = np.linalg.norm(m, axis=1)
     dots = q @ m.T
     denom = np.outer(qn, mn)
-    return np.divide(dots, denom, out=np.zeros_like(dots), where=denom > 0)
+    scores: np.ndarray = np.divide(dots, denom, out=np.zeros_like(dots), where=denom > 0)
+    return scores
 
 
 def reference_numpy(

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
-Handler = Callable[[Any, Req, aio.ServicerContext], Awaitable[Resp]]
+Handler = Callable[[Any, Req, aio.ServicerContext[Any, Any]], Awaitable[Resp]]
 MAX_KEY_BYTES = 1024
 _EVENT_TYPES = frozenset(v for v in pb.EventType.values() if v != pb.EVENT_TYPE_UNSPECIFIED)
 
@@ -40,7 +40,7 @@ def _rpc(method: str) -> Callable[[Handler[Req, Resp]], Handler[Req, Resp]]:
 
     def wrap(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
         @functools.wraps(fn)
-        async def handler(self: AgentServicer, request: Req, context: aio.ServicerContext) -> Resp:
+        async def handler(self: AgentServicer, request: Req, context: aio.ServicerContext[Any, Any]) -> Resp:
             started = time.perf_counter()
             code = "OK"
             try:
@@ -83,14 +83,14 @@ class AgentServicer(pb_grpc.AgentServicer):
         self.app = app
 
     @_rpc("Heartbeat")
-    async def Heartbeat(self, request: pb.HeartbeatRequest, context: aio.ServicerContext) -> pb.HeartbeatResponse:
+    async def Heartbeat(self, request: pb.HeartbeatRequest, context: aio.ServicerContext[Any, Any]) -> pb.HeartbeatResponse:
         t0 = time.perf_counter()
         resp = self.app.heartbeat(request.sequence)
         self.app.monitor.heartbeat.observe(time.perf_counter() - t0)
         return resp
 
     @_rpc("Configure")
-    async def Configure(self, request: pb.ConfigureRequest, context: aio.ServicerContext) -> pb.ConfigureResponse:
+    async def Configure(self, request: pb.ConfigureRequest, context: aio.ServicerContext[Any, Any]) -> pb.ConfigureResponse:
         if request.generation <= 0:
             raise InvalidArgument(f"generation must be > 0, got {request.generation}")
         applied = self.app.configure(request.generation, request.config)
@@ -99,25 +99,25 @@ class AgentServicer(pb_grpc.AgentServicer):
         )
 
     @_rpc("GetConfig")
-    async def GetConfig(self, request: pb.GetConfigRequest, context: aio.ServicerContext) -> pb.GetConfigResponse:
+    async def GetConfig(self, request: pb.GetConfigRequest, context: aio.ServicerContext[Any, Any]) -> pb.GetConfigResponse:
         return pb.GetConfigResponse(generation=self.app.generation, config=to_proto(self.app.config))
 
     @_rpc("GetStats")
-    async def GetStats(self, request: pb.GetStatsRequest, context: aio.ServicerContext) -> pb.GetStatsResponse:
+    async def GetStats(self, request: pb.GetStatsRequest, context: aio.ServicerContext[Any, Any]) -> pb.GetStatsResponse:
         return self.app.stats()
 
     @_rpc("RecordTimings")
     async def RecordTimings(
-        self, request: pb.RecordTimingsRequest, context: aio.ServicerContext
+        self, request: pb.RecordTimingsRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.RecordTimingsResponse:
         return pb.RecordTimingsResponse(accepted=self.app.monitor.record_timings(request))
 
     @_rpc("RunKernel")
-    async def RunKernel(self, request: pb.RunKernelRequest, context: aio.ServicerContext) -> pb.RunKernelResponse:
+    async def RunKernel(self, request: pb.RunKernelRequest, context: aio.ServicerContext[Any, Any]) -> pb.RunKernelResponse:
         return await self.app.runner.run(request)
 
     @_rpc("CacheGet")
-    async def CacheGet(self, request: pb.CacheGetRequest, context: aio.ServicerContext) -> pb.CacheGetResponse:
+    async def CacheGet(self, request: pb.CacheGetRequest, context: aio.ServicerContext[Any, Any]) -> pb.CacheGetResponse:
         _check_key(request.key)
         hit = self.app.cache.get(request.key)
         if hit is None:
@@ -128,7 +128,7 @@ class AgentServicer(pb_grpc.AgentServicer):
         return resp
 
     @_rpc("CachePut")
-    async def CachePut(self, request: pb.CachePutRequest, context: aio.ServicerContext) -> pb.CachePutResponse:
+    async def CachePut(self, request: pb.CachePutRequest, context: aio.ServicerContext[Any, Any]) -> pb.CachePutResponse:
         _check_key(request.key)
         limit = self.app.settings.cache_max_value_bytes
         if len(request.value) > limit:
@@ -144,7 +144,7 @@ class AgentServicer(pb_grpc.AgentServicer):
 
     @_rpc("CacheInvalidate")
     async def CacheInvalidate(
-        self, request: pb.CacheInvalidateRequest, context: aio.ServicerContext
+        self, request: pb.CacheInvalidateRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.CacheInvalidateResponse:
         if len(request.prefix.encode()) > MAX_KEY_BYTES:
             raise InvalidArgument(f"prefix is longer than {MAX_KEY_BYTES} bytes")
@@ -156,7 +156,7 @@ class AgentServicer(pb_grpc.AgentServicer):
         return pb.CacheInvalidateResponse(removed=removed)
 
     async def WatchEvents(
-        self, request: pb.WatchEventsRequest, context: aio.ServicerContext
+        self, request: pb.WatchEventsRequest, context: aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.EventBatch]:
         started = time.perf_counter()
         code = "OK"
