@@ -8,10 +8,10 @@ CACHE     ?= $(HOME)/.cache/perfpilot
 STATE     := e2e/.state
 export PERFPILOT_CACHE := $(CACHE)
 
-.PHONY: help venv debs grafana-schema lint protos protos-check dashboards dashboards-check unit e2e test demo dev-up dev-down cluster-build cluster-up cluster-env cluster-down bench bench-quick bench-operator clean
+.PHONY: help venv debs grafana-schema lint protos protos-check dashboards dashboards-check unit e2e e2e-cluster test demo dev-up dev-down cluster-build cluster-up cluster-env cluster-down bench bench-quick bench-operator clean
 
 help: ## list targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 # The venv is rebuilt only when pyproject.toml changes or a top-level package is added (the
 # editable install maps packages by name); pip's wheel cache makes a rebuild cheap.
@@ -67,6 +67,11 @@ grafana-schema: ## Grafana's published dashboard schema (npm @grafana/schema) fo
 
 e2e: venv cluster-build debs ## end-to-end tests on the real local control plane
 	@$(PY) -m pytest e2e -q -p no:cacheprovider
+
+# Any cluster (kind, ...): nothing is started; load the images first (README, "e2e on kind").
+e2e-cluster: venv ## end-to-end tests against the cluster in KUBECONFIG (local-harness scenarios skip)
+	@test -n "$$KUBECONFIG" || { echo "e2e-cluster: set KUBECONFIG to the cluster to test (kind get kubeconfig > kc; KUBECONFIG=$$PWD/kc)"; exit 2; }
+	@PERFPILOT_E2E_EXTERNAL=1 $(PY) -m pytest e2e -q -p no:cacheprovider -rs
 
 test: venv cluster-build debs grafana-schema ## lint + unit + e2e
 	@$(PY) -m pytest tests e2e -q

@@ -130,6 +130,8 @@ INVALID: list[Invalid] = [
             (f"{APP}.limits.cpu", "limits.cpu (2) must be >= requests.cpu (3)")),
     Invalid("sidecar-memory-limit-below-request", {f"{SC}.limits.memory": "32Mi"},
             (f"{SC}.limits.memory", "limits.memory (32Mi) must be >= requests.memory (64Mi)")),
+    Invalid("shared-memory-below-a-pods-own", {"spec.resources.sharedMemory": "32Mi"},
+            ("spec.resources.sharedMemory", "must be a quantity of at least 64Mi")),
     Invalid("sidecar-limit-below-defaulted-request",
             {"spec.resources": {"sidecar": {"limits": {"cpu": "20m", "memory": "256Mi"}}}},
             (f"{SC}.limits.cpu", "limits.cpu (20m) must be >= requests.cpu (50m)")),

@@ -278,7 +278,8 @@ def test_minimal_example_defaults() -> None:
     assert doc["spec"] == {
         "selector": {"matchLabels": {"app": "agent"}},
         "resources": {"sidecar": {"requests": {"cpu": "50m", "memory": "64Mi"},
-                                  "limits": {"cpu": "500m", "memory": "256Mi"}}},
+                                  "limits": {"cpu": "500m", "memory": "256Mi"}},
+                      "sharedMemory": "1Gi"},
         # No schema default for the pairs' members (heartbeat, maxQueue/batchSize): the API server
         # defaults before CEL, so a default would take part in the pair's check; the contract's
         # conversion fills them (tests/contract/test_crd_contract.py).

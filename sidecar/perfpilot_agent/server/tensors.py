@@ -196,6 +196,9 @@ class OutputSegments:
         """Copy `arr` into a new segment the caller will own."""
         seg = shared_memory.SharedMemory(create=True, size=max(arr.nbytes, 1))
         resource_tracker.unregister(seg._name, "shared_memory")  # type: ignore[attr-defined]
+        # The app container runs as another uid and opens the segment read-write, then unlinks
+        # it: 0600 would refuse it. /dev/shm is the pod's own tmpfs, shared with the app only.
+        os.fchmod(seg._fd, 0o666)  # type: ignore[attr-defined]
         try:
             view = np.ndarray(arr.shape, dtype=arr.dtype, buffer=seg.buf)
             view[...] = arr
