@@ -21,7 +21,7 @@ from perfpilot_agent.errors import InvalidArgument
 MAX_TTL_SECONDS = 30 * 86400
 """Longest cache TTL accepted (30 days); larger values are almost certainly unit mistakes."""
 
-_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def _warm(path: str, names: list[str], known: KnownKernels) -> tuple[str, ...]:
         raise InvalidArgument(f"{path} may list at most 64 kernels, got {len(names)}")
     seen: set[str] = set()
     for i, name in enumerate(names):
-        if not _NAME_RE.match(name):
+        if not _NAME_RE.fullmatch(name):
             raise InvalidArgument(f"{path}[{i}] is not a valid kernel name: {name[:80]!r}")
         if name in seen:
             raise InvalidArgument(f"{path}[{i}] repeats kernel {name!r}")
