@@ -447,3 +447,79 @@ def test_sidecar_process_survives_segments_changing_under_queued_calls(sock_dir:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_sidecar_process_survives_its_own_segments_being_truncated(sock_dir: str) -> None:
+    """Another process of the same user truncates the pool's staging and output segments in a loop
+    while calls run: calls fail with UNAVAILABLE (a worker killed by SIGBUS is replaced) or succeed,
+    the sidecar itself never dies (it never maps those segments)."""
+    from perfpilot_agent.kernels import registry
+    from tests.sidecar.test_process import _wait_serving
+
+    sock = f"{sock_dir}/tamper.sock"
+    env = {**os.environ, "PERFPILOT_SOCKET": sock,
+           "PERFPILOT_CONFIG": '{"pools": {"processWorkers": 2}, "kernels": {"warm": ["normalize_score"]}}'}
+    proc = subprocess.Popen([str(SCRIPT), "--port", "-1", "--metrics-port", "-1", "--grace", "2",
+                             "--shm-threshold-bytes", "4096"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    rng = np.random.default_rng(5)
+    m = rng.random((50_000, 16), dtype=np.float32)  # 3.2 MB in, 200 KB out: both through segments
+    q = rng.random(16, dtype=np.float32)
+    req = pb.RunKernelRequest(kernel="normalize_score", inputs={"matrix": tensor(m), "query": tensor(q)})
+    stop = threading.Event()
+    truncated = Counter[str]()
+
+    def tamper() -> None:
+        prefixes = (f"pp_{proc.pid}_", f"ppo_{proc.pid}_")
+        while not stop.is_set():
+            for name in os.listdir(SHM_DIR):
+                if name.startswith(prefixes):
+                    try:
+                        os.truncate(os.path.join(SHM_DIR, name), 0)
+                        truncated["n"] += 1
+                    except OSError:
+                        pass
+
+    try:
+        _wait_serving(sock, timeout=240)
+        codes: Counter[str] = Counter()
+        with grpc.insecure_channel(f"unix:{sock}", options=[("grpc.max_send_message_length", 64 << 20)]) as ch:
+            run = ch.unary_unary(AGENT + "RunKernel", request_serializer=pb.RunKernelRequest.SerializeToString,
+                                 response_deserializer=pb.RunKernelResponse.FromString)
+            thread = threading.Thread(target=tamper, daemon=True)
+            thread.start()
+            try:
+                for _ in range(6):
+                    futures = [run.future(req, timeout=120) for _ in range(4)]
+                    for f in futures:
+                        try:
+                            f.result()
+                            codes["OK"] += 1
+                        except grpc.RpcError as exc:
+                            codes[exc.code().name] += 1  # type: ignore[attr-defined]
+            finally:
+                stop.set()
+                thread.join()
+            assert truncated["n"] > 0
+            print("own-segment tampering:", dict(codes), "truncations:", truncated["n"])
+            assert set(codes) <= {"OK", "UNAVAILABLE"}, codes
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            beat = ch.unary_unary(AGENT + "Heartbeat", request_serializer=pb.HeartbeatRequest.SerializeToString,
+                                  response_deserializer=pb.HeartbeatResponse.FromString)
+            assert beat(pb.HeartbeatRequest(sequence=3), timeout=10).sequence == 3
+            for _ in range(3):  # a replacement worker may still be warming up: UNAVAILABLE is retryable
+                try:
+                    out = run(req, timeout=120)
+                    break
+                except grpc.RpcError as exc:
+                    assert exc.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+            want = registry.reference_numpy("normalize_score", {"matrix": m, "query": q}, {})["scores"]
+            np.testing.assert_allclose(np.frombuffer(out.outputs["scores"].raw, "<f4"), want, rtol=1e-5)
+    finally:
+        stop.set()
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

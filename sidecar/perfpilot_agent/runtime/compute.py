@@ -289,6 +289,8 @@ class KernelRunner:
                 raise Unavailable(f"kernel worker died: {exc}") from None
             except errors.PoolClosed as exc:
                 raise Unavailable(f"kernel pool is closed: {exc}") from None
+            except errors.SegmentLost as exc:
+                raise Unavailable(f"a shared-memory segment of this call was changed by another process: {exc}") from None
             if key is not None:
                 owned = {k: (v if getattr(v, "base", None) is None else v.copy()) for k, v in outputs.items()}
                 self.cache.put(key, owned, size=sum(int(v.nbytes) for v in owned.values()))
