@@ -32,7 +32,15 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Handler = Callable[[Any, Req, aio.ServicerContext[Any, Any]], Awaitable[Resp]]
 MAX_KEY_BYTES = 1024
+MAX_DETAILS = 1024
 _EVENT_TYPES = frozenset(v for v in pb.EventType.values() if v != pb.EVENT_TYPE_UNSPECIFIED)
+
+
+def _details(exc: AgentError) -> str:
+    """The status message, bounded: it travels in trailers, and a message quoting a huge client-chosen
+    name would exceed the peer's metadata limit (the client would see INTERNAL instead of our code)."""
+    text = str(exc)
+    return text if len(text) <= MAX_DETAILS else text[: MAX_DETAILS - 3] + "..."
 
 
 def _rpc(method: str) -> Callable[[Handler[Req, Resp]], Handler[Req, Resp]]:
@@ -47,7 +55,7 @@ def _rpc(method: str) -> Callable[[Handler[Req, Resp]], Handler[Req, Resp]]:
                 return await fn(self, request, context)
             except AgentError as exc:
                 code = exc.code.name
-                await context.abort(exc.code, str(exc))
+                await context.abort(exc.code, _details(exc))
             except aio.AbortError:
                 code = "ABORTED_BY_HANDLER"
                 raise
@@ -182,7 +190,7 @@ class AgentServicer(pb_grpc.AgentServicer):
                     sub.close()
         except AgentError as exc:
             code = exc.code.name
-            await context.abort(exc.code, str(exc))
+            await context.abort(exc.code, _details(exc))
         except asyncio.CancelledError:
             code = "CANCELLED"
             raise
