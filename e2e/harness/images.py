@@ -183,6 +183,12 @@ def _layer(image: spec.ImageSpec, base: Path, work: Path, wheel: Path, logfile: 
     return layer
 
 
+def _cached(meta: Path, tar: Path) -> ImageRef:
+    known = json.loads(meta.read_text())
+    return ImageRef(name=known["name"], ref=known["ref"], tag=known["tag"], tar=tar, raw_mb=known["raw_mb"],
+                    gz_mb=known["gz_mb"], build_s=0.0, cached=True)
+
+
 def build(name: str) -> ImageRef:
     """Build (or reuse) one image; returns where its tarball is."""
     image = spec.SPECS[name]
@@ -192,15 +198,16 @@ def build(name: str) -> ImageRef:
     tar = IMAGES / f"{name}-{tag}.tar"
     meta = tar.with_suffix(".json")
     if meta.exists() and tar.exists():
-        return ImageRef(**{**json.loads(meta.read_text()), "tar": tar, "build_s": 0.0, "cached": True})
+        return _cached(meta, tar)
     with rootfs.build_lock(name):
         if meta.exists() and tar.exists():
-            return ImageRef(**{**json.loads(meta.read_text()), "tar": tar, "build_s": 0.0, "cached": True})
+            return _cached(meta, tar)
         t0 = time.monotonic()
         log(f"{name}: building {ref}")
         wheel = ensure_wheel()
+        for stale in IMAGES.glob(f".{name}-*.tmp"):   # a build that failed or was killed
+            rootfs.remove_tree(stale)
         work = IMAGES / f".{name}-{tag}.tmp"
-        rootfs.remove_tree(work)
         work.mkdir(parents=True)
         layer = _layer(image, base, work, wheel, work / "build.log")
         t = time.monotonic()

@@ -152,8 +152,9 @@ def ensure_base() -> Path:
         if shutil.which("debootstrap") is None:
             raise BuildError("debootstrap is missing: run `make debs`")
         mirror = debian_mirror()
+        for stale in IMAGES.glob(".base-*.tmp"):   # a build that failed or was killed
+            remove_tree(stale)
         work = IMAGES / f".base-{key}.tmp"
-        remove_tree(work)
         rootfs = work / "rootfs"
         rootfs.mkdir(parents=True)
         logfile = work / "build.log"
