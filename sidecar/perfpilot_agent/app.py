@@ -131,7 +131,7 @@ class AgentApp:
         a = s.agent
         return pb.HeartbeatResponse(
             sequence=sequence,
-            state=self.state,  # type: ignore[arg-type]
+            state=self.state,
             time_unix_nano=time.time_ns(),
             uptime_seconds=self.uptime(),
             generation=self.generation,

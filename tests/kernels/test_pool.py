@@ -17,7 +17,7 @@ import psutil
 import pytest
 import pytest_asyncio
 
-from perfpilot_agent.kernels import KernelPool, registry, shm
+from perfpilot_agent.kernels import KernelPool, shm
 from perfpilot_agent.kernels.errors import (
     KernelInputError,
     PoolClosed,

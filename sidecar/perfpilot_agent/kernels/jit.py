@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Iterable, Mapping
+from typing import Any
+from collections.abc import Iterable, Mapping
 
 from .cpus import available_cpus
 
@@ -405,7 +406,7 @@ def _ro(a: np.ndarray) -> np.ndarray:
 
 def set_threads(n: int) -> int:
     """Set numba's active thread count (clamped to 1..NUMBA_NUM_THREADS); returns it."""
-    n = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
+    n = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]  # set at import
     if numba.get_num_threads() != n:
         numba.set_num_threads(n)
     return n

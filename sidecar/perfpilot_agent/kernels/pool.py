@@ -34,7 +34,8 @@ import signal
 import threading
 from dataclasses import dataclass
 from multiprocessing import spawn as mp_spawn
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -444,7 +445,7 @@ class KernelPool:
         loop = self._loop
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
         wid = next(self._wids)
-        proc = self._ctx.Process(
+        proc = self._ctx.Process(  # type: ignore[attr-defined]  # typeshed: BaseContext; every real context has it
             target=worker.main,
             args=(child_conn, self._cpus),
             name=f"perfpilot-kernel-{self._id}.{wid}",

@@ -28,14 +28,14 @@ import os
 import secrets
 import weakref
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
 try:  # POSIX only; the sidecar runs on Linux
-    import _posixshmem
+    import _posixshmem  # type: ignore[import-not-found]  # CPython internal, no stubs
 except ImportError:  # pragma: no cover
-    _posixshmem = None  # type: ignore[assignment]
+    _posixshmem = None
 
 from multiprocessing import resource_tracker
 
@@ -192,7 +192,7 @@ class SharedArrays:
         self._on_unlink = on_unlink
         self._by_mmap: dict[int, tuple[Segment, int]] = {}  # id(mmap) -> (segment, base address)
 
-    def new(self, shape: tuple[int, ...] | int, dtype: np.dtype | str = np.float32) -> np.ndarray:
+    def new(self, shape: tuple[int, ...] | int, dtype: np.dtype | type[np.generic] | str = np.float32) -> np.ndarray:
         shape_t = (shape,) if isinstance(shape, int) else tuple(shape)
         dt = np.dtype(dtype)
         nbytes = int(np.prod(shape_t, dtype=np.int64)) * dt.itemsize

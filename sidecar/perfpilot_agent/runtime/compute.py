@@ -50,7 +50,7 @@ def default_pool_factory(cfg: LiveConfig, settings: Settings) -> PoolLike:
     """The real process pool (imports the kernels package on first use)."""
     from perfpilot_agent.kernels.pool import KernelPool  # lazy: keeps numba out of heartbeat-only agents
 
-    return KernelPool(  # type: ignore[no-any-return]
+    return KernelPool(
         workers=cfg.pools.process_workers,
         max_queue=1_000_000,  # admission is enforced here (pools.maxQueue), live-resizable
         shm_threshold_bytes=settings.shm_threshold_bytes,

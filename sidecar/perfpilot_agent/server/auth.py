@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import grpc
 from grpc import aio
@@ -41,13 +42,13 @@ def check_token(metadata: tuple[tuple[str, str | bytes], ...] | None, token: byt
     return None
 
 
-def _rejecting(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
+def _rejecting(handler: grpc.RpcMethodHandler[Any, Any], message: str) -> grpc.RpcMethodHandler[Any, Any]:
     """A handler of the same shape as `handler` that aborts with UNAUTHENTICATED."""
 
-    async def unary(request: object, context: aio.ServicerContext) -> None:
+    async def unary(request: object, context: aio.ServicerContext[Any, Any]) -> None:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
-    async def streaming(request: object, context: aio.ServicerContext):  # type: ignore[no-untyped-def]
+    async def streaming(request: object, context: aio.ServicerContext[Any, Any]):  # type: ignore[no-untyped-def]
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
         yield  # pragma: no cover - makes this an async generator
 
@@ -70,13 +71,13 @@ class BearerTokenInterceptor(aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
-        if handler is None or handler_call_details.method in OPEN_METHODS:  # type: ignore[attr-defined]
+        if handler is None or handler_call_details.method in OPEN_METHODS:
             return handler
-        problem = check_token(handler_call_details.invocation_metadata, self.token)  # type: ignore[attr-defined]
+        problem = check_token(handler_call_details.invocation_metadata, self.token)
         if problem is None:
             return handler
         self.rejected += 1

@@ -24,13 +24,9 @@ import numpy as np
 
 from perfpilot.v1 import agent_pb2 as pb
 from perfpilot_agent.errors import InvalidArgument
+from perfpilot_contract import dtypes
 
-DTYPES: dict[int, np.dtype[Any]] = {
-    pb.DTYPE_FLOAT32: np.dtype("<f4"),
-    pb.DTYPE_FLOAT64: np.dtype("<f8"),
-    pb.DTYPE_INT32: np.dtype("<i4"),
-    pb.DTYPE_INT64: np.dtype("<i8"),
-}
+DTYPES: dict[int, np.dtype[Any]] = {d.code: np.dtype(d.numpy) for d in dtypes.DTYPES}
 CODES: dict[str, int] = {dt.str: code for code, dt in DTYPES.items()}
 MAX_DIMS = 8
 _SHM_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,200}$")
@@ -117,7 +113,7 @@ def decode(
     """
     path = f"inputs[{name!r}]"
     if t.dtype == pb.DTYPE_UNSPECIFIED:
-        raise InvalidArgument(f"{path}.dtype is unspecified; use one of FLOAT32, FLOAT64, INT32, INT64")
+        raise InvalidArgument(f"{path}.dtype is unspecified; use one of {dtypes.NAMES}")
     dtype = DTYPES.get(t.dtype)
     if dtype is None:
         raise InvalidArgument(f"{path}.dtype has unknown value {t.dtype}")
@@ -200,6 +196,9 @@ class OutputSegments:
         """Copy `arr` into a new segment the caller will own."""
         seg = shared_memory.SharedMemory(create=True, size=max(arr.nbytes, 1))
         resource_tracker.unregister(seg._name, "shared_memory")  # type: ignore[attr-defined]
+        # The app container runs as another uid and opens the segment read-write, then unlinks
+        # it: 0600 would refuse it. /dev/shm is the pod's own tmpfs, shared with the app only.
+        os.fchmod(seg._fd, 0o666)  # type: ignore[attr-defined]
         try:
             view = np.ndarray(arr.shape, dtype=arr.dtype, buffer=seg.buf)
             view[...] = arr
