@@ -189,6 +189,13 @@ def _cached(meta: Path, tar: Path) -> ImageRef:
                     gz_mb=known["gz_mb"], build_s=0.0, cached=True)
 
 
+def built(name: str) -> ImageRef | None:
+    """The image for the current sources if it is already in the cache, else None (no build)."""
+    tar = IMAGES / f"{name}-{image_tag(spec.SPECS[name])}.tar"
+    meta = tar.with_suffix(".json")
+    return _cached(meta, tar) if meta.exists() and tar.exists() else None
+
+
 def build(name: str) -> ImageRef:
     """Build (or reuse) one image; returns where its tarball is."""
     image = spec.SPECS[name]
