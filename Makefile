@@ -8,7 +8,7 @@ CACHE     ?= $(HOME)/.cache/perfpilot
 STATE     := e2e/.state
 export PERFPILOT_CACHE := $(CACHE)
 
-.PHONY: help venv debs grafana-schema lint protos protos-check dashboards dashboards-check unit e2e e2e-cluster test demo dev-up dev-down cluster-build cluster-up cluster-env cluster-down bench bench-quick bench-operator clean
+.PHONY: help venv debs grafana-schema lint protos protos-check dashboards dashboards-check unit e2e e2e-cluster test demo dev-up dev-down cluster-build cluster-up cluster-env cluster-down bench bench-quick bench-operator images clean
 
 help: ## list targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -59,6 +59,9 @@ dev-up: cluster-up ## cluster + CRD + the operator and the pod runner (real side
 dev-down: ## stop the operator and the pod runner (the cluster keeps running)
 	@if [ -x $(PY) ]; then $(PY) -m e2e.harness.dev down; fi
 
+images: venv ## sidecar, operator and example-app images, no Docker/registry (cached by content; ~5 min cold)
+	@$(PY) -m e2e.harness.images
+
 debs: ## Debian packages the cluster and e2e suite use (containerd, runc, CNI, prometheus...), installed once
 	@bash scripts/ensure-debs.sh
 
@@ -73,7 +76,7 @@ e2e-cluster: venv ## end-to-end tests against the cluster in KUBECONFIG (local-h
 	@test -n "$$KUBECONFIG" || { echo "e2e-cluster: set KUBECONFIG to the cluster to test (kind get kubeconfig > kc; KUBECONFIG=$$PWD/kc)"; exit 2; }
 	@PERFPILOT_E2E_EXTERNAL=1 $(PY) -m pytest e2e -q -p no:cacheprovider -rs
 
-test: venv cluster-build debs grafana-schema ## lint + unit + e2e
+test: venv cluster-build debs grafana-schema images ## lint + unit + e2e
 	@$(PY) -m pytest tests e2e -q
 
 demo: dev-up ## local cluster + operator + example profiles: injection, live config, alerts, autoscaling
