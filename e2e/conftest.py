@@ -1,7 +1,9 @@
 """Session fixtures for the end-to-end suite: a real local control plane.
 
-The cluster is started once per session (or reused when `make cluster-up` already runs one,
-in which case it is left running afterwards). Each test gets its own namespace.
+The suite runs on a cluster of its own (e2e/harness/suite.py: its own state dir and port base),
+never the one `make demo` / `make dev-up` leaves running, whose operator would reconcile the
+tests' profiles too. The cluster is started once per session and stopped after it (kept with
+PERFPILOT_KEEP_CLUSTER=1, then reused by the next run). Each test gets its own namespace.
 """
 
 from __future__ import annotations
@@ -9,18 +11,20 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from e2e.harness import dev
-from e2e.harness.anycluster import LOCAL_ONLY, ExternalCluster, external
-from e2e.harness.cluster import ClusterError, LocalCluster, Ports
+from e2e.harness.suite import isolate
+
+isolate()   # before the harness reads PERFPILOT_STATE / PERFPILOT_PORT_BASE
+
+from e2e.harness import dev  # noqa: E402
+from e2e.harness.anycluster import LOCAL_ONLY, ExternalCluster, external  # noqa: E402
+from e2e.harness.cluster import ClusterError, LocalCluster, Ports  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -61,7 +65,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
         return
     cluster = current_cluster()
     state = cluster.state
-    logs = [state / "logs" / "operator.log", state / "logs" / "podrunner.log"]
+    logs = [state / "logs" / f"{name}.log"
+            for name in ("operator", "podrunner", "kubelet", "containerd")]
     logs += sorted((state / "pods").glob("*/*.log"))[-6:]
     for log in logs:
         # Only logs this session wrote: a previous run's leftovers would mislead.
@@ -148,10 +153,10 @@ def podrunner(cluster: LocalCluster) -> Iterator[subprocess.Popen[bytes]]:
     """Real sidecar processes for injected pods (see e2e/harness/podrunner.py)."""
     if external():
         pytest.skip(LOCAL_ONLY)
-    # A `make dev-up` operator / pod runner would fight ours over webhooks and pod IPs.
+    # Leftovers of a killed run on the suite's cluster would fight ours over webhooks and pod IPs.
     for name in ("operator", "podrunner"):
         if dev.stop(cluster, name):
-            print(f"\n[e2e] stopped the dev {name} (make dev-up) for the test session")
+            print(f"\n[e2e] stopped a leftover {name} on the suite's cluster")
     proc = dev.start(cluster, "podrunner", dev.podrunner_command(), {})
     yield proc
     _stop_process(proc)

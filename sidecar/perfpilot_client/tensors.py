@@ -16,13 +16,9 @@ from typing import Any
 import numpy as np
 
 from perfpilot.v1 import agent_pb2 as pb
+from perfpilot_contract import dtypes
 
-DTYPES: dict[int, np.dtype[Any]] = {
-    pb.DTYPE_FLOAT32: np.dtype("<f4"),
-    pb.DTYPE_FLOAT64: np.dtype("<f8"),
-    pb.DTYPE_INT32: np.dtype("<i4"),
-    pb.DTYPE_INT64: np.dtype("<i8"),
-}
+DTYPES: dict[int, np.dtype[Any]] = {d.code: np.dtype(d.numpy) for d in dtypes.DTYPES}
 CODES: dict[str, int] = {dt.str: code for code, dt in DTYPES.items()}
 
 

@@ -13,7 +13,7 @@ import dataclasses
 import json
 import logging
 import types
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import kopf
@@ -195,7 +195,7 @@ async def _resize(rt: Runtime, namespace: str, spec: dict[str, Any], pods: list[
         except ApiException as e:
             detail = e.reason or str(e.status)
             try:
-                detail = json.loads(e.body).get("message", detail)
+                detail = json.loads(e.body or "").get("message", detail)
             except (TypeError, ValueError):
                 pass
             stale[p.name] = detail
@@ -247,7 +247,7 @@ async def _reconcile_once(body: kopf.Body, patch: kopf.Patch, memo: Any, namespa
     if after and after != before:
         # The coverage audit: pods that started before the profile (or while the webhook was
         # down) run without the sidecar; say so where `kubectl describe` shows it.
-        cond = next((c for c in new.get("conditions", []) if c["type"] == "InjectionComplete"),
+        cond: dict[str, Any] = next((c for c in new.get("conditions", []) if c["type"] == "InjectionComplete"),
                     {})
         await monitoring.post_event(memo.runtime, body, "Warning", "PodsWithoutSidecar",
                                     cond.get("message", ""), logger)
@@ -282,7 +282,7 @@ def profile_state(rt: Runtime, namespace: str, name: str) -> Any:
 
 @kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile-resume")
 @kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile-create")
-@kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile-spec", field="spec")
+@kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile-spec", field="spec")  # type: ignore[arg-type]  # kopf-kwargs
 async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: Any, namespace: str, name: str,
                     logger: Any, pods_by_namespace: Any, **_: Any) -> None:
     await _reconcile(body, patch, profile_state(memo.runtime, namespace, name), namespace, name,
@@ -346,7 +346,7 @@ async def _resync_one(rt: Runtime, settings: kopf.OperatorSettings, item: dict[s
     namespace, name = meta["namespace"], meta["name"]
     if meta.get("deletionTimestamp"):
         return
-    body = kopf.Body(item)
+    body = kopf.Body(cast(kopf.RawBody, item))
     patch = kopf.Patch()
     logger = kopf.LocalObjectLogger(body=body, settings=settings)
     try:
@@ -365,7 +365,7 @@ def _forget(rt: Runtime, namespace: str, name: str) -> None:
     prom.forget_profile(namespace, name)
 
 
-@kopf.on.delete(GROUP, VERSION, PLURAL, id="forget", optional=True)
+@kopf.on.delete(GROUP, VERSION, PLURAL, id="forget", optional=True)  # type: ignore[arg-type]  # kopf-kwargs
 async def forget(namespace: str, name: str, memo: Any, **_: Any) -> None:
     """Drop the deleted profile's memory and metric series (the resync loop also does it for
     profiles deleted while no handler saw the deletion)."""

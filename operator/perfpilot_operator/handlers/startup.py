@@ -20,7 +20,7 @@ from perfpilot_operator.settings import Settings
 NATIVE_SIDECAR_MINOR = 29   # SidecarContainers is on by default from 1.29
 
 
-@kopf.on.startup(id="startup")
+@kopf.on.startup(id="startup")  # type: ignore[arg-type]  # kopf-kwargs
 async def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Logger,
                   profiles_by_namespace: Any, pods_by_namespace: Any, hpas_by_namespace: Any,
                   refusals_by_namespace: Any, **_: Any) -> None:

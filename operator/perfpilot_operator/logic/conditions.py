@@ -11,7 +11,7 @@ CONDITION_TYPES = ("Ready", "ConfigApplied", "InjectionComplete", "ResourcesAppl
 
 
 def now_iso(now: dt.datetime | None = None) -> str:
-    return (now or dt.datetime.now(dt.timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return (now or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def set_condition(conditions: list[dict[str, Any]], *, type: str, status: bool, reason: str,
@@ -24,7 +24,7 @@ def set_condition(conditions: list[dict[str, Any]], *, type: str, status: bool, 
     out.append({
         "type": type, "status": value, "reason": reason, "message": message[:1000],
         "observedGeneration": generation,
-        "lastTransitionTime": (now or now_iso()) if changed else old["lastTransitionTime"],
+        "lastTransitionTime": (now or now_iso()) if old is None or changed else old["lastTransitionTime"],
     })
     order = {t: i for i, t in enumerate(CONDITION_TYPES)}
     return sorted(out, key=lambda c: order.get(c["type"], len(order)))

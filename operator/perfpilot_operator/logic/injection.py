@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from perfpilot_contract.liveconfig import live_sections
+
 ANNOTATION_INJECTED = "perfpilot.io/injected"
 ANNOTATION_GENERATION = "perfpilot.io/profile-generation"
 LABEL_PROFILE = "perfpilot.io/profile"
@@ -75,13 +77,11 @@ def _resources(block: dict[str, Any] | None) -> dict[str, Any]:
     return {k: dict(block[k]) for k in ("requests", "limits") if block.get(k)}
 
 
-LIVE_CONFIG_SECTIONS = ("pools", "cache", "heartbeat", "kernels")
-
-
 def initial_config(spec: dict[str, Any]) -> str:
     """The profile's live config as the sidecar's PERFPILOT_CONFIG (CRD field names): a new pod
-    runs the profile's pools, cache and kernels from its first second, before any Configure."""
-    return json.dumps({k: spec[k] for k in LIVE_CONFIG_SECTIONS if spec.get(k)},
+    runs the profile's pools, cache and kernels from its first second, before any Configure.
+    The sidecar converts it with the contract's agent_config, as the operator does for Configure."""
+    return json.dumps(live_sections(spec),
                       sort_keys=True, separators=(",", ":"))
 
 
