@@ -27,6 +27,9 @@ from e2e.harness.anycluster import external, image_ref
 from e2e.harness.cluster import LocalCluster
 from e2e.harness.node import REAL_NODE_SELECTOR, REAL_NODE_TOLERATION
 
+# Building (cached by content) and importing ~300 MB of images happens in the first test's setup.
+pytestmark = pytest.mark.timeout(1800)
+
 SIDECAR = "perfpilot-agent"
 CHART_RESYNC_S = 2
 MiB = 1 << 20
