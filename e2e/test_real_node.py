@@ -20,6 +20,9 @@ from e2e.harness.cluster import LocalCluster
 from e2e.harness.node import REAL_NODE_SELECTOR, REAL_NODE_TOLERATION
 from e2e.harness.procs import tail
 
+# Reads the node from the host (its cgroup tree, its containerd): the local harness only.
+pytestmark = pytest.mark.local_harness
+
 MEMORY_LIMIT = 64 * 1024 * 1024
 CPU_LIMIT_MILLI = 200
 
