@@ -37,9 +37,9 @@ from typing import Any
 import numpy as np
 
 try:  # POSIX only; the sidecar runs on Linux
-    import _posixshmem
+    import _posixshmem  # type: ignore[import-not-found]  # CPython internal, no stubs
 except ImportError:  # pragma: no cover
-    _posixshmem = None  # type: ignore[assignment]
+    _posixshmem = None
 
 from multiprocessing import resource_tracker
 
@@ -177,16 +177,6 @@ class Segment:
         return f"Segment({self.name!r}, size={self.size})"
 
 
-def put_array(arr: np.ndarray, *, tag: str = "", track: bool = True) -> tuple[Segment, ShmRef]:
-    """Copy ``arr`` into a new segment; returns the segment (caller owns it) and its description."""
-    arr = np.asarray(arr)
-    seg = Segment(arr.nbytes, tag=tag, track=track)
-    view = seg.ndarray(arr.shape, arr.dtype)
-    np.copyto(view, arr, casting="no")
-    del view
-    return seg, ShmRef(seg.name, arr.dtype.str, tuple(int(s) for s in arr.shape), 0)
-
-
 class Attachment:
     """A mapping of somebody else's segment in this process; ``close()`` unmaps it."""
 
@@ -217,15 +207,6 @@ class Attachment:
         self._mmap = None  # see Segment.close: unmapped when the last view is gone
 
 
-def attach(ref: ShmRef, *, writable: bool = False) -> np.ndarray:
-    """Convenience: a view of ``ref`` whose mapping lives as long as the view (no explicit close)."""
-    att = Attachment(ref, writable=writable)
-    arr = att.array
-    assert arr is not None
-    att.close()  # the array's .base keeps the mmap alive; it is unmapped with the array
-    return arr
-
-
 class SharedArrays:
     """Arrays allocated directly in shared memory, so passing them to a pool call copies nothing.
 
@@ -239,7 +220,7 @@ class SharedArrays:
         self._on_unlink = on_unlink
         self._by_mmap: dict[int, tuple[Segment, int]] = {}  # id(mmap) -> (segment, base address)
 
-    def new(self, shape: tuple[int, ...] | int, dtype: np.dtype | str = np.float32) -> np.ndarray:
+    def new(self, shape: tuple[int, ...] | int, dtype: np.dtype | type[np.generic] | str = np.float32) -> np.ndarray:
         shape_t = (shape,) if isinstance(shape, int) else tuple(shape)
         dt = np.dtype(dtype)
         nbytes = int(np.prod(shape_t, dtype=np.int64)) * dt.itemsize
