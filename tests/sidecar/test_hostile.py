@@ -525,3 +525,21 @@ def test_sidecar_process_survives_its_own_segments_being_truncated(sock_dir: str
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_running_out_of_file_descriptors_is_resource_exhausted(monkeypatch: pytest.MonkeyPatch,
+                                                              shm_names: list[str]) -> None:
+    import errno
+
+    from perfpilot_agent.errors import ResourceExhausted
+    from perfpilot_agent.runtime import tensors
+
+    name = make_segment(shm_names, M)
+
+    def emfile(*args: Any, **kwargs: Any) -> int:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(tensors.os, "open", emfile)
+    with pytest.raises(ResourceExhausted, match="too many open files"):
+        tensors.Inputs({"matrix": pb.Tensor(dtype=pb.DTYPE_FLOAT32, shape=[3, 3], shm=pb.SharedMemoryRef(name=name))},
+                       max_bytes=1 << 20)
