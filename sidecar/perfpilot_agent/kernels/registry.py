@@ -253,10 +253,6 @@ def output_spec(
     raise AssertionError(name)  # pragma: no cover
 
 
-def input_bytes(name: str, inputs: Mapping[str, np.ndarray]) -> int:
-    return int(sum(inputs[k].nbytes for k in spec(name).inputs))
-
-
 # ---------------------------------------------------------------------------------------------
 # NumPy reference (oracle and benchmark baseline)
 

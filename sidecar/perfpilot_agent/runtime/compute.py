@@ -24,7 +24,7 @@ from perfpilot_agent.liveconfig import LiveConfig
 from perfpilot_agent.runtime.admission import Admission
 from perfpilot_agent.runtime.cache import TTLCache
 from perfpilot_agent.runtime.monitor import Monitor
-from perfpilot_agent.server.events import EventBus
+from perfpilot_agent.runtime.events import EventBus
 
 log = logging.getLogger(__name__)
 KERNEL_KEY_PREFIX = "kernel/"
