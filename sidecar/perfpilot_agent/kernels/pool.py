@@ -34,8 +34,8 @@ import signal
 import threading
 from dataclasses import dataclass
 from multiprocessing import spawn as mp_spawn
-from typing import Any
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -27,8 +27,8 @@ import mmap
 import os
 import secrets
 import weakref
-from dataclasses import dataclass
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import numpy as np
 
