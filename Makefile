@@ -8,13 +8,14 @@ CACHE     ?= $(HOME)/.cache/perfpilot
 STATE     := e2e/.state
 export PERFPILOT_CACHE := $(CACHE)
 
-.PHONY: help venv debs grafana-schema lint protos protos-check dashboards dashboards-check unit e2e test demo dev-up dev-down cluster-build cluster-up cluster-env cluster-down bench bench-quick bench-operator clean
+.PHONY: help venv debs grafana-schema lint protos protos-check dashboards dashboards-check unit e2e e2e-cluster test demo dev-up dev-down cluster-build cluster-up cluster-env cluster-down bench bench-quick bench-operator images clean
 
 help: ## list targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-# The venv is rebuilt only when pyproject.toml changes; pip's wheel cache makes a rebuild cheap.
-$(VENV)/.stamp: pyproject.toml
+# The venv is rebuilt only when pyproject.toml changes or a top-level package is added (the
+# editable install maps packages by name); pip's wheel cache makes a rebuild cheap.
+$(VENV)/.stamp: pyproject.toml $(wildcard sidecar/*/__init__.py operator/*/__init__.py)
 	@bash scripts/ensure-venv.sh $(VENV)
 	@touch $@
 
@@ -38,10 +39,10 @@ lint: venv ## ruff + mypy --strict (also part of `make test`, as tests/checks/te
 unit: venv grafana-schema ## lint, unit and component tests (no cluster)
 	@$(PY) -m pytest tests -q
 
-cluster-build: ## build the pinned control-plane binaries into $(CACHE)/bin (cached)
+cluster-build: ## build the pinned control-plane binaries and the kubelet into $(CACHE)/bin (cached)
 	@bash e2e/build-control-plane.sh
 
-cluster-up: venv cluster-build ## start etcd, kube-apiserver, controller-manager, scheduler and kwok on loopback
+cluster-up: venv cluster-build debs ## start etcd, kube-apiserver, controller-manager, scheduler, kwok and a real node (containerd + kubelet)
 	@$(PY) -m e2e.harness.cluster up
 
 cluster-env: ## print shell exports for the local cluster: eval $$(make -s cluster-env)
@@ -58,7 +59,10 @@ dev-up: cluster-up ## cluster + CRD + the operator and the pod runner (real side
 dev-down: ## stop the operator and the pod runner (the cluster keeps running)
 	@if [ -x $(PY) ]; then $(PY) -m e2e.harness.dev down; fi
 
-debs: ## Debian packages the tests use (prometheus, promtool), installed once
+images: venv ## sidecar, operator and example-app images, no Docker/registry (cached by content; ~5 min cold)
+	@$(PY) -m e2e.harness.images
+
+debs: ## Debian packages the cluster and e2e suite use (containerd, runc, CNI, prometheus...), installed once
 	@bash scripts/ensure-debs.sh
 
 grafana-schema: ## Grafana's published dashboard schema (npm @grafana/schema) for the dashboard test, once
@@ -67,19 +71,24 @@ grafana-schema: ## Grafana's published dashboard schema (npm @grafana/schema) fo
 e2e: venv cluster-build debs ## end-to-end tests on the real local control plane
 	@$(PY) -m pytest e2e -q -p no:cacheprovider
 
-test: venv cluster-build debs grafana-schema ## lint + unit + e2e
+# Any cluster (kind, ...): nothing is started; load the images first (README, "e2e on kind").
+e2e-cluster: venv ## end-to-end tests against the cluster in KUBECONFIG (local-harness scenarios skip)
+	@test -n "$$KUBECONFIG" || { echo "e2e-cluster: set KUBECONFIG to the cluster to test (kind get kubeconfig > kc; KUBECONFIG=$$PWD/kc)"; exit 2; }
+	@PERFPILOT_E2E_EXTERNAL=1 $(PY) -m pytest e2e -q -p no:cacheprovider -rs
+
+test: venv cluster-build debs grafana-schema images ## lint + unit + e2e
 	@$(PY) -m pytest tests e2e -q
 
 demo: dev-up ## local cluster + operator + example profiles: injection, live config, alerts, autoscaling
 	@bash scripts/demo.sh
 
-bench: venv cluster-build ## full benchmarks, operator figures included -> bench/results/latest.json
+bench: venv cluster-build debs ## full benchmarks, operator figures included -> bench/results/latest.json
 	@$(PY) -m bench.run --full
 
 bench-quick: venv ## quick benchmarks (< 3 min) -> bench/results/latest.json
 	@$(PY) -m bench.run --quick
 
-bench-operator: venv cluster-build ## operator figures only (~3 min; not with `make e2e`) -> bench/results/operator.json
+bench-operator: venv cluster-build debs ## operator figures only (~3 min; not with `make e2e`) -> bench/results/operator.json
 	@$(PY) -m bench.operator_bench
 
 clean: cluster-down

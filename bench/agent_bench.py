@@ -25,9 +25,10 @@ from typing import Any
 
 from bench.common import Entry, entry, failed_entry, free_port, median
 from bench.procs import PY, Child, ChildFailed, Procs, tree_cpu_ns, tree_cpu_seconds, tree_rss, wait_serving
+from perfpilot_contract.limits import KERNEL_NAMES
 
 Want = Callable[[str], bool]
-ALL_KERNELS = ["cosine_topk", "normalize_score", "weighted_mean"]
+ALL_KERNELS = list(KERNEL_NAMES)
 MB = 1e6
 
 UNITS: dict[str, str] = {

@@ -37,7 +37,18 @@ build_step() { # build_step LABEL CMD... ; shows elapsed time
     /^[^ :]+$/ { n++; if (n % 100 == 0) { printf "    ... %d packages compiled (now: %s)\n", n, $0; fflush() } ; next }
     { print "    " $0; fflush() }
     END { if (n) printf "    ... %d packages compiled\n", n }'
+  # A failed build must not be stamped (the caller's `&&` switches errexit off in here).
+  local rc=${PIPESTATUS[0]}
+  if (( rc != 0 )); then log "FAILED building $label (exit $rc) after $((SECONDS - t0))s"; return "$rc"; fi
   log "built $label in $((SECONDS - t0))s"
+}
+
+k8s_ldflags() { # the version stamps `kubectl version` and the API server report
+  local ldf="-s -w" kv
+  for kv in gitVersion=v$K8S_VERSION gitMajor=1 gitMinor=$K8S_MINOR gitTreeState=clean buildDate=2025-01-01T00:00:00Z; do
+    ldf="$ldf -X k8s.io/component-base/version.$kv -X k8s.io/client-go/pkg/version.$kv"
+  done
+  echo "$ldf"
 }
 
 T0=$SECONDS
@@ -48,15 +59,21 @@ need_k8s=0
 for b in "${K8S_BINS[@]}"; do fresh "$b" "v$K8S_VERSION" || need_k8s=1; done
 if (( need_k8s )); then
   ALL_FRESH=0
-  LDF="-s -w"
-  for kv in gitVersion=v$K8S_VERSION gitMajor=1 gitMinor=$K8S_MINOR gitTreeState=clean buildDate=2025-01-01T00:00:00Z; do
-    LDF="$LDF -X k8s.io/component-base/version.$kv -X k8s.io/client-go/pkg/version.$kv"
-  done
+  LDF="$(k8s_ldflags)"
   (cd "$HERE/gobuild/k8sbin" && build_step "kubernetes v$K8S_VERSION (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl; cold: 5-6 min on 2 cores; 8-11 min for everything, downloads included)" \
     go build -v -trimpath -ldflags "$LDF" -o "$BIN/" \
       k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
       k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
   for b in "${K8S_BINS[@]}"; do stamp "$b" "v$K8S_VERSION"; done
+fi
+
+# The kubelet of the real node (e2e/harness/node.py): same module, same flags, its own stamp so
+# adding it never rebuilds the binaries above. Static (CGO_ENABLED=0) like the release builds.
+if ! fresh kubelet "v$K8S_VERSION"; then
+  ALL_FRESH=0
+  (cd "$HERE/gobuild/k8sbin" && build_step "kubelet v$K8S_VERSION (after the control plane: ~1.5 min on 2 cores; alone with a cold Go cache: ~8.5 min)" \
+    go build -v -trimpath -ldflags "$(k8s_ldflags)" -o "$BIN/kubelet" k8s.io/kubernetes/cmd/kubelet)
+  stamp kubelet "v$K8S_VERSION"
 fi
 
 if ! fresh etcd "v$ETCD_VERSION"; then
@@ -92,7 +109,7 @@ if ! fresh helm "v$HELM_VERSION"; then
 fi
 
 if (( ALL_FRESH )); then
-  log "all binaries cached in $BIN (k8s v$K8S_VERSION, etcd v$ETCD_VERSION, kwok v$KWOK_VERSION, helm v$HELM_VERSION)"
+  log "all binaries cached in $BIN (k8s v$K8S_VERSION with kubelet, etcd v$ETCD_VERSION, kwok v$KWOK_VERSION, helm v$HELM_VERSION)"
 else
   log "control plane built in $((SECONDS - T0))s into $BIN"
 fi

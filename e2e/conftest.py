@@ -23,13 +23,26 @@ from e2e.harness.suite import isolate
 isolate()   # before the harness reads PERFPILOT_STATE / PERFPILOT_PORT_BASE
 
 from e2e.harness import dev  # noqa: E402
-from e2e.harness.cluster import LocalCluster, Ports  # noqa: E402
+from e2e.harness.anycluster import LOCAL_ONLY, ExternalCluster, external  # noqa: E402
+from e2e.harness.cluster import ClusterError, LocalCluster, Ports  # noqa: E402
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "local_harness: needs the local control plane's own "
+                                       "processes or kwok; skipped by `make e2e-cluster`")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "/e2e/" in str(item.path):
             item.add_marker(pytest.mark.e2e)
+            if external() and item.get_closest_marker("local_harness"):
+                item.add_marker(pytest.mark.skip(reason=LOCAL_ONLY))
+
+
+def current_cluster() -> LocalCluster:
+    """The cluster this session tests: the local one, or $KUBECONFIG's (make e2e-cluster)."""
+    return ExternalCluster.from_env() if external() else LocalCluster()
 
 
 _SESSION_START = time.time()
@@ -50,9 +63,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     report = outcome.get_result()
     if report.when != "call" or not report.failed or "/e2e/" not in str(item.path):
         return
-    cluster = LocalCluster()
+    cluster = current_cluster()
     state = cluster.state
-    logs = [state / "logs" / "operator.log", state / "logs" / "podrunner.log"]
+    logs = [state / "logs" / f"{name}.log"
+            for name in ("operator", "podrunner", "kubelet", "containerd")]
     logs += sorted((state / "pods").glob("*/*.log"))[-6:]
     for log in logs:
         # Only logs this session wrote: a previous run's leftovers would mislead.
@@ -72,6 +86,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[LocalCluster]:
+    if external():
+        ext = ExternalCluster.from_env()
+        if not ext.is_up():
+            raise ClusterError(f"the cluster in {ext.kubeconfig} does not answer /readyz")
+        print(f"\n[e2e] external cluster {ext.server} ({ext.kubeconfig}); nothing is started")
+        ext.apply_crds()
+        os.environ["KUBECONFIG"] = str(ext.kubeconfig)
+        yield ext
+        return
     c = LocalCluster()
     started_here = not c.is_up()
     if started_here:
@@ -128,6 +151,8 @@ def _stop_process(proc: subprocess.Popen[bytes]) -> None:
 @pytest.fixture(scope="session")
 def podrunner(cluster: LocalCluster) -> Iterator[subprocess.Popen[bytes]]:
     """Real sidecar processes for injected pods (see e2e/harness/podrunner.py)."""
+    if external():
+        pytest.skip(LOCAL_ONLY)
     # Leftovers of a killed run on the suite's cluster would fight ours over webhooks and pod IPs.
     for name in ("operator", "podrunner"):
         if dev.stop(cluster, name):

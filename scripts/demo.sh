@@ -19,7 +19,7 @@ wait_until() {  # wait_until <seconds> <what> <command...>: poll until the comma
 # field_is <namespace> <profile> <jsonpath> <expected>: evaluated afresh on every poll
 field_is() { test "$(kubectl get pp "$2" -n "$1" -o "jsonpath=$3" 2>/dev/null)" = "$4"; }
 
-step "kubectl get nodes (kwok nodes; pods get 127.x IPs)"
+step "kubectl get nodes (kwok nodes: pods get 127.x IPs; real-node: containerd + kubelet, tainted for opt-in pods)"
 kubectl get nodes -o wide
 
 step "kubectl explain perfprofile.spec.autoscaling (the CRD documents itself)"

@@ -1,11 +1,22 @@
 #!/usr/bin/env bash
 # Debian packages the e2e suite uses, installed once (idempotent; a no-op when present):
-#   prometheus  - a real Prometheus scraping the operator and evaluating its PrometheusRule.
+#   prometheus                   - a real Prometheus scraping the operator and evaluating its PrometheusRule.
+#   containerd, runc             - the real node's container runtime (e2e/harness/node.py starts its own
+#                                  containerd; the packaged service is not used).
+#   containernetworking-plugins  - CNI bridge/host-local/loopback for the real node's pod network.
+#   iptables                     - the CNI bridge plugin's dependency for its (unused) masquerade chains.
+#   busybox-static               - the e2e test image's only binary (e2e/harness/node_images.py).
+#   gcc, libc6-dev               - compile Kubernetes' pause.c into the node's sandbox image.
 set -euo pipefail
 need=()
+have_pkg() { dpkg -s "$1" >/dev/null 2>&1; }
 command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+for pkg in containerd runc containernetworking-plugins iptables busybox-static gcc libc6-dev; do
+  have_pkg "$pkg" || need+=("$pkg")
+done
 ((${#need[@]})) || exit 0
 echo "[debs] installing ${need[*]} (Debian packages; once per machine)"
+t0=$SECONDS
 SUDO=""
 if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
 export DEBIAN_FRONTEND=noninteractive
@@ -14,6 +25,9 @@ if ! $SUDO apt-get install -y --no-install-recommends "${need[@]}" >/tmp/perfpil
   $SUDO apt-get install -y --no-install-recommends "${need[@]}" >>/tmp/perfpilot-apt.log 2>&1 || {
     echo "[debs] apt-get failed; see /tmp/perfpilot-apt.log" >&2; tail -20 /tmp/perfpilot-apt.log >&2; exit 1; }
 fi
-# The package enables a system service; the tests run their own instance on loopback.
-$SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
-echo "[debs] $(prometheus --version 2>&1 | head -1)"
+# The packages just installed enable system services; the tests run their own instances
+# (loopback, own socket). A service that was there before (say Docker's containerd) is left alone.
+for svc in prometheus containerd; do
+  [[ " ${need[*]} " == *" $svc "* ]] && { $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || true; }
+done
+echo "[debs] installed in $((SECONDS - t0))s: $(prometheus --version 2>&1 | head -1); $(containerd --version); $(runc --version | head -1)"

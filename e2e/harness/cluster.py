@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -25,7 +24,11 @@ import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from e2e.harness.pki import Pki, ensure_pki
+from e2e.harness import node as real_node
+from e2e.harness.pki import Pki, ensure_pki, issue_client_cert
+from e2e.harness.procs import pid_alive as _pid_alive
+from e2e.harness.procs import tail as _tail
+from e2e.harness.procs import terminate as _terminate
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("PERFPILOT_CACHE", Path.home() / ".cache" / "perfpilot"))
@@ -37,6 +40,7 @@ COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-schedul
 
 NODE_COUNT = int(os.environ.get("PERFPILOT_KWOK_NODES", "2"))
 SERVICE_CIDR = "10.0.0.0/24"
+SERVICE_IP = "10.0.0.1"   # the `kubernetes` Service (first address of SERVICE_CIDR)
 
 
 def _log(msg: str) -> None:
@@ -89,6 +93,12 @@ class LocalCluster:
         self.kubeconfig = state / "kubeconfig"
         self.logs = state / "logs"
         self.pids = state / "pids"
+        # The real node (containerd + kubelet) beside the kwok nodes; PERFPILOT_REAL_NODE=0
+        # leaves it out of `up` (`down` always cleans up after one).
+        self.node = real_node.RealNode(state=state, bin_dir=bin_dir, pki=self.pki,
+                                       base=self.ports.base, api_service_ip=SERVICE_IP,
+                                       api_port=self.ports.apiserver)
+        self.with_real_node = real_node.enabled()
 
     # ---------------------------------------------------------------- paths / env
     def binary(self, name: str) -> str:
@@ -142,8 +152,17 @@ class LocalCluster:
         ]
         for f in files:
             self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(f))
-        self.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                     *[f"crd/{n}" for n in names])
+        # `kubectl wait` fails at once on a CRD without status yet (a fresh cluster): retry.
+        deadline = time.monotonic() + 60
+        while True:
+            done = self.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                                *[f"crd/{n}" for n in names], check=False, timeout=70)
+            if done.returncode == 0:
+                return
+            if "accessor error" not in done.stderr or time.monotonic() > deadline:
+                raise KubectlError(done.returncode, done.args, output=done.stdout,
+                                   stderr=done.stderr)
+            time.sleep(0.2)
 
     # ---------------------------------------------------------------- lifecycle
     def is_up(self) -> bool:
@@ -158,7 +177,9 @@ class LocalCluster:
     def up(self) -> float:
         """Start everything (or reuse a healthy cluster); return the seconds it took."""
         t0 = time.monotonic()
-        if self.is_up() and all(self._alive(c) for c in COMPONENTS) and self._nodes_ready():
+        if (self.is_up() and all(self._alive(c) for c in COMPONENTS) and self._nodes_ready()
+                and (not self.with_real_node
+                     or (self.node.alive() and self.node.is_ready(self.kubectl)))):
             _log(f"cluster already up at {self.server} (KUBECONFIG={self.kubeconfig})")
             return 0.0
         self.down(quiet=True)
@@ -168,14 +189,21 @@ class LocalCluster:
         shutil.rmtree(self.state / "etcd", ignore_errors=True)
         self.logs.mkdir(exist_ok=True)
         self.pids.mkdir(exist_ok=True)
-        ensure_pki(self.pki.dir)
+        ensure_pki(self.pki.dir, service_ip=SERVICE_IP)
+        self._ensure_kubelet_client_cert()
         self._write_kubeconfig()
+        phases: dict[str, float] = {}
         try:
+            t = time.monotonic()
             self._start("etcd", self._etcd_args())
             self._wait(lambda: self._http_ok(f"http://127.0.0.1:{self.ports.etcd_client}/health"),
                        "etcd", 30)
+            phases["etcd"] = time.monotonic() - t
+            t = time.monotonic()
             self._start("kube-apiserver", self._apiserver_args())
             self._wait(self.is_up, "kube-apiserver", 90)
+            phases["kube-apiserver"] = time.monotonic() - t
+            t = time.monotonic()
             self._start("kube-controller-manager", self._kcm_args())
             self._start("kube-scheduler", self._scheduler_args())
             self._write_kwok_config()
@@ -183,17 +211,34 @@ class LocalCluster:
             self._create_nodes()
             self._wait(self._nodes_ready, "kwok nodes Ready", 60)
             self._wait(self._default_sa, "the default ServiceAccount", 60)
+            phases["controllers, kwok nodes Ready"] = time.monotonic() - t
+            if self.with_real_node:
+                phases |= self.node.up(self.kubectl, self.server)
+        except real_node.NodeError as exc:
+            self.down(quiet=True)
+            raise ClusterError(f"the real node did not come up: {exc}") from exc
         except ClusterError:
             self.down(quiet=True)
             raise
         took = time.monotonic() - t0
-        _log(f"cluster up in {took:.1f}s: {self.server}, {NODE_COUNT} kwok nodes, "
+        _log("set-up phases: " + ", ".join(f"{k} {v:.1f}s" for k, v in phases.items()))
+        real = (f", real node {self.node.name} ({self.node.node_ip}, pods on "
+                f"{self.node.subnet}, containerd {self.node.containerd_address})"
+                if self.with_real_node else "")
+        _log(f"cluster up in {took:.1f}s: {self.server}, {NODE_COUNT} kwok nodes{real}, "
              f"KUBECONFIG={self.kubeconfig}")
         return took
 
     def down(self, quiet: bool = False) -> None:
         """Stop every component (reverse order), then sweep for strays naming our state dir."""
         stopped = []
+        api = self._alive("kube-apiserver") and self.is_up()
+        try:
+            cleaned = self.node.down(self.kubectl if api else None)
+        except (OSError, subprocess.SubprocessError, real_node.NodeError, ClusterError) as exc:
+            cleaned = [f"FAILED ({exc})"]
+        if cleaned:
+            stopped.append(f"real node [{', '.join(cleaned)}]")
         for name in reversed(COMPONENTS):
             pid = self._pid(name)
             if pid and _terminate(pid):
@@ -207,7 +252,9 @@ class LocalCluster:
                  + (f"; swept {len(strays)} stray process(es)" if strays else ""))
 
     def status(self) -> dict[str, bool]:
-        return {c: self._alive(c) for c in COMPONENTS} | {"ready": self.is_up()}
+        real = ({"containerd": self.node._alive("containerd"),
+                 "kubelet": self.node._alive("kubelet")} if self.with_real_node else {})
+        return {c: self._alive(c) for c in COMPONENTS} | real | {"ready": self.is_up()}
 
     # ---------------------------------------------------------------- components
     def _etcd_args(self) -> list[str]:
@@ -236,6 +283,15 @@ class LocalCluster:
             f"--tls-private-key-file={k.server_key}",
             f"--client-ca-file={k.ca_crt}",
             "--authorization-mode=Node,RBAC",
+            # The real node's kubelet: the API server authenticates to it with a client
+            # certificate, verifies its serving certificate, and dials its InternalIP.
+            f"--kubelet-client-certificate={self.pki.dir / 'kube-apiserver-kubelet-client.crt'}",
+            f"--kubelet-client-key={self.pki.dir / 'kube-apiserver-kubelet-client.key'}",
+            f"--kubelet-certificate-authority={k.ca_crt}",
+            "--kubelet-preferred-address-types=InternalIP,Hostname",
+            # Webhooks and aggregated APIs behind a Service reach its endpoints (pod IPs on the
+            # real node's bridge) directly: there is no kube-proxy for ClusterIPs here.
+            "--enable-aggregator-routing=true",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--allow-privileged=true",
             f"--service-account-issuer=https://127.0.0.1:{p.apiserver}",
@@ -244,7 +300,7 @@ class LocalCluster:
             # Defaults keep MutatingAdmissionWebhook and ValidatingAdmissionWebhook on; we
             # name them so a reader of `ps` sees that webhooks are live.
             "--enable-admission-plugins=NamespaceLifecycle,LimitRanger,ServiceAccount,"
-            "DefaultStorageClass,ResourceQuota,MutatingAdmissionWebhook,"
+            "NodeRestriction,DefaultStorageClass,ResourceQuota,MutatingAdmissionWebhook,"
             "ValidatingAdmissionWebhook,ValidatingAdmissionPolicy",
             "--endpoint-reconciler-type=none",
             f"--cert-dir={self.state / 'apiserver-certs'}",
@@ -333,9 +389,16 @@ class LocalCluster:
         self.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
                                                            "items": items}))
 
+    def _ensure_kubelet_client_cert(self) -> None:
+        """The API server's identity towards kubelets (logs, exec, port-forward)."""
+        if not (self.pki.dir / "kube-apiserver-kubelet-client.crt").exists():
+            issue_client_cert(self.pki, user="kube-apiserver-kubelet-client",
+                              groups=["system:masters"], out_dir=self.pki.dir)
+
     # ---------------------------------------------------------------- probes
     def _nodes_ready(self) -> bool:
-        out = self.kubectl("get", "nodes", "-o", "json", check=False)
+        """All kwok nodes Ready (the real node has its own wait)."""
+        out = self.kubectl("get", "nodes", "-l", "type=kwok", "-o", "json", check=False)
         if out.returncode != 0:
             return False
         nodes = json.loads(out.stdout)["items"]
@@ -451,45 +514,6 @@ def pod_stages(cache: Path) -> list[str]:
     return out
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child of ours counts as gone.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _terminate(pid: int, grace: float = 10.0) -> bool:
-    """SIGTERM the process group, then SIGKILL after `grace` seconds. True if it was alive."""
-    if not _pid_alive(pid):
-        return False
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                return True
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            try:
-                os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
-            if not _pid_alive(pid):
-                return True
-            time.sleep(0.05)
-    return True
-
-
 def _processes_mentioning(needle: str, bin_dir: Path = BIN) -> list[int]:
     """PIDs of our binaries (argv[0] in bin_dir) whose arguments name `needle`: strays from a
     crashed run of the cluster that owns that state directory."""
@@ -507,13 +531,6 @@ def _processes_mentioning(needle: str, bin_dir: Path = BIN) -> list[int]:
             if _pid_alive(int(entry.name)):
                 found.append(int(entry.name))
     return found
-
-
-def _tail(path: Path, lines: int = 25) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return f"(no log at {path})"
 
 
 def main(argv: list[str] | None = None) -> int:

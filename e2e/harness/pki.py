@@ -184,13 +184,18 @@ def ensure_pki(directory: Path, *, service_ip: str = "10.0.0.1") -> Pki:
     return pki
 
 
+def _load_ca(pki: Pki) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise TypeError(f"{pki.ca_key} is not an EC key")
+    return x509.load_pem_x509_certificate(pki.ca_crt.read_bytes()), ca_key
+
+
 def issue_client_cert(
     pki: Pki, *, user: str, groups: list[str], out_dir: Path
 ) -> tuple[Path, Path]:
     """A client certificate for another identity (RBAC tests, the operator's user)."""
-    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
-    ca_cert = x509.load_pem_x509_certificate(pki.ca_crt.read_bytes())
-    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    ca_cert, ca_key = _load_ca(pki)
     key = ec.generate_private_key(ec.SECP256R1())
     attrs = [x509.NameAttribute(NameOID.COMMON_NAME, user)]
     attrs += [x509.NameAttribute(NameOID.ORGANIZATION_NAME, g) for g in groups]
@@ -203,6 +208,24 @@ def issue_client_cert(
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     crt, keyp = out_dir / f"{user}.crt", out_dir / f"{user}.key"
+    _write_cert(crt, cert)
+    _write_key(keyp, key)
+    return crt, keyp
+
+
+def issue_serving_cert(
+    pki: Pki, *, name: str, ips: list[str], dns: list[str], out_dir: Path
+) -> tuple[Path, Path]:
+    """A serving certificate signed by the cluster CA (the kubelet's, so the API server can
+    verify it with --kubelet-certificate-authority)."""
+    ca_cert, ca_key = _load_ca(pki)
+    key = ec.generate_private_key(ec.SECP256R1())
+    sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
+    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+    cert = _sign(subject=_name(name), public_key=key.public_key(), ca_cert=ca_cert,
+                 ca_key=ca_key, usages=[ExtendedKeyUsageOID.SERVER_AUTH], sans=sans)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    crt, keyp = out_dir / f"{name}-serving.crt", out_dir / f"{name}-serving.key"
     _write_cert(crt, cert)
     _write_key(keyp, key)
     return crt, keyp

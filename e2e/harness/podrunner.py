@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from e2e.harness.cluster import ROOT, STATE, LocalCluster
+from e2e.harness.node import REAL_NODE_NAME
 
 SIDECAR_NAME = "perfpilot-agent"
 INJECTED = "perfpilot.io/injected"
@@ -185,7 +186,9 @@ class PodRunner:
             meta, status = pod["metadata"], pod.get("status", {})
             if (meta.get("annotations", {}).get(INJECTED) == "true"
                     and status.get("phase") == "Running" and status.get("podIP")
-                    and not meta.get("deletionTimestamp")):
+                    and not meta.get("deletionTimestamp")
+                    # The real node's kubelet runs its pods' sidecars itself.
+                    and pod.get("spec", {}).get("nodeName") != REAL_NODE_NAME):
                 wanted[meta["uid"]] = pod
         for uid in list(self.running):
             if uid not in wanted:

@@ -474,6 +474,14 @@ def test_values_reach_the_operator_environment() -> None:
     assert env["PERFPILOT_SIDECAR_PORT"] == "6000"
     assert env["PERFPILOT_SIDECAR_METRICS_PORT"] == "6001"
     assert env["PERFPILOT_SIDECAR_IMAGE"] == "r/s:0.1.0"
+    assert "PERFPILOT_SIDECAR_PULL_POLICY" not in env     # the API server's default
+    env = env_of(operator_container(render("image.repository=localhost/perfpilot/operator",
+                                           "image.tag=abc123", "image.pullPolicy=Never",
+                                           "sidecar.image.repository=localhost/perfpilot/sidecar",
+                                           "sidecar.image.tag=def456",
+                                           "sidecar.image.pullPolicy=Never")))
+    assert env["PERFPILOT_SIDECAR_IMAGE"] == "localhost/perfpilot/sidecar:def456"
+    assert env["PERFPILOT_SIDECAR_PULL_POLICY"] == "Never"
     assert env["PERFPILOT_NATIVE_SIDECAR"] == "true"
     assert env["PERFPILOT_WEBHOOK_SERVICE"] == "ops/pp-perfpilot"
 
@@ -524,6 +532,7 @@ def test_security_context_defaults(default: list[dict[str, Any]]) -> None:
         assert sc["allowPrivilegeEscalation"] is False
         assert sc["runAsNonRoot"] is True
         assert sc["capabilities"] == {"drop": ["ALL"]}
+        assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
 
 
 def test_read_only_root_has_writable_cert_dir_and_tmp(default: list[dict[str, Any]]) -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 import kopf
 
-from perfpilot_operator.logic.conditions import PodView
+from perfpilot_operator.logic.conditions import PodView, Refusal, refusal
 from perfpilot_operator.logic.injection import ANNOTATION_INJECTED, is_injected
 
 
@@ -43,3 +43,12 @@ def pods_by_namespace(namespace: str, name: str, body: kopf.Body, **_: Any
         shape=shape,
     )
     return {namespace: (dict(meta.get("labels") or {}), view)}
+
+
+@kopf.index("apps", "v1", "replicasets")
+def refusals_by_namespace(namespace: str, body: kopf.Body, **_: Any
+                          ) -> dict[str, Refusal] | None:
+    """ReplicaSets whose pods the API server refuses (Pod Security, quotas, webhooks): the pods
+    never exist, so only the ReplicaSet's ReplicaFailure condition tells a profile about them."""
+    found = refusal(dict(body))
+    return {namespace: found} if found is not None else None

@@ -69,3 +69,37 @@ def count_pods(pods: list[PodView], generation: int) -> PodCounts:
         unhealthy=sum(1 for p in injected if not p.healthy),
         uninjected=tuple(sorted(p.name for p in running if not p.injected)),
     )
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A ReplicaSet whose pods the API server refuses (its ReplicaFailure condition): admission
+    (Pod Security, a webhook, a quota) said no, so the selected pods never exist."""
+
+    replicaset: str
+    labels: dict[str, str] = field(compare=False, hash=False)
+    message: str = ""
+
+
+def refusal(replicaset: dict[str, Any]) -> Refusal | None:
+    """The ReplicaSet's refusal, if the controller reports one and still wants pods."""
+    spec, status = replicaset.get("spec") or {}, replicaset.get("status") or {}
+    if not spec.get("replicas"):
+        return None
+    for c in status.get("conditions") or []:
+        if c.get("type") == "ReplicaFailure" and c.get("status") == "True":
+            labels = ((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}
+            return Refusal(replicaset["metadata"]["name"], dict(labels),
+                           f"{c.get('reason', 'FailedCreate')}: {c.get('message', '')}")
+    return None
+
+
+def refusal_condition(refusals: list[Refusal]) -> tuple[str, str] | None:
+    """(reason, message) of InjectionComplete=False when selected pods are refused at creation;
+    the API server's own words name the field to fix."""
+    if not refusals:
+        return None
+    first = sorted(refusals, key=lambda r: r.replicaset)
+    return ("PodsRefused",
+            f"the API server refuses the pods of {len(first)} ReplicaSet(s); "
+            + "; ".join(f"{r.replicaset}: {r.message}" for r in first[:3]))

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from perfpilot_contract.limits import KERNEL_NAMES
+
 from .errors import KernelInputError, UnknownKernel
 
 #: Largest number of elements accepted in one input array (4 GiB of float32).
@@ -77,8 +79,13 @@ KERNELS: dict[str, KernelSpec] = {
 }
 
 
+if tuple(KERNELS) != KERNEL_NAMES:  # the contract's list is what the CRD enum and Configure accept
+    raise ImportError(f"kernel registry {tuple(KERNELS)} differs from perfpilot_contract.limits.KERNEL_NAMES "
+                      f"{KERNEL_NAMES}: add the name there (and to the CRD enum) in the same change")
+
+
 def known() -> str:
-    return ", ".join(sorted(KERNELS))
+    return ", ".join(KERNEL_NAMES)
 
 
 def spec(name: str) -> KernelSpec:

@@ -19,8 +19,10 @@ from grpc import aio
 from perfpilot.v1 import agent_pb2 as pb
 from perfpilot.v1 import agent_pb2_grpc as pb_grpc
 from perfpilot_agent.errors import AgentError, InvalidArgument
-from perfpilot_agent.liveconfig import MAX_TTL_SECONDS, to_proto
+from perfpilot_agent.liveconfig import to_proto
 from perfpilot_agent.runtime.compute import KERNEL_KEY_PREFIX
+from perfpilot_contract.limits import CACHE_PUT_TTL
+from perfpilot_contract.liveconfig import ConfigError, check_duration
 
 if TYPE_CHECKING:
     from perfpilot_agent.app import AgentApp
@@ -30,7 +32,15 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Handler = Callable[[Any, Req, aio.ServicerContext[Any, Any]], Awaitable[Resp]]
 MAX_KEY_BYTES = 1024
+MAX_DETAILS = 1024
 _EVENT_TYPES = frozenset(v for v in pb.EventType.values() if v != pb.EVENT_TYPE_UNSPECIFIED)
+
+
+def _details(exc: AgentError) -> str:
+    """The status message, bounded: it travels in trailers, and a message quoting a huge client-chosen
+    name would exceed the peer's metadata limit (the client would see INTERNAL instead of our code)."""
+    text = str(exc)
+    return text if len(text) <= MAX_DETAILS else text[: MAX_DETAILS - 3] + "..."
 
 
 def _rpc(method: str) -> Callable[[Handler[Req, Resp]], Handler[Req, Resp]]:
@@ -45,7 +55,7 @@ def _rpc(method: str) -> Callable[[Handler[Req, Resp]], Handler[Req, Resp]]:
                 return await fn(self, request, context)
             except AgentError as exc:
                 code = exc.code.name
-                await context.abort(exc.code, str(exc))
+                await context.abort(exc.code, _details(exc))
             except aio.AbortError:
                 code = "ABORTED_BY_HANDLER"
                 raise
@@ -132,13 +142,11 @@ class AgentServicer(pb_grpc.AgentServicer):
         if len(request.value) > limit:
             raise InvalidArgument(f"value is {len(request.value)} bytes; at most {limit} (--cache-max-value-bytes)")
         ttl = None
-        if request.HasField("ttl"):
-            d = request.ttl
-            if not -999_999_999 <= d.nanos <= 999_999_999:
-                raise InvalidArgument(f"ttl.nanos must be within [-999999999, 999999999], got {d.nanos}")
-            ttl = d.seconds + d.nanos / 1e9
-            if not 0 < ttl <= MAX_TTL_SECONDS:
-                raise InvalidArgument(f"ttl must be within (0s, {MAX_TTL_SECONDS}s], got {ttl:g}s")
+        if request.HasField("ttl"):  # the contract's one Duration rule, cache.ttl's bounds; 0s: not stored
+            try:
+                ttl = check_duration(CACHE_PUT_TTL, request.ttl, path="ttl")
+            except ConfigError as exc:
+                raise InvalidArgument(str(exc)) from None
         evicted = self.app.cache.put(request.key, bytes(request.value), ttl=ttl, size=len(request.value) + len(request.key))
         return pb.CachePutResponse(evicted=evicted)
 
@@ -182,7 +190,7 @@ class AgentServicer(pb_grpc.AgentServicer):
                     sub.close()
         except AgentError as exc:
             code = exc.code.name
-            await context.abort(exc.code, str(exc))
+            await context.abort(exc.code, _details(exc))
         except asyncio.CancelledError:
             code = "CANCELLED"
             raise
