@@ -45,7 +45,7 @@ def pods_by_namespace(namespace: str, name: str, body: kopf.Body, **_: Any
     return {namespace: (dict(meta.get("labels") or {}), view)}
 
 
-@kopf.index("apps", "v1", "replicasets")
+@kopf.index("apps", "v1", "replicasets")  # type: ignore[arg-type]  # kopf-kwargs
 def refusals_by_namespace(namespace: str, body: kopf.Body, **_: Any
                           ) -> dict[str, Refusal] | None:
     """ReplicaSets whose pods the API server refuses (Pod Security, quotas, webhooks): the pods

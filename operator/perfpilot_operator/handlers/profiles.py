@@ -261,7 +261,7 @@ async def _refusal_event(rt: Runtime, body: kopf.Body, old: dict[str, Any], new:
     """A Warning Event when the API server starts refusing the selected pods (or says why
     differently), where `kubectl describe perfprofile` shows it."""
     def refused(status: dict[str, Any]) -> str | None:
-        c = next((c for c in status.get("conditions") or [] if c["type"] == "InjectionComplete"),
+        c: dict[str, Any] = next((c for c in status.get("conditions") or [] if c["type"] == "InjectionComplete"),
                  {})
         return c.get("message") if c.get("reason") == "PodsRefused" else None
 

@@ -22,8 +22,8 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
