@@ -8,13 +8,14 @@ CACHE     ?= $(HOME)/.cache/perfpilot
 STATE     := e2e/.state
 export PERFPILOT_CACHE := $(CACHE)
 
-.PHONY: help venv debs protos protos-check dashboards dashboards-check unit e2e test demo dev-up dev-down cluster-build cluster-up cluster-env cluster-down bench bench-quick bench-operator clean
+.PHONY: help venv debs grafana-schema lint protos protos-check dashboards dashboards-check unit e2e e2e-cluster test demo dev-up dev-down cluster-build cluster-up cluster-env cluster-down bench bench-quick bench-operator images clean
 
 help: ## list targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-# The venv is rebuilt only when pyproject.toml changes; pip's wheel cache makes a rebuild cheap.
-$(VENV)/.stamp: pyproject.toml
+# The venv is rebuilt only when pyproject.toml changes or a top-level package is added (the
+# editable install maps packages by name); pip's wheel cache makes a rebuild cheap.
+$(VENV)/.stamp: pyproject.toml $(wildcard sidecar/*/__init__.py operator/*/__init__.py)
 	@bash scripts/ensure-venv.sh $(VENV)
 	@touch $@
 
@@ -32,7 +33,10 @@ dashboards: venv ## regenerate charts/perfpilot/dashboards/*.json from dashboard
 dashboards-check: venv ## fail when the committed dashboard JSON differs from dashboards/
 	@$(PY) -m dashboards --check
 
-unit: venv ## unit and component tests (no cluster)
+lint: venv ## ruff + mypy --strict (also part of `make test`, as tests/checks/test_lint.py)
+	@$(PY) -m scripts.lint
+
+unit: venv grafana-schema ## lint, unit and component tests (no cluster)
 	@$(PY) -m pytest tests -q
 
 cluster-build: ## build the pinned control-plane binaries and the kubelet into $(CACHE)/bin (cached)
@@ -45,9 +49,9 @@ cluster-env: ## print shell exports for the local cluster: eval $$(make -s clust
 	@echo "export KUBECONFIG=$(CURDIR)/$(STATE)/kubeconfig"
 	@echo "export PATH=$(CACHE)/bin:\$$PATH"
 
-cluster-down: ## stop the operator, pod runner and local cluster (real node included), leaving nothing behind
-	@if [ -x $(PY) ]; then $(PY) -m e2e.harness.dev down && $(PY) -m e2e.harness.cluster down; \
-	else echo "no venv, nothing to stop"; fi
+cluster-down: ## stop the operator, pod runner and local cluster (and the test suite's), leaving no process behind
+	@if [ -x $(PY) ]; then $(PY) -m e2e.harness.dev down && $(PY) -m e2e.harness.cluster down \
+	  && $(PY) -m e2e.harness.suite down; else echo "no venv, nothing to stop"; fi
 
 dev-up: cluster-up ## cluster + CRD + the operator and the pod runner (real sidecars) in the background
 	@$(PY) -m e2e.harness.dev up
@@ -55,13 +59,24 @@ dev-up: cluster-up ## cluster + CRD + the operator and the pod runner (real side
 dev-down: ## stop the operator and the pod runner (the cluster keeps running)
 	@if [ -x $(PY) ]; then $(PY) -m e2e.harness.dev down; fi
 
+images: venv ## sidecar, operator and example-app images, no Docker/registry (cached by content; ~5 min cold)
+	@$(PY) -m e2e.harness.images
+
 debs: ## Debian packages the cluster and e2e suite use (containerd, runc, CNI, prometheus...), installed once
 	@bash scripts/ensure-debs.sh
+
+grafana-schema: ## Grafana's published dashboard schema (npm @grafana/schema) for the dashboard test, once
+	@bash scripts/ensure-grafana-schema.sh || echo "[grafana-schema] not installed: tests/checks/test_dashboard_schema.py will skip, naming why"
 
 e2e: venv cluster-build debs ## end-to-end tests on the real local control plane
 	@$(PY) -m pytest e2e -q -p no:cacheprovider
 
-test: venv cluster-build debs ## unit + e2e
+# Any cluster (kind, ...): nothing is started; load the images first (README, "e2e on kind").
+e2e-cluster: venv ## end-to-end tests against the cluster in KUBECONFIG (local-harness scenarios skip)
+	@test -n "$$KUBECONFIG" || { echo "e2e-cluster: set KUBECONFIG to the cluster to test (kind get kubeconfig > kc; KUBECONFIG=$$PWD/kc)"; exit 2; }
+	@PERFPILOT_E2E_EXTERNAL=1 $(PY) -m pytest e2e -q -p no:cacheprovider -rs
+
+test: venv cluster-build debs grafana-schema images ## lint + unit + e2e
 	@$(PY) -m pytest tests e2e -q
 
 demo: dev-up ## local cluster + operator + example profiles: injection, live config, alerts, autoscaling
@@ -77,4 +92,4 @@ bench-operator: venv cluster-build debs ## operator figures only (~3 min; not wi
 	@$(PY) -m bench.operator_bench
 
 clean: cluster-down
-	rm -rf $(VENV) $(STATE)
+	rm -rf $(VENV) $(STATE) e2e/.state-test

@@ -25,9 +25,10 @@ from typing import Any
 
 from bench.common import Entry, entry, failed_entry, free_port, median
 from bench.procs import PY, Child, ChildFailed, Procs, tree_cpu_ns, tree_cpu_seconds, tree_rss, wait_serving
+from perfpilot_contract.limits import KERNEL_NAMES
 
 Want = Callable[[str], bool]
-ALL_KERNELS = ["cosine_topk", "normalize_score", "weighted_mean"]
+ALL_KERNELS = list(KERNEL_NAMES)
 MB = 1e6
 
 UNITS: dict[str, str] = {
@@ -389,7 +390,6 @@ def _load(procs: Procs, quick: bool, k: Child, k_uds: str, b: Child, b_uds: str)
 
 def _load_steps(procs: Procs, quick: bool, k: Child, k_uds: str, b: Child, b_uds: str) -> dict[str, Entry]:
     """Highest offered rate with p99 < 100 ms and no errors, sidecar vs bare, and why the search stopped."""
-    from bench.loadgen import MIX_TEXT
 
     step = 2.0 if quick else 5.0
     rates = [1000, 2000, 3000, 4000, 5000, 6000, 8000, 10000, 12000, 16000]

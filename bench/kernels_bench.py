@@ -24,7 +24,8 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 

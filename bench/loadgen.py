@@ -41,7 +41,6 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import grpc
 from grpc import aio
 
 from bench.bare_server import EMPTY_METHOD

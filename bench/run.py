@@ -72,7 +72,7 @@ def meta(mode: str, started: float, wall: float, load_before: Sequence[float], p
     except (OSError, subprocess.SubprocessError):
         commit = "?"
     return {
-        "timestamp": dt.datetime.fromtimestamp(started, dt.timezone.utc).isoformat(timespec="seconds"),
+        "timestamp": dt.datetime.fromtimestamp(started, dt.UTC).isoformat(timespec="seconds"),
         "mode": mode,
         "wall_seconds": round(wall, 1),
         "cpu_count": os.cpu_count(),

@@ -114,9 +114,10 @@ def table(title: str, description: str, query: Query, *, hide: Sequence[str]) ->
     organize = dm.DataTransformerConfig(
         id_val="organize",
         options={"excludeByName": {name: True for name in hide}, "renameByName": {}})
+    # frameIndex and showHeader are required by the table's published options type.
     return (tableb.Panel().title(title).description(description).datasource(DATASOURCE)
             .targets(_targets([query], instant=True, table=True))
-            .with_transformation(organize))
+            .with_transformation(organize).frame_index(0).show_header(True))
 
 
 class Layout:
@@ -149,6 +150,14 @@ def new_dashboard(uid: str, title: str, description: str) -> db.Dashboard:
 
 
 def encode(dashboard: db.Dashboard) -> str:
-    """Stable JSON (sorted keys, two-space indent, final newline): what is committed."""
-    return json.dumps(dashboard.build(), cls=JSONEncoder, indent=2, sort_keys=True,
+    """Stable JSON (sorted keys, two-space indent, final newline): what is committed.
+
+    The SDK writes the interval variable's auto/auto_min/auto_count on every variable; Grafana's
+    published schema (@grafana/schema, tests/checks/test_dashboard_schema.py) has no such fields
+    on the other kinds, so they are dropped there."""
+    model = dashboard.build()
+    for var in model.templating.list_val or []:
+        if var.type_val != dm.VariableType.INTERVAL:
+            var.auto = var.auto_min = var.auto_count = None
+    return json.dumps(model, cls=JSONEncoder, indent=2, sort_keys=True,
                       ensure_ascii=False) + "\n"

@@ -1,7 +1,9 @@
 """Session fixtures for the end-to-end suite: a real local control plane.
 
-The cluster is started once per session (or reused when `make cluster-up` already runs one,
-in which case it is left running afterwards). Each test gets its own namespace.
+The suite runs on a cluster of its own (e2e/harness/suite.py: its own state dir and port base),
+never the one `make demo` / `make dev-up` leaves running, whose operator would reconcile the
+tests' profiles too. The cluster is started once per session and stopped after it (kept with
+PERFPILOT_KEEP_CLUSTER=1, then reused by the next run). Each test gets its own namespace.
 """
 
 from __future__ import annotations
@@ -9,23 +11,38 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from e2e.harness import dev
-from e2e.harness.cluster import LocalCluster, Ports
+from e2e.harness.suite import isolate
+
+isolate()   # before the harness reads PERFPILOT_STATE / PERFPILOT_PORT_BASE
+
+from e2e.harness import dev  # noqa: E402
+from e2e.harness.anycluster import LOCAL_ONLY, ExternalCluster, external  # noqa: E402
+from e2e.harness.cluster import ClusterError, LocalCluster, Ports  # noqa: E402
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "local_harness: needs the local control plane's own "
+                                       "processes or kwok; skipped by `make e2e-cluster`")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "/e2e/" in str(item.path):
             item.add_marker(pytest.mark.e2e)
+            if external() and item.get_closest_marker("local_harness"):
+                item.add_marker(pytest.mark.skip(reason=LOCAL_ONLY))
+
+
+def current_cluster() -> LocalCluster:
+    """The cluster this session tests: the local one, or $KUBECONFIG's (make e2e-cluster)."""
+    return ExternalCluster.from_env() if external() else LocalCluster()
 
 
 _SESSION_START = time.time()
@@ -46,7 +63,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     report = outcome.get_result()
     if report.when != "call" or not report.failed or "/e2e/" not in str(item.path):
         return
-    cluster = LocalCluster()
+    cluster = current_cluster()
     state = cluster.state
     logs = [state / "logs" / f"{name}.log"
             for name in ("operator", "podrunner", "kubelet", "containerd")]
@@ -69,6 +86,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[LocalCluster]:
+    if external():
+        ext = ExternalCluster.from_env()
+        if not ext.is_up():
+            raise ClusterError(f"the cluster in {ext.kubeconfig} does not answer /readyz")
+        print(f"\n[e2e] external cluster {ext.server} ({ext.kubeconfig}); nothing is started")
+        ext.apply_crds()
+        os.environ["KUBECONFIG"] = str(ext.kubeconfig)
+        yield ext
+        return
     c = LocalCluster()
     started_here = not c.is_up()
     if started_here:
@@ -125,10 +151,12 @@ def _stop_process(proc: subprocess.Popen[bytes]) -> None:
 @pytest.fixture(scope="session")
 def podrunner(cluster: LocalCluster) -> Iterator[subprocess.Popen[bytes]]:
     """Real sidecar processes for injected pods (see e2e/harness/podrunner.py)."""
-    # A `make dev-up` operator / pod runner would fight ours over webhooks and pod IPs.
+    if external():
+        pytest.skip(LOCAL_ONLY)
+    # Leftovers of a killed run on the suite's cluster would fight ours over webhooks and pod IPs.
     for name in ("operator", "podrunner"):
         if dev.stop(cluster, name):
-            print(f"\n[e2e] stopped the dev {name} (make dev-up) for the test session")
+            print(f"\n[e2e] stopped a leftover {name} on the suite's cluster")
     proc = dev.start(cluster, "podrunner", dev.podrunner_command(), {})
     yield proc
     _stop_process(proc)

@@ -7,7 +7,11 @@ import ipaddress
 import json
 import time
 
+import pytest
+
 from e2e.harness.cluster import LocalCluster
+
+pytestmark = pytest.mark.local_harness
 
 DEPLOYMENT = """
 apiVersion: apps/v1

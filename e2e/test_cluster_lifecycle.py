@@ -9,8 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from e2e.harness.cluster import ROOT, Ports, _processes_mentioning
 from e2e.harness.node import SYSCTL_SAVE, NodeNetwork, RealNode, _mounts_under, enabled
+
+pytestmark = pytest.mark.local_harness
 
 
 def _anything_mentioning(needle: str) -> list[str]:

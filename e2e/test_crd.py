@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from e2e.harness.cluster import LocalCluster
+from perfpilot_contract.limits import KERNEL_NAMES
 
 pytestmark = pytest.mark.e2e
 
@@ -129,6 +130,8 @@ INVALID: list[Invalid] = [
             (f"{APP}.limits.cpu", "limits.cpu (2) must be >= requests.cpu (3)")),
     Invalid("sidecar-memory-limit-below-request", {f"{SC}.limits.memory": "32Mi"},
             (f"{SC}.limits.memory", "limits.memory (32Mi) must be >= requests.memory (64Mi)")),
+    Invalid("shared-memory-below-a-pods-own", {"spec.resources.sharedMemory": "32Mi"},
+            ("spec.resources.sharedMemory", "must be a quantity of at least 64Mi")),
     Invalid("sidecar-limit-below-defaulted-request",
             {"spec.resources": {"sidecar": {"limits": {"cpu": "20m", "memory": "256Mi"}}}},
             (f"{SC}.limits.cpu", "limits.cpu (20m) must be >= requests.cpu (50m)")),
@@ -197,6 +200,9 @@ INVALID: list[Invalid] = [
     Invalid("duplicate-alert-names", {"spec.alerts[1].name": "HeartbeatSlow"},
             ("spec.alerts[1]", "Duplicate value",
              'alert names must be unique within a profile, repeated: ["HeartbeatSlow"]')),
+    Invalid("enum-warm-kernel", {"spec.kernels.warm": ["cosine_topk", "cosine_top_k"]},
+            ("spec.kernels.warm[1]", "Unsupported value", '"cosine_top_k"',
+             *(f'"{k}"' for k in KERNEL_NAMES))),
     Invalid("duplicate-warm-kernels", {"spec.kernels.warm": ["cosine_topk", "cosine_topk"]},
             ("spec.kernels.warm[1]", "Duplicate value")),
     # --- selector
@@ -320,10 +326,10 @@ def test_example_is_accepted_with_defaults(crd: LocalCluster, namespace: str, pa
     # What the user wrote comes back unchanged ...
     _assert_contains(spec, written["spec"], "spec")
     # ... and every default is filled in, whether or not the parent object was written.
-    assert spec["heartbeat"] == written["spec"].get("heartbeat", {"interval": "5s",
-                                                                   "timeout": "200ms"})
-    pools = {"processWorkers": 2, "threadWorkers": 8, "maxQueue": 1000, "batchSize": 100,
-             "batchWait": "10ms"}
+    # The members of a pair (heartbeat interval/timeout, pools maxQueue/batchSize) have no schema
+    # default: defaults run before CEL (the contract's conversion fills them in the sidecar).
+    assert spec["heartbeat"] == written["spec"].get("heartbeat", {})
+    pools = {"processWorkers": 2, "threadWorkers": 8, "batchWait": "10ms"}
     assert spec["pools"] == {**pools, **written["spec"].get("pools", {})}
     assert spec["cache"] == {"ttl": "5m", "maxEntries": 10000, **written["spec"].get("cache", {})}
     assert spec["kernels"]["parallel"] is True
@@ -424,6 +430,22 @@ def test_invalid_profile_is_rejected(crd: LocalCluster, shared_namespace: str,
     # Nothing was stored.
     get = crd.kubectl("get", "pp", doc["metadata"]["name"], "-n", shared_namespace, check=False)
     assert get.returncode != 0 and "NotFound" in get.stderr
+
+
+def test_one_member_of_a_pair_and_caching_off_are_accepted(crd: LocalCluster, namespace: str) -> None:
+    """Values the contract calls valid are stored as written, with no default joining a pair."""
+    doc = _example("01-minimal")
+    doc["spec"].update(pools={"maxQueue": 64}, heartbeat={"interval": "150ms"},
+                       cache={"ttl": "0s", "maxEntries": 0},
+                       kernels={"warm": list(KERNEL_NAMES)})
+    crd.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc))
+    spec = json.loads(crd.kubectl("get", "pp", doc["metadata"]["name"], "-n", namespace,
+                                  "-o", "json").stdout)["spec"]
+    assert spec["pools"] == {"maxQueue": 64, "processWorkers": 2, "threadWorkers": 8,
+                             "batchWait": "10ms"}
+    assert spec["heartbeat"] == {"interval": "150ms"}
+    assert spec["cache"] == {"ttl": "0s", "maxEntries": 0}
+    assert spec["kernels"]["warm"] == list(KERNEL_NAMES)
 
 
 def test_server_dry_run_rejects_like_apply(crd: LocalCluster, shared_namespace: str) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
+from e2e.harness.anycluster import helm_image_args
 from e2e.harness.cluster import ROOT, LocalCluster
 
 CHART = ROOT / "charts" / "perfpilot"
@@ -133,7 +134,13 @@ def release(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
            "HELM_CONFIG_HOME": str(helm_home / "config"),
            "HELM_DATA_HOME": str(helm_home / "data")}
     r = Release(cluster, f"pp-{suffix}", f"e2e-helm-{suffix}", env)
-    r.install_output = r.helm("install", r.name, str(CHART), "--create-namespace",
+    # Pod Security `restricted` enforced where the chart goes: the operator's pod and the
+    # uninstall hook's Job pod are admitted by the API server's own policy, or nothing runs.
+    cluster.kubectl("create", "namespace", r.namespace)
+    cluster.kubectl("label", "namespace", r.namespace,
+                    "pod-security.kubernetes.io/enforce=restricted",
+                    "pod-security.kubernetes.io/enforce-version=latest")
+    r.install_output = r.helm("install", r.name, str(CHART), *helm_image_args(),
                               "--wait", "--timeout", "120s").stdout
     yield r
     r.helm("uninstall", r.name, "--wait", "--timeout", "120s", "--ignore-not-found",
@@ -179,6 +186,7 @@ def test_install_creates_the_operator_and_its_rbac(release: Release) -> None:
                                                        "fieldPath": "metadata.namespace"}}
 
 
+@pytest.mark.local_harness
 def test_operator_pod_runs_on_a_kwok_node(release: Release) -> None:
     r = release
     [pod] = _wait(lambda: [p for p in _operator_pods(r) if _running_ready(p)],
@@ -204,6 +212,7 @@ ALLOWED = [
     ("list", "pods", "-A"), ("watch", "pods", "-A"),
     ("patch", "pods", "--subresource=resize", "-n", "anywhere"),   # in-place resize
     ("watch", "horizontalpodautoscalers.autoscaling", "-A"),
+    ("watch", "replicasets.apps", "-A"),        # pods refused at creation (ReplicaFailure)
     ("watch", "customresourcedefinitions.apiextensions.k8s.io"),
     # the agent token Secret of each profile namespace
     ("create", "secrets", "-n", "anywhere"),

@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(make -s cluster-env)"
 PY=.venv/bin/python
+METRICS_PORT=$((28080 + ${PERFPILOT_PORT_BASE:-0}))   # the dev operator's (e2e/harness/dev.py)
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 wait_until() {  # wait_until <seconds> <what> <command...>: poll until the command succeeds
   local limit=$1 what=$2; shift 2
@@ -77,7 +78,7 @@ cat <<EOF2
 Everything keeps running. Try it yourself:
   eval \$(make -s cluster-env)
   kubectl get pp -A                           # profiles, readiness, replicas, firing alerts
-  curl -s 127.0.0.1:28080/metrics | grep perfpilot_operator_   # what the operator decided on
+  curl -s 127.0.0.1:${METRICS_PORT}/metrics | grep perfpilot_operator_   # what the operator decided on
   .venv/bin/python -m e2e.harness.dev load --namespace latency --selector app=answers --latency 0.3 --seconds 30
   make cluster-down                           # stop the operator, sidecars and the cluster
 EOF2

@@ -17,12 +17,13 @@ import time
 import urllib.request
 from pathlib import Path
 
-from e2e.harness.cluster import ROOT, LocalCluster, _pid_alive, _terminate
+from e2e.harness.cluster import ROOT, LocalCluster, Ports, _pid_alive, _terminate
 
-# Away from the common 8080/8081/9443, which other local tools like to hold.
-OPERATOR_WEBHOOK_PORT = 29443
-OPERATOR_HEALTH_PORT = 28081
-OPERATOR_METRICS_PORT = 28080
+# Away from the common 8080/8081/9443, which other local tools like to hold; offset by
+# PERFPILOT_PORT_BASE like the cluster's own ports, so two dev set-ups run side by side.
+OPERATOR_WEBHOOK_PORT = 29443 + Ports().base
+OPERATOR_HEALTH_PORT = 28081 + Ports().base
+OPERATOR_METRICS_PORT = 28080 + Ports().base
 
 
 def operator_env(cluster: LocalCluster, *, webhook_port: int, health_port: int,

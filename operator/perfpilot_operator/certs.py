@@ -41,11 +41,11 @@ def ensure_webhook_certs(directory: Path, names: list[str]) -> WebhookCerts:
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         have = {str(v) for v in sans.get_values_for_type(x509.DNSName)}
         have |= {str(v) for v in sans.get_values_for_type(x509.IPAddress)}
-        fresh = cert.not_valid_after_utc > dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=7)
+        fresh = cert.not_valid_after_utc > dt.datetime.now(dt.UTC) + dt.timedelta(days=7)
         if set(names) <= have and fresh:
             return certs
     directory.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "perfpilot-webhook-ca")])
     ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)

@@ -42,7 +42,7 @@ class MonitorState:
 
 
 def _iso(ts: float) -> str:
-    return now_iso(dt.datetime.fromtimestamp(ts, dt.timezone.utc))
+    return now_iso(dt.datetime.fromtimestamp(ts, dt.UTC))
 
 
 @dataclass
@@ -109,8 +109,8 @@ async def observe(*, rt: Runtime, memo: Any, body: kopf.Body, namespace: str, na
     rules = mon.alert_rules(spec)
     state.alerts, changes = mon.advance_alerts(rules, state.alerts, values, now)
     for ch in changes:
-        value = f"{ch.value:g}" if ch.value is not None else "n/a"
-        text = f"{ch.rule.metric} = {value} {ch.rule.op} {ch.rule.threshold:g}"
+        shown = f"{ch.value:g}" if ch.value is not None else "n/a"
+        text = f"{ch.rule.metric} = {shown} {ch.rule.op} {ch.rule.threshold:g}"
         if ch.transition is Transition.FIRED:
             await post_event(rt, body, "Warning", "AlertFiring",
                              f"{ch.rule.name} ({ch.rule.severity}) firing: {text}", logger)

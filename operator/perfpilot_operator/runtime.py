@@ -20,6 +20,8 @@ class Runtime:
     prometheus_rules: bool = False        # monitoring.coreos.com/v1 PrometheusRule is served
     prometheus_rules_checked: float | None = None   # monotonic time of the last discovery
     ca_bundle: bytes = b""
+    # kopf's index of ReplicaSets whose pods the API server refuses (handlers/indexes.py).
+    refusals: Any = None
     tokens: dict[str, str] = field(default_factory=dict)   # namespace -> agent token
     # (namespace, name) -> per-profile memory (generations applied, alert and scaler state),
     # shared by the spec handlers and the resync loop: see handlers/profiles.profile_state.

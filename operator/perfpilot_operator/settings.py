@@ -65,6 +65,8 @@ class Settings:
             native_sidecar=_env("PERFPILOT_NATIVE_SIDECAR", d.native_sidecar),
             sidecar=SidecarTemplate(
                 image=_env("PERFPILOT_SIDECAR_IMAGE", d.sidecar.image),
+                image_pull_policy=_env("PERFPILOT_SIDECAR_PULL_POLICY",
+                                       d.sidecar.image_pull_policy),
                 command=command,
                 grpc_port=int(_env("PERFPILOT_SIDECAR_PORT", str(d.sidecar.grpc_port))),
                 metrics_port=int(_env("PERFPILOT_SIDECAR_METRICS_PORT",

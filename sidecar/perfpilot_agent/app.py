@@ -1,7 +1,8 @@
 """AgentApp: wires the runtime to two gRPC servers, /metrics and the health service.
 
-Two grpc.aio servers share one servicer: the Unix-socket server (trusted, the app container) has no
-interceptor; the TCP server (the operator) has the bearer-token interceptor. Splitting them is
+Two grpc.aio servers share one servicer: the Unix-socket server (trusted, the app container) has only
+the decode guard (bytes that do not parse -> INVALID_ARGUMENT); the TCP server (the operator) checks
+the bearer token first, then the same guard. Splitting them is
 what lets the trust decision depend on the listener rather than on parsing peer strings.
 Lifecycle: start() binds and returns; readiness follows warm-up; stop() drains and cleans up.
 """
@@ -39,6 +40,7 @@ from perfpilot_agent.runtime.heartbeat import ProcessSampler, Sample
 from perfpilot_agent.runtime.monitor import Monitor, RpcStats
 from perfpilot_agent.server.agent import AgentServicer
 from perfpilot_agent.server.auth import BearerTokenInterceptor
+from perfpilot_agent.server.decoding import DecodeGuard, DecodeInterceptor
 from perfpilot_agent.server.events import EventBus
 from perfpilot_agent.server.health import Health
 
@@ -82,6 +84,7 @@ class AgentApp:
         self.health = Health()
         self.auth = BearerTokenInterceptor(settings.token)
         self.servicer = AgentServicer(self)
+        self.malformed = DecodeGuard(self.rpc_stats.record)
         self.metrics_registry = metrics_registry or CollectorRegistry()
         AgentCollector(self, registry=self.metrics_registry)
         self.unix_server: aio.Server | None = None
@@ -131,7 +134,7 @@ class AgentApp:
         a = s.agent
         return pb.HeartbeatResponse(
             sequence=sequence,
-            state=self.state,  # type: ignore[arg-type]
+            state=self.state,
             time_unix_nano=time.time_ns(),
             uptime_seconds=self.uptime(),
             generation=self.generation,
@@ -224,7 +227,7 @@ class AgentApp:
             ("grpc.so_reuseport", 0),
         ]
         if self.settings.socket_path:
-            self.unix_server = self._server(options, interceptors=())
+            self.unix_server = self._server(options, interceptors=(DecodeInterceptor(self.malformed),))
             path = Path(self.settings.socket_path)
             if not path.parent.exists():
                 path.parent.mkdir(parents=True, mode=0o700)
@@ -236,7 +239,8 @@ class AgentApp:
             await self.unix_server.start()
             os.chmod(path, 0o666)  # the app container may run as another uid; the directory guards access
         if self.settings.port >= 0:
-            self.tcp_server = self._server(options, interceptors=(self.auth,))
+            # auth first: an unauthenticated body is refused before anything parses it
+            self.tcp_server = self._server(options, interceptors=(self.auth, DecodeInterceptor(self.malformed)))
             self.tcp_port = self.tcp_server.add_insecure_port(f"{self.settings.listen_host}:{self.settings.port}")
             await self.tcp_server.start()
         if self.settings.metrics_port >= 0:

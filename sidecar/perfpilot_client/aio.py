@@ -12,7 +12,7 @@ import asyncio
 import inspect
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -45,7 +45,7 @@ class AsyncAgentClient(_Base):
         super().__init__(target, token=token, timeout=timeout, shm_threshold=shm_threshold,
                          batch_size=batch_size, batch_wait=batch_wait, max_message_bytes=max_message_bytes)
         self._channel: aio.Channel | None = None
-        self._stub: pb_grpc.AgentStub | None = None
+        self._stub: pb_grpc.AgentAsyncStub | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._flusher: asyncio.Task[None] | None = None
@@ -64,7 +64,7 @@ class AsyncAgentClient(_Base):
         await self.close()
 
     @property
-    def stub(self) -> pb_grpc.AgentStub:
+    def stub(self) -> pb_grpc.AgentAsyncStub:
         """The stub on this loop's channel (created on first use)."""
         if self._stub is None:
             self._loop = asyncio.get_running_loop()
@@ -167,7 +167,7 @@ class AsyncAgentClient(_Base):
             if not self._closed and len(self.timings.items) < self.timings.batch_size:
                 try:
                     await asyncio.wait_for(self._full.wait(), self.timings.batch_wait)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
             self._full.clear()
             await self.flush()
@@ -231,7 +231,7 @@ class AsyncAgentClient(_Base):
             self._watcher = asyncio.get_running_loop().create_task(self._watch())
         try:
             await asyncio.wait_for(self._attempted.wait(), self.timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     async def _watch(self) -> None:
@@ -264,7 +264,7 @@ class AsyncAgentClient(_Base):
 
     def watch_events(
         self, types: Sequence[int] = (), *, since: int = 0, max_batch: int = 0
-    ) -> AsyncIterator[pb.EventBatch]:
+    ) -> aio.UnaryStreamCall[pb.WatchEventsRequest, pb.EventBatch]:
         """Raw WatchEvents stream (the first batch arrives at once and may be empty)."""
         req = pb.WatchEventsRequest(types=list(types), since_sequence=since, max_batch=max_batch)  # type: ignore[arg-type]
-        return self.stub.WatchEvents(req, metadata=self.metadata)  # type: ignore[no-any-return]
+        return self.stub.WatchEvents(req, metadata=self.metadata)

@@ -19,7 +19,7 @@ import grpc
 from perfpilot.v1 import agent_pb2 as pb
 from perfpilot.v1 import agent_pb2_grpc as pb_grpc
 from perfpilot_client import tensors
-from perfpilot_client.config import AgentConfig, is_local, normalize_target
+from perfpilot_client.config import AgentConfig, Pools, is_local, normalize_target
 from perfpilot_client.measure import Measure, ThreadFlusher, TimingBuffer
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,9 @@ class _Base:
         if shm_threshold is None and is_local(self.target):
             shm_threshold = DEFAULT_SHM_THRESHOLD
         self.shm_threshold = shm_threshold if is_local(self.target) else None
-        self.timings = TimingBuffer(batch_size=batch_size or 100, batch_wait=0.01 if batch_wait is None else batch_wait)
+        defaults = Pools()  # the contract's defaults until the live config arrives
+        self.timings = TimingBuffer(batch_size=batch_size or defaults.batch_size,
+                                    batch_wait=defaults.batch_wait if batch_wait is None else batch_wait)
         self.segment_pool = tensors.SegmentPool()
         self._batch_fixed = batch_size is not None, batch_wait is not None
         self.channel_options = [
@@ -257,7 +259,7 @@ class AgentClient(_Base):
             except grpc.RpcError as exc:
                 self._watching.clear()
                 self._attempted.set()
-                if self._closed.is_set() or exc.code() == grpc.StatusCode.CANCELLED:  # type: ignore[attr-defined]
+                if self._closed.is_set() or exc.code() == grpc.StatusCode.CANCELLED:
                     return
                 log.debug("config watch interrupted: %s", exc)
             if self._closed.wait(backoff):
@@ -271,5 +273,5 @@ class AgentClient(_Base):
     ) -> Iterator[pb.EventBatch]:
         """Raw WatchEvents stream (the first batch arrives at once and may be empty)."""
         req = pb.WatchEventsRequest(types=list(types), since_sequence=since, max_batch=max_batch)  # type: ignore[arg-type]
-        return self.stub.WatchEvents(req, metadata=self.metadata)  # type: ignore[no-any-return]
+        return self.stub.WatchEvents(req, metadata=self.metadata)
 

@@ -1,6 +1,7 @@
 """Where the agent is, how to authenticate, and the app-side view of the live config.
 
-Self-contained on purpose: the client library must not import the agent package (apps stay light).
+The client library must not import the agent package (apps stay light); the live config's
+sections and defaults come from perfpilot_contract, which imports neither NumPy nor numba.
 """
 
 from __future__ import annotations
@@ -10,6 +11,10 @@ import tempfile
 from dataclasses import dataclass, field
 
 from perfpilot.v1 import agent_pb2 as pb
+from perfpilot_contract.liveconfig import Cache, Heartbeat, Kernels, Pools, read_proto
+
+__all__ = ["AgentConfig", "Cache", "Heartbeat", "Kernels", "Pools", "default_target", "is_local",
+           "normalize_target"]
 
 POD_SOCKET = "/var/run/perfpilot/agent.sock"
 
@@ -41,48 +46,12 @@ def is_local(target: str) -> bool:
     return target.startswith("unix:")
 
 
-def _seconds(d: object) -> float:
-    return d.seconds + d.nanos / 1e9  # type: ignore[attr-defined]
-
-
-@dataclass(frozen=True)
-class Pools:
-    """spec.pools as applied by the agent."""
-
-    process_workers: int = 2
-    thread_workers: int = 8
-    max_queue: int = 1000
-    batch_size: int = 100
-    batch_wait: float = 0.01
-
-
-@dataclass(frozen=True)
-class Cache:
-    """spec.cache as applied (ttl in seconds)."""
-
-    ttl: float = 300.0
-    max_entries: int = 10000
-
-
-@dataclass(frozen=True)
-class Heartbeat:
-    """spec.heartbeat as applied (seconds)."""
-
-    interval: float = 5.0
-    timeout: float = 0.2
-
-
-@dataclass(frozen=True)
-class Kernels:
-    """spec.kernels as applied."""
-
-    warm: tuple[str, ...] = ()
-    parallel: bool = True
-
-
 @dataclass(frozen=True)
 class AgentConfig:
-    """The live config the app sees; `generation` is the PerfProfile generation it came from."""
+    """The live config the app sees; `generation` is the PerfProfile generation it came from.
+
+    The sections (and their defaults) are the contract's: perfpilot_contract.liveconfig.
+    """
 
     generation: int = 0
     pools: Pools = field(default_factory=Pools)
@@ -93,11 +62,6 @@ class AgentConfig:
     @classmethod
     def from_proto(cls, generation: int, msg: pb.AgentConfig) -> AgentConfig:
         """Build from the wire message (GetConfig, or a CONFIG_APPLIED event)."""
-        p, c, h, k = msg.pools, msg.cache, msg.heartbeat, msg.kernels
-        return cls(
-            generation=generation,
-            pools=Pools(p.process_workers, p.thread_workers, p.max_queue, p.batch_size, _seconds(p.batch_wait)),
-            cache=Cache(_seconds(c.ttl), c.max_entries),
-            heartbeat=Heartbeat(_seconds(h.interval), _seconds(h.timeout)),
-            kernels=Kernels(tuple(k.warm), k.parallel),
-        )
+        live = read_proto(msg)
+        return cls(generation=generation, pools=live.pools, cache=live.cache,
+                   heartbeat=live.heartbeat, kernels=live.kernels)

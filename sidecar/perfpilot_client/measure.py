@@ -16,6 +16,7 @@ from collections.abc import Callable
 from types import TracebackType
 
 from perfpilot.v1 import agent_pb2 as pb
+from perfpilot_contract.liveconfig import Pools
 
 Observation = tuple[str, float, bool]
 
@@ -23,7 +24,8 @@ Observation = tuple[str, float, bool]
 class TimingBuffer:
     """Thread-safe bounded buffer of (op, seconds, error) with flush signalling."""
 
-    def __init__(self, *, batch_size: int = 100, batch_wait: float = 0.01, max_buffer: int = 100_000) -> None:
+    def __init__(self, *, batch_size: int = Pools.batch_size, batch_wait: float = Pools.batch_wait,
+                 max_buffer: int = 100_000) -> None:
         self.batch_size = batch_size
         self.batch_wait = batch_wait
         self.items: deque[Observation] = deque(maxlen=max_buffer)

@@ -8,20 +8,17 @@ unlinked here (the caller owns them).
 from __future__ import annotations
 
 from collections.abc import Mapping
+import os
 import threading
-from multiprocessing import shared_memory
+from multiprocessing import resource_tracker, shared_memory
 from typing import Any
 
 import numpy as np
 
 from perfpilot.v1 import agent_pb2 as pb
+from perfpilot_contract import dtypes
 
-DTYPES: dict[int, np.dtype[Any]] = {
-    pb.DTYPE_FLOAT32: np.dtype("<f4"),
-    pb.DTYPE_FLOAT64: np.dtype("<f8"),
-    pb.DTYPE_INT32: np.dtype("<i4"),
-    pb.DTYPE_INT64: np.dtype("<i8"),
-}
+DTYPES: dict[int, np.dtype[Any]] = {d.code: np.dtype(d.numpy) for d in dtypes.DTYPES}
 CODES: dict[str, int] = {dt.str: code for code, dt in DTYPES.items()}
 
 
@@ -31,6 +28,15 @@ def _drop(seg: shared_memory.SharedMemory) -> None:
         seg.unlink()
     except FileNotFoundError:
         pass
+
+
+def new_segment(nbytes: int) -> shared_memory.SharedMemory:
+    """A segment the sidecar can read although it runs as another uid (the injected sidecar is
+    65532, the app anything): SharedMemory creates 0600. Readable by the pod only: /dev/shm is
+    the pod's own tmpfs."""
+    seg = shared_memory.SharedMemory(create=True, size=max(nbytes, 1))
+    os.fchmod(seg._fd, 0o644)  # type: ignore[attr-defined]
+    return seg
 
 
 class SegmentPool:
@@ -51,7 +57,7 @@ class SegmentPool:
                 seg = min(fits, key=lambda s: s.size)
                 self._free.remove(seg)
                 return seg
-        return shared_memory.SharedMemory(create=True, size=max(nbytes, 1))
+        return new_segment(nbytes)
 
     def release(self, segments: list[shared_memory.SharedMemory]) -> None:
         with self._lock:
@@ -78,8 +84,7 @@ class Segments:
         self.pool = pool
 
     def new(self, nbytes: int) -> shared_memory.SharedMemory:
-        seg = (self.pool.acquire(nbytes) if self.pool is not None
-               else shared_memory.SharedMemory(create=True, size=max(nbytes, 1)))
+        seg = self.pool.acquire(nbytes) if self.pool is not None else new_segment(nbytes)
         self.items.append(seg)
         return seg
 
@@ -124,6 +129,10 @@ def decode(t: pb.Tensor) -> np.ndarray:
                 seg.unlink()
             except FileNotFoundError:
                 pass
+            except PermissionError:
+                # A sticky /dev/shm (the host's, not the pod's emptyDir) keeps another uid's
+                # file: the sidecar unlinks its outputs after their grace period anyway.
+                resource_tracker.unregister(seg._name, "shared_memory")  # type: ignore[attr-defined]
         return out
     return np.frombuffer(t.raw, dtype=dtype).reshape(shape).copy()
 

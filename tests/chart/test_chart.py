@@ -72,7 +72,11 @@ def env_of(container: dict[str, Any]) -> dict[str, Any]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
 
 
-DEFAULT = render()
+@pytest.fixture(scope="module")
+def default() -> list[dict[str, Any]]:
+    """The chart rendered with its default values (in a fixture, so the module's skip applies
+    when helm is missing instead of the import failing)."""
+    return render()
 
 
 # ------------------------------------------------------------------------------------ lint
@@ -100,9 +104,9 @@ def test_chart_ships_the_crd_unchanged() -> None:
 
 
 # ------------------------------------------------------------------------------------ kinds
-def test_default_render_has_the_expected_objects() -> None:
+def test_default_render_has_the_expected_objects(default: list[dict[str, Any]]) -> None:
     kinds = sorted((d["kind"], d["metadata"]["labels"]["app.kubernetes.io/component"])
-                   for d in DEFAULT)
+                   for d in default)
     assert kinds == sorted([
         ("ServiceAccount", "operator"), ("ClusterRole", "operator"),
         ("ClusterRoleBinding", "operator"), ("Service", "operator"), ("Deployment", "operator"),
@@ -112,24 +116,24 @@ def test_default_render_has_the_expected_objects() -> None:
         # one per Grafana dashboard in charts/perfpilot/dashboards/
         ("ConfigMap", "dashboards"), ("ConfigMap", "dashboards"),
     ])
-    for d in DEFAULT:
+    for d in default:
         if d["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
             assert d["metadata"]["namespace"] == "perfpilot-system", d["kind"]
         assert d["metadata"]["labels"]["app.kubernetes.io/part-of"] == "perfpilot"
 
 
-def test_deployment_defaults() -> None:
-    dep = one(DEFAULT, "Deployment")
+def test_deployment_defaults(default: list[dict[str, Any]]) -> None:
+    dep = one(default, "Deployment")
     assert dep["spec"]["replicas"] == 1
     assert dep["spec"]["strategy"] == {"type": "Recreate"}   # never two operators at once
     pod = dep["spec"]["template"]["spec"]
-    assert pod["serviceAccountName"] == one(DEFAULT, "ServiceAccount")["metadata"]["name"]
-    c = operator_container(DEFAULT)
+    assert pod["serviceAccountName"] == one(default, "ServiceAccount")["metadata"]["name"]
+    c = operator_container(default)
     assert c["image"] == "perfpilot/operator:0.1.0"
     assert c["command"] == ["perfpilot-operator"] and c["args"] == ["--log-format=json", "--log-level=info"]
     assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
-    crb = one(DEFAULT, "ClusterRoleBinding")
-    assert crb["roleRef"]["name"] == one(DEFAULT, "ClusterRole")["metadata"]["name"]
+    crb = one(default, "ClusterRoleBinding")
+    assert crb["roleRef"]["name"] == one(default, "ClusterRole")["metadata"]["name"]
     assert crb["subjects"] == [{"kind": "ServiceAccount", "name": pod["serviceAccountName"],
                                 "namespace": "perfpilot-system"}]
 
@@ -140,12 +144,12 @@ def test_cleanup_hook_can_be_turned_off() -> None:
                 == "webhook-cleanup"]
 
 
-def test_monitoring_objects_need_the_values_and_the_api() -> None:
+def test_monitoring_objects_need_the_values_and_the_api(default: list[dict[str, Any]]) -> None:
     def kinds(docs: list[dict[str, Any]]) -> set[str]:
         return {d["kind"] for d in docs} & {"ServiceMonitor", "PrometheusRule"}
 
     on = ("metrics.serviceMonitor.enabled=true", "prometheusRule.enabled=true")
-    assert kinds(DEFAULT) == set()
+    assert kinds(default) == set()
     assert kinds(render(api_versions=MONITORING)) == set()          # API present, values off
     assert kinds(render(*on)) == set()                              # values on, API absent
     docs = render(*on, "metrics.serviceMonitor.labels.release=prom", api_versions=MONITORING)
@@ -165,6 +169,13 @@ def test_monitoring_objects_need_the_values_and_the_api() -> None:
     assert "{{ $labels.profile }}" in alerts["PerfPilotPodsWithoutSidecar"]["annotations"][
         "summary"]
     assert f'job="{svc["metadata"]["name"]}"' in alerts["PerfPilotOperatorDown"]["expr"]
+    # absent() returns a series without labels: the rule carries namespace and job itself.
+    assert alerts["PerfPilotOperatorDown"]["labels"] == {
+        "severity": "critical", "namespace": "perfpilot-system", "job": svc["metadata"]["name"]}
+    # Without the ServiceMonitor nothing scrapes that job: the down alert would fire forever.
+    rules_only = render("prometheusRule.enabled=true", api_versions=MONITORING)
+    assert {r["alert"] for g in one(rules_only, "PrometheusRule")["spec"]["groups"]
+            for r in g["rules"]} == {"PerfPilotPodsWithoutSidecar"}
     # The metric the coverage rule reads is the operator's own (perfpilot_operator/metrics.py).
     assert '"perfpilot_operator_pods"' in (OPERATOR / "metrics.py").read_text()
     assert 'perfpilot_operator_pods{state="uninjected"}' in \
@@ -185,8 +196,8 @@ def sidecar_pod_monitor(*sets: str) -> dict[str, Any]:
     return pm
 
 
-def test_sidecar_podmonitor_needs_the_value_and_the_api() -> None:
-    assert pod_monitors(DEFAULT) == []
+def test_sidecar_podmonitor_needs_the_value_and_the_api(default: list[dict[str, Any]]) -> None:
+    assert pod_monitors(default) == []
     assert pod_monitors(render(api_versions=MONITORING)) == []           # API present, value off
     assert pod_monitors(render(POD_MONITOR_ON)) == []                    # value on, API absent
     assert pod_monitors(render(POD_MONITOR_ON, api_versions=[           # other monitoring APIs
@@ -338,11 +349,11 @@ def dashboard_maps(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             and d["metadata"]["labels"].get("app.kubernetes.io/component") == "dashboards"]
 
 
-def test_each_dashboard_is_a_configmap_grafanas_sidecar_loads() -> None:
+def test_each_dashboard_is_a_configmap_grafanas_sidecar_loads(default: list[dict[str, Any]]) -> None:
     """One ConfigMap per committed JSON file (make dashboards), labelled grafana_dashboard: "1",
     holding the file unchanged under its own name (the file name Grafana's sidecar writes)."""
     assert len(DASHBOARD_FILES) == 2, DASHBOARD_FILES
-    maps = dashboard_maps(DEFAULT)
+    maps = dashboard_maps(default)
     assert len(maps) == len(DASHBOARD_FILES)
     by_key = {}
     for cm in maps:
@@ -433,10 +444,10 @@ def settings_env_names() -> set[str]:
     return set(re.findall(r'"(PERFPILOT_[A-Z0-9_]+)"', (OPERATOR / "settings.py").read_text()))
 
 
-def test_every_rendered_operator_variable_is_read_by_settings() -> None:
+def test_every_rendered_operator_variable_is_read_by_settings(default: list[dict[str, Any]]) -> None:
     known = settings_env_names()
     assert len(known) >= 15, known   # the parse found settings.py's variables
-    rendered = {n for n in env_of(operator_container(DEFAULT)) if n.startswith("PERFPILOT_")}
+    rendered = {n for n in env_of(operator_container(default)) if n.startswith("PERFPILOT_")}
     assert rendered - known == set(), f"the chart sets variables settings.py never reads: " \
         f"{sorted(rendered - known)}"
     # Everything the chart decides in-cluster is set explicitly, not left to out-of-cluster defaults.
@@ -463,18 +474,26 @@ def test_values_reach_the_operator_environment() -> None:
     assert env["PERFPILOT_SIDECAR_PORT"] == "6000"
     assert env["PERFPILOT_SIDECAR_METRICS_PORT"] == "6001"
     assert env["PERFPILOT_SIDECAR_IMAGE"] == "r/s:0.1.0"
+    assert "PERFPILOT_SIDECAR_PULL_POLICY" not in env     # the API server's default
+    env = env_of(operator_container(render("image.repository=localhost/perfpilot/operator",
+                                           "image.tag=abc123", "image.pullPolicy=Never",
+                                           "sidecar.image.repository=localhost/perfpilot/sidecar",
+                                           "sidecar.image.tag=def456",
+                                           "sidecar.image.pullPolicy=Never")))
+    assert env["PERFPILOT_SIDECAR_IMAGE"] == "localhost/perfpilot/sidecar:def456"
+    assert env["PERFPILOT_SIDECAR_PULL_POLICY"] == "Never"
     assert env["PERFPILOT_NATIVE_SIDECAR"] == "true"
     assert env["PERFPILOT_WEBHOOK_SERVICE"] == "ops/pp-perfpilot"
 
 
-def test_webhooks_are_registered_by_the_charts_service() -> None:
+def test_webhooks_are_registered_by_the_charts_service(default: list[dict[str, Any]]) -> None:
     """settings.py: a non-empty PERFPILOT_WEBHOOK_SERVICE ('namespace/name') registers the
     webhooks by Service reference with port PERFPILOT_WEBHOOK_PORT; the Service must exist under
     that name and serve that port number, and the pod must listen on it on all interfaces."""
     from perfpilot_operator.logic.webhooks import client_config
 
-    env = env_of(operator_container(DEFAULT))
-    svc = one(DEFAULT, "Service")
+    env = env_of(operator_container(default))
+    svc = one(default, "Service")
     ns, name = env["PERFPILOT_WEBHOOK_SERVICE"].split("/")
     assert (ns, name) == (svc["metadata"]["namespace"], svc["metadata"]["name"])
     port = int(env["PERFPILOT_WEBHOOK_PORT"])
@@ -484,15 +503,15 @@ def test_webhooks_are_registered_by_the_charts_service() -> None:
                               "port": port}
     [webhook_port] = [p for p in svc["spec"]["ports"] if p["name"] == "webhook"]
     assert webhook_port["port"] == port and webhook_port["targetPort"] == "webhook"
-    c = operator_container(DEFAULT)
+    c = operator_container(default)
     assert {"name": "webhook", "containerPort": port, "protocol": "TCP"} in c["ports"]
     assert env["PERFPILOT_WEBHOOK_HOST"] == "0.0.0.0"
 
 
-def test_probes_use_kopfs_health_endpoint() -> None:
+def test_probes_use_kopfs_health_endpoint(default: list[dict[str, Any]]) -> None:
     main = (OPERATOR / "__main__.py").read_text()
     assert "/healthz" in main and "settings.health_port" in main
-    c = operator_container(DEFAULT)
+    c = operator_container(default)
     env = env_of(c)
     health = int(env["PERFPILOT_HEALTH_PORT"])
     assert {"name": "health", "containerPort": health, "protocol": "TCP"} in c["ports"]
@@ -502,24 +521,25 @@ def test_probes_use_kopfs_health_endpoint() -> None:
 
 
 # ------------------------------------------------------------------------------------ security
-def test_security_context_defaults() -> None:
-    pod = one(DEFAULT, "Deployment")["spec"]["template"]["spec"]
+def test_security_context_defaults(default: list[dict[str, Any]]) -> None:
+    pod = one(default, "Deployment")["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-    for c in (operator_container(DEFAULT),
-              *one(DEFAULT, "Job", "webhook-cleanup")["spec"]["template"]["spec"]["containers"]):
+    for c in (operator_container(default),
+              *one(default, "Job", "webhook-cleanup")["spec"]["template"]["spec"]["containers"]):
         sc = c["securityContext"]
         assert sc["readOnlyRootFilesystem"] is True
         assert sc["allowPrivilegeEscalation"] is False
         assert sc["runAsNonRoot"] is True
         assert sc["capabilities"] == {"drop": ["ALL"]}
+        assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
 
 
-def test_read_only_root_has_writable_cert_dir_and_tmp() -> None:
+def test_read_only_root_has_writable_cert_dir_and_tmp(default: list[dict[str, Any]]) -> None:
     """The operator writes its generated webhook CA, cert and key to PERFPILOT_CERT_DIR."""
-    c = operator_container(DEFAULT)
+    c = operator_container(default)
     mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
-    volumes = {v["name"]: v for v in one(DEFAULT, "Deployment")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in one(default, "Deployment")["spec"]["template"]["spec"]
                ["volumes"]}
     cert_dir = env_of(c)["PERFPILOT_CERT_DIR"]
     assert cert_dir in mounts and "/tmp" in mounts
@@ -682,7 +702,7 @@ def granted(role: dict[str, Any]) -> dict[Need, set[str] | None]:
     return out
 
 
-def test_clusterrole_grants_exactly_what_the_operator_calls() -> None:
+def test_clusterrole_grants_exactly_what_the_operator_calls(default: list[dict[str, Any]]) -> None:
     needs = kopf_needs() | client_needs()
     # The concrete list, so that a reader (and a reviewer of a change) sees it.
     assert needs == {
@@ -709,18 +729,18 @@ def test_clusterrole_grants_exactly_what_the_operator_calls() -> None:
         ("apps", "statefulsets/scale", "get"), ("apps", "statefulsets/scale", "patch"),
         ("apps", "replicasets/scale", "get"), ("apps", "replicasets/scale", "patch"),
     }, "the operator's API calls changed: update the ClusterRole and this list"
-    rules = granted(one(DEFAULT, "ClusterRole"))
+    rules = granted(one(default, "ClusterRole"))
     assert set(rules) == needs, (f"missing: {sorted(needs - set(rules))}; "
                                  f"not needed: {sorted(set(rules) - needs)}")
     assert not any(v == "*" or r == "*" or g == "*" for g, r, v in rules)
 
 
-def test_named_grants_are_the_objects_the_code_touches() -> None:
+def test_named_grants_are_the_objects_the_code_touches(default: list[dict[str, Any]]) -> None:
     """get/update of the webhook configurations and get of Secrets are limited by name."""
     from perfpilot_operator.logic.injection import SidecarTemplate
     from perfpilot_operator.logic.webhooks import MUTATING_NAME, VALIDATING_NAME
 
-    rules = granted(one(DEFAULT, "ClusterRole"))
+    rules = granted(one(default, "ClusterRole"))
     adm = "admissionregistration.k8s.io"
     for verb in ("get", "update"):
         assert rules[(adm, "mutatingwebhookconfigurations", verb)] == {MUTATING_NAME}
@@ -728,7 +748,7 @@ def test_named_grants_are_the_objects_the_code_touches() -> None:
     assert rules[("", "secrets", "get")] == {SidecarTemplate().token_secret}
     # create cannot be limited by name in RBAC
     assert rules[("", "secrets", "create")] is None
-    hook = granted(one(DEFAULT, "ClusterRole", "webhook-cleanup"))
+    hook = granted(one(default, "ClusterRole", "webhook-cleanup"))
     assert hook == {(adm, "mutatingwebhookconfigurations", "delete"): {MUTATING_NAME},
                     (adm, "validatingwebhookconfigurations", "delete"): {VALIDATING_NAME}}
 
@@ -745,22 +765,22 @@ def test_rbac_extra_rules_and_off_switches() -> None:
     assert one(docs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "ops"
 
 
-def test_cleanup_hook_deletes_the_operators_webhook_configurations() -> None:
+def test_cleanup_hook_deletes_the_operators_webhook_configurations(default: list[dict[str, Any]]) -> None:
     from perfpilot_operator.logic.webhooks import MUTATING_NAME, VALIDATING_NAME
 
-    job = one(DEFAULT, "Job", "webhook-cleanup")
+    job = one(default, "Job", "webhook-cleanup")
     assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete"
     pod = job["spec"]["template"]["spec"]
     script = pod["containers"][0]["args"][0]
     compile(script, "cleanup", "exec")
     assert f'"{MUTATING_NAME}"' in script and f'"{VALIDATING_NAME}"' in script
-    assert pod["serviceAccountName"] == one(DEFAULT, "ServiceAccount", "webhook-cleanup")[
+    assert pod["serviceAccountName"] == one(default, "ServiceAccount", "webhook-cleanup")[
         "metadata"]["name"]
     # Its pod must not be selected by the operator's Service.
-    svc = one(DEFAULT, "Service")["spec"]["selector"]
+    svc = one(default, "Service")["spec"]["selector"]
     labels = pod and job["spec"]["template"]["metadata"]["labels"]
     assert not all(labels.get(k) == v for k, v in svc.items())
-    for d in DEFAULT:
+    for d in default:
         if d["metadata"]["labels"]["app.kubernetes.io/component"] == "webhook-cleanup":
             assert d["metadata"]["annotations"]["helm.sh/hook-delete-policy"] == \
                 "before-hook-creation,hook-succeeded"

@@ -96,7 +96,7 @@ def read(expr: str) -> Reading:
             if peek()[1] == "{":
                 i += 1
                 while peek()[1] != "}":
-                    (k1, label), (k2, op), (k3, value) = peek(), peek(1), peek(2)
+                    (k1, label), (_, op), (k3, value) = peek(), peek(1), peek(2)
                     if k1 != "ident" or op not in MATCH_OPS or k3 != "string":
                         raise ValueError(f"cannot read the matchers of {text} in {expr!r}")
                     sel.matchers.append((label, op, _unquote(value)))

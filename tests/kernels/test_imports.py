@@ -34,6 +34,7 @@ def test_importing_jit_does_import_numba_and_sets_env():
 
 
 def test_jit_is_the_only_module_importing_numba():
+    """numbacache (the read-only cache support) is jit's helper: only jit imports it."""
     import re
     from pathlib import Path
 
@@ -41,4 +42,7 @@ def test_jit_is_the_only_module_importing_numba():
 
     pattern = re.compile(r"^\s*(import numba|from numba)", re.M)
     importers = sorted(p.name for p in Path(pkg.__file__).parent.glob("*.py") if pattern.search(p.read_text()))
-    assert importers == ["jit.py"]
+    assert importers == ["jit.py", "numbacache.py"]
+    uses = re.compile(r"^\s*(from \S* import numbacache|import \S*numbacache)", re.M)
+    users = sorted(p.name for p in Path(pkg.__file__).parent.glob("*.py") if uses.search(p.read_text()))
+    assert users == ["jit.py"]

@@ -17,7 +17,7 @@ import psutil
 import pytest
 import pytest_asyncio
 
-from perfpilot_agent.kernels import KernelPool, registry, shm
+from perfpilot_agent.kernels import KernelPool, shm
 from perfpilot_agent.kernels.errors import (
     KernelInputError,
     PoolClosed,
@@ -93,14 +93,23 @@ async def test_start_warms_and_reports_stats(pool):
 
 
 @pytest.mark.parametrize("threshold", [1 << 30, 0], ids=["pickled", "shm"])
-async def test_results_equal_numpy_through_both_transports(pool, rng, threshold):
+async def test_results_equal_numpy_through_both_transports(pool, rng, threshold, monkeypatch):
+    read_back: list[str] = []
+    original = shm.Segment.read
+
+    def spy(self, shape, dtype):  # outputs copied out of the segment with pread, never a mapping
+        read_back.append(self.name)
+        return original(self, shape, dtype)
+
+    monkeypatch.setattr(shm.Segment, "read", spy)
     pool.shm_threshold_bytes = threshold
     try:
         for name, inputs, params in cases(rng):
+            read_back.clear()
             got = await pool.run(name, inputs, params)
             assert_close(name, got, inputs, params)
-            if threshold == 0:  # outputs came back through shared memory, zero-copy
-                assert all(isinstance(v.base, mmap.mmap) for v in got.values())
+            assert len(read_back) == (len(got) if threshold == 0 else 0)
+            assert not any(isinstance(v.base, mmap.mmap) for v in got.values())
     finally:
         pool.shm_threshold_bytes = 1 << 20
     assert leaked(pool) == []  # every call released its segments (spares are reused, bounded)

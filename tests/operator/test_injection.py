@@ -1,7 +1,8 @@
 import copy
 
 from perfpilot_operator.logic.injection import (
-    ANNOTATION_INJECTED, SIDECAR_NAME, SOCKET_VOLUME, SidecarTemplate, choose_profile, inject,
+    ANNOTATION_INJECTED, DEFAULT_SHARED_MEMORY, SHM_VOLUME, SIDECAR_NAME, SIDECAR_UID, SOCKET_VOLUME,
+    SidecarTemplate, choose_profile, inject,
     selector_matches,
 )
 
@@ -114,3 +115,86 @@ def test_sidecar_starts_with_the_profiles_live_config() -> None:
     assert data == {"pools": {"processWorkers": 3, "maxQueue": 50}, "cache": {"ttl": "30s"}}
     msg = proto_from_dict(data)
     assert msg.pools.process_workers == 3 and msg.cache.ttl.seconds == 30
+
+
+RESTRICTED_CONTAINER = {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
+                        "capabilities": {"drop": ["ALL"]}}
+
+
+def _sidecar(pod: dict) -> dict:
+    return next(c for c in pod["spec"]["initContainers"] if c["name"] == SIDECAR_NAME)
+
+
+def test_sidecar_satisfies_pod_security_restricted() -> None:
+    pod = apply(POD, inject(POD, PROFILE, SidecarTemplate()).changes)
+    ctx = _sidecar(pod)["securityContext"]
+    assert ctx.items() >= RESTRICTED_CONTAINER.items()
+    assert ctx["runAsUser"] == SIDECAR_UID != 0
+    assert ctx["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert ctx["readOnlyRootFilesystem"] is True
+    assert "securityContext" not in pod["spec"]          # the pod's own fields are not touched
+    # Every volume the sidecar mounts is an emptyDir (restricted allows no hostPath etc.).
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    for m in _sidecar(pod)["volumeMounts"]:
+        assert set(volumes[m["name"]]) == {"name", "emptyDir"}, m
+
+
+def test_pod_level_seccomp_profile_is_left_to_the_pod() -> None:
+    pod = copy.deepcopy(POD)
+    pod["spec"]["securityContext"] = {"seccompProfile": {"type": "Localhost",
+                                                         "localhostProfile": "app.json"},
+                                      "runAsUser": 1000}
+    out = apply(pod, inject(pod, PROFILE, SidecarTemplate()).changes)
+    assert "seccompProfile" not in _sidecar(out)["securityContext"]
+    assert out["spec"]["securityContext"] == pod["spec"]["securityContext"]
+    # The pod's runAsUser (1000) does not apply to the sidecar: its own uid wins.
+    assert _sidecar(out)["securityContext"]["runAsUser"] == SIDECAR_UID
+
+
+def test_dev_shm_is_one_memory_volume_shared_by_app_and_sidecar() -> None:
+    profile = copy.deepcopy(PROFILE)
+    profile["spec"]["resources"]["sharedMemory"] = "768Mi"
+    pod = apply(POD, inject(POD, profile, SidecarTemplate()).changes)
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes[SHM_VOLUME]["emptyDir"] == {"medium": "Memory", "sizeLimit": "768Mi"}
+    app = next(c for c in pod["spec"]["containers"] if c["name"] == "agent")
+    for c in (app, _sidecar(pod)):
+        assert {"name": SHM_VOLUME, "mountPath": "/dev/shm"} in c["volumeMounts"], c["name"]
+    # The other app container keeps the pod's own /dev/shm.
+    assert "volumeMounts" not in pod["spec"]["containers"][0]
+    # Without the field: the default size.
+    pod = apply(POD, inject(POD, PROFILE, SidecarTemplate()).changes)
+    assert {v["name"]: v for v in pod["spec"]["volumes"]}[SHM_VOLUME]["emptyDir"]["sizeLimit"] \
+        == DEFAULT_SHARED_MEMORY
+
+
+def test_app_with_its_own_dev_shm_shares_it_with_the_sidecar() -> None:
+    pod = copy.deepcopy(POD)
+    pod["spec"]["containers"][1]["volumeMounts"] = [{"name": "dshm", "mountPath": "/dev/shm"}]
+    pod["spec"]["volumes"] = [{"name": "dshm", "emptyDir": {"medium": "Memory",
+                                                            "sizeLimit": "4Gi"}}]
+    out = apply(pod, inject(pod, PROFILE, SidecarTemplate()).changes)
+    names = [v["name"] for v in out["spec"]["volumes"]]
+    assert SHM_VOLUME not in names and names.count("dshm") == 1
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in _sidecar(out)["volumeMounts"]
+    app = next(c for c in out["spec"]["containers"] if c["name"] == "agent")
+    assert [m for m in app["volumeMounts"] if m["mountPath"] == "/dev/shm"] == \
+        [{"name": "dshm", "mountPath": "/dev/shm"}]
+
+
+def test_app_starts_after_the_sidecar_is_serving() -> None:
+    """A native sidecar's startupProbe gates the app containers (kubelet ordering); it probes
+    the gRPC health service, which reports SERVING only once the warm kernels are compiled."""
+    sidecar = _sidecar(apply(POD, inject(POD, PROFILE, SidecarTemplate()).changes))
+    probe = sidecar["startupProbe"]
+    assert probe["grpc"] == {"port": 50051}
+    assert probe["periodSeconds"] * probe["failureThreshold"] >= 60
+
+
+def test_pull_policy_of_the_sidecar_image() -> None:
+    tmpl = SidecarTemplate(image="localhost/perfpilot/sidecar:abc", image_pull_policy="Never")
+    sidecar = _sidecar(apply(POD, inject(POD, PROFILE, tmpl).changes))
+    assert sidecar["image"] == "localhost/perfpilot/sidecar:abc"
+    assert sidecar["imagePullPolicy"] == "Never"
+    assert "imagePullPolicy" not in _sidecar(apply(POD, inject(POD, PROFILE,
+                                                               SidecarTemplate()).changes))

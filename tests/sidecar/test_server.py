@@ -12,7 +12,7 @@ from google.protobuf import duration_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from perfpilot.v1 import agent_pb2 as pb
-from perfpilot_agent.runtime.histogram import Histogram
+from perfpilot_agent.runtime.histogram import RELATIVE_ERROR, Histogram
 from tests.sidecar.conftest import Agent, FakePools, MakeAgent, rpc_error
 
 
@@ -23,7 +23,7 @@ def dur(seconds: float) -> duration_pb2.Duration:
 
 
 def pools(**kw: int) -> pb.PoolsConfig:
-    base = dict(process_workers=2, thread_workers=4, max_queue=100, batch_size=50)
+    base = dict(process_workers=2, thread_workers=4, max_queue=100, batch_size=1)
     base.update(kw)
     return pb.PoolsConfig(**base, batch_wait=dur(0.005))
 
@@ -140,9 +140,9 @@ async def test_record_timings_and_stats(agent: Agent) -> None:
     assert ops["db"].latency.count == 4
     assert s.app_total.latency.count == 104 and s.app_total.errors == 4
     assert abs(ops["llm.call"].latency.sum - sum(a)) < 1e-9
-    # p50 of 1..100 ms is 50 ms; the bucket estimate is within the documented 9.1 %
-    assert abs(ops["llm.call"].quantiles.p50 - 0.050) / 0.050 <= 0.091
-    assert abs(ops["llm.call"].quantiles.p99 - 0.099) / 0.099 <= 0.091
+    # p50 of 1..100 ms is 50 ms; the bucket estimate is within the documented RELATIVE_ERROR (18.9 %)
+    assert abs(ops["llm.call"].quantiles.p50 - 0.050) / 0.050 <= RELATIVE_ERROR
+    assert abs(ops["llm.call"].quantiles.p99 - 0.099) / 0.099 <= RELATIVE_ERROR
     # GetStats histograms merge by adding counts: two pods' op histograms == the histogram of the union
     h1, h2 = Histogram.from_proto(ops["llm.call"].latency), Histogram.from_proto(ops["db"].latency)
     h1.merge(h2)

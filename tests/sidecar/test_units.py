@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 from perfpilot.v1 import agent_pb2 as pb
 from perfpilot_agent.errors import InvalidArgument
-from perfpilot_agent.liveconfig import LiveConfig, merge_proto, parse_duration, proto_from_dict, to_proto
+from perfpilot_agent.liveconfig import LiveConfig, merge_proto, proto_from_dict, to_proto
 from perfpilot_agent.runtime.cache import TTLCache
 from perfpilot_agent.runtime.histogram import BOUNDS, RELATIVE_ERROR, Histogram
 from scripts import genprotos
@@ -91,7 +92,8 @@ def test_histogram_merge_equals_histogram_of_union(a: list[float], b: list[float
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.floats(min_value=BOUNDS[0], max_value=BOUNDS[-1], allow_nan=False), min_size=1, max_size=300),
+@given(st.lists(st.floats(min_value=BOUNDS[0], max_value=BOUNDS[-1], allow_nan=False, exclude_min=True),
+                min_size=1, max_size=300),
        st.sampled_from([0.5, 0.95, 0.99]))
 def test_quantile_within_documented_bound(values: list[float], q: float) -> None:
     h = Histogram()
@@ -109,19 +111,6 @@ def test_histogram_wire_format() -> None:
     assert Histogram().quantile(0.5) == 0.0
     with pytest.raises(ValueError):
         Histogram.from_proto(pb.Histogram(bounds=[1.0], counts=[0, 0]))
-
-
-@pytest.mark.parametrize("text, seconds", [
-    ("300ms", 0.3), ("5m", 300), ("1h30m", 5400), ("1.5s", 1.5), ("10us", 1e-5), ("0", 0.0), ("2h45m10s", 9910),
-])
-def test_parse_go_duration(text: str, seconds: float) -> None:
-    assert parse_duration(text) == pytest.approx(seconds)
-
-
-@pytest.mark.parametrize("text", ["", "5", "5x", "m5", "1h 2m", "--1s"])
-def test_parse_go_duration_rejects(text: str) -> None:
-    with pytest.raises(ValueError):
-        parse_duration(text)
 
 
 def test_crd_shaped_config_round_trip() -> None:
@@ -178,14 +167,12 @@ def test_settings_defaults_flags_and_env(tmp_path: Path) -> None:
 
 
 def test_uncollected_output_segments_are_reaped() -> None:
-    from perfpilot_agent.server.tensors import OutputSegments, shm_attach
+    from perfpilot_agent.runtime.tensors import SHM_DIR, OutputSegments
 
     outs = OutputSegments(grace=3600)
     ref = outs.create(np.arange(10, dtype=np.float32))
-    seg = shm_attach(ref.name)  # the segment exists and holds the data (mapped without resource_tracker)
-    assert np.frombuffer(seg.buf, np.float32, 10)[9] == 9.0  # type: ignore[arg-type]
-    seg.close()
+    path = os.path.join(SHM_DIR, ref.name)
+    assert np.fromfile(path, np.float32)[9] == 9.0  # the segment exists and holds the data
     assert outs.reap() == 0  # still within its grace period
     assert outs.reap(everything=True) == 1
-    with pytest.raises(FileNotFoundError):
-        shm_attach(ref.name)
+    assert not os.path.exists(path)

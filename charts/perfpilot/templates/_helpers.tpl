@@ -31,6 +31,12 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: perfpilot
 {{- end }}
 
+{{/* "true" when the ServiceMonitor is rendered (the value is on and the cluster serves the API):
+the ServiceMonitor template and the PerfPilotOperatorDown rule, which watches its job, share it. */}}
+{{- define "perfpilot.serviceMonitorEnabled" -}}
+{{- if and .Values.metrics.serviceMonitor.enabled (.Capabilities.APIVersions.Has "monitoring.coreos.com/v1/ServiceMonitor") }}true{{ end }}
+{{- end }}
+
 {{/* The operator pod's selector (the Deployment, the Service and the ServiceMonitor use it). */}}
 {{- define "perfpilot.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "perfpilot.name" . }}

@@ -43,7 +43,7 @@ class AgentClients:
         self.timeout = timeout
         self._channels: dict[str, grpc.aio.Channel] = {}
 
-    def stub(self, target: Target) -> pb_grpc.AgentStub:
+    def stub(self, target: Target) -> pb_grpc.AgentAsyncStub:
         ch = self._channels.get(target.address)
         if ch is None:
             ch = grpc.aio.insecure_channel(target.address, options=[

@@ -11,7 +11,7 @@ import datetime
 import os
 import secrets
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -68,7 +68,7 @@ class Kube:
             except ApiException as e:
                 if e.status != 409:
                     raise
-            current = self.custom.get_namespaced_custom_object(*args, name)
+            current = cast(dict[str, Any], self.custom.get_namespaced_custom_object(*args, name))
             if (current.get("spec") == obj["spec"]
                     and current["metadata"].get("labels") == obj["metadata"]["labels"]):
                 return "unchanged"
@@ -101,7 +101,7 @@ class Kube:
             else:
                 out = self.custom.list_namespaced_custom_object(
                     "perfpilot.io", "v1alpha1", namespace, "perfprofiles")
-            return list(out.get("items", []))
+            return list(cast(dict[str, Any], out).get("items", []))
         return await asyncio.to_thread(run)
 
     async def patch_profile_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
@@ -121,7 +121,7 @@ class Kube:
         here rather than with kopf.event because kopf's event queue exists only inside its
         per-object handler tasks, and the resync loop is not one."""
         meta = obj.get("metadata", {})
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         body = client.CoreV1Event(
             metadata=client.V1ObjectMeta(generate_name=f"{meta.get('name')}.",
                                          namespace=meta.get("namespace")),

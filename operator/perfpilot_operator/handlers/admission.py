@@ -11,7 +11,7 @@ from perfpilot_operator.logic.webhooks import POD_HANDLER_ID
 from perfpilot_operator.runtime import Runtime
 
 
-@kopf.on.mutate("pods", id=POD_HANDLER_ID, operations=["CREATE"],
+@kopf.on.mutate("pods", id=POD_HANDLER_ID, operations=["CREATE"],  # type: ignore[arg-type]  # kopf-kwargs
                 labels={OPT_IN_LABEL: "true"}, persistent=True)
 async def inject_sidecar(body: kopf.Body, patch: kopf.Patch, warnings: list[str], memo: Any,
                          profiles_by_namespace: kopf.Index[str, dict[str, Any]], dryrun: bool,

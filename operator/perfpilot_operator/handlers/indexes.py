@@ -6,11 +6,11 @@ from typing import Any
 
 import kopf
 
-from perfpilot_operator.logic.conditions import PodView
+from perfpilot_operator.logic.conditions import PodView, Refusal, refusal
 from perfpilot_operator.logic.injection import ANNOTATION_INJECTED, is_injected
 
 
-@kopf.index("perfpilot.io", "v1alpha1", "perfprofiles")
+@kopf.index("perfpilot.io", "v1alpha1", "perfprofiles")  # type: ignore[arg-type]  # kopf-kwargs
 def profiles_by_namespace(namespace: str, name: str, body: kopf.Body, **_: Any
                           ) -> dict[str, dict[str, Any]]:
     meta = body.get("metadata", {})
@@ -20,13 +20,13 @@ def profiles_by_namespace(namespace: str, name: str, body: kopf.Body, **_: Any
                         "spec": dict(body.get("spec", {}))}}
 
 
-@kopf.index("autoscaling", "v2", "horizontalpodautoscalers")
+@kopf.index("autoscaling", "v2", "horizontalpodautoscalers")  # type: ignore[arg-type]  # kopf-kwargs
 def hpas_by_namespace(namespace: str, name: str, spec: kopf.Spec, **_: Any
                       ) -> dict[str, dict[str, Any]]:
     return {namespace: {"name": name, "target": dict(spec.get("scaleTargetRef", {}))}}
 
 
-@kopf.index("pods")
+@kopf.index("pods")  # type: ignore[arg-type]  # kopf-kwargs
 def pods_by_namespace(namespace: str, name: str, body: kopf.Body, **_: Any
                       ) -> dict[str, tuple[dict[str, str], PodView]]:
     meta, status = body.get("metadata", {}), body.get("status", {})
@@ -43,3 +43,12 @@ def pods_by_namespace(namespace: str, name: str, body: kopf.Body, **_: Any
         shape=shape,
     )
     return {namespace: (dict(meta.get("labels") or {}), view)}
+
+
+@kopf.index("apps", "v1", "replicasets")
+def refusals_by_namespace(namespace: str, body: kopf.Body, **_: Any
+                          ) -> dict[str, Refusal] | None:
+    """ReplicaSets whose pods the API server refuses (Pod Security, quotas, webhooks): the pods
+    never exist, so only the ReplicaSet's ReplicaFailure condition tells a profile about them."""
+    found = refusal(dict(body))
+    return {namespace: found} if found is not None else None

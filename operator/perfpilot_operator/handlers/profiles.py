@@ -13,7 +13,7 @@ import dataclasses
 import json
 import logging
 import types
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import kopf
@@ -22,13 +22,25 @@ from kubernetes.client.exceptions import ApiException
 from perfpilot_operator import metrics as prom
 from perfpilot_operator import monitoring
 from perfpilot_operator.clients.agents import Target, bounded_gather, with_retries
-from perfpilot_operator.logic.conditions import PodView, count_pods, set_condition
+from perfpilot_operator.logic.conditions import (
+    PodView, Refusal, count_pods, refusal_condition, set_condition,
+)
 from perfpilot_operator.logic.desired import configure_request
 from perfpilot_operator.logic.injection import selector_matches
 from perfpilot_operator.logic.resize import resize_patch
 from perfpilot_operator.runtime import Runtime
 
 GROUP, VERSION, PLURAL = "perfpilot.io", "v1alpha1", "perfprofiles"
+
+
+def refused_pods(spec: dict[str, Any], namespace: str, refusals_by_namespace: Any
+                 ) -> list[Refusal]:
+    """The selected pods' ReplicaSets that the API server refuses pods of."""
+    if refusals_by_namespace is None:
+        return []
+    selector = spec.get("selector", {})
+    return [r for r in refusals_by_namespace.get(namespace, [])
+            if selector_matches(selector, r.labels)]
 
 
 def selected_pods(spec: dict[str, Any], namespace: str,
@@ -42,7 +54,7 @@ def selected_pods(spec: dict[str, Any], namespace: str,
 async def sync(*, rt: Runtime, memo: Any, namespace: str, name: str, generation: int,
                spec: dict[str, Any], status: dict[str, Any], pods: list[PodView],
                logger: logging.Logger | logging.LoggerAdapter[Any],
-               observe: Any = None) -> dict[str, Any]:
+               observe: Any = None, refusals: list[Refusal] | None = None) -> dict[str, Any]:
     """One pass; returns the new status. `observe(token)`, when given, runs the monitoring
     half (stats, alerts, autoscaling) and returns a monitoring.Outcome."""
     applied: dict[str, int] = getattr(memo, "applied", None) or {}
@@ -113,6 +125,9 @@ async def sync(*, rt: Runtime, memo: Any, namespace: str, name: str, generation:
     else:
         cond("InjectionComplete", True, "AllInjected",
              f"all {counts.selected} selected pods run the sidecar")
+    refused = refusal_condition(refusals or [])
+    if refused is not None:
+        cond("InjectionComplete", False, *refused)
     if counts.injected == 0:
         cond("ConfigApplied", True, "NoSidecars", "no sidecar to configure yet")
     elif counts.configured < counts.injected:
@@ -180,7 +195,7 @@ async def _resize(rt: Runtime, namespace: str, spec: dict[str, Any], pods: list[
         except ApiException as e:
             detail = e.reason or str(e.status)
             try:
-                detail = json.loads(e.body).get("message", detail)
+                detail = json.loads(e.body or "").get("message", detail)
             except (TypeError, ValueError):
                 pass
             stale[p.name] = detail
@@ -214,6 +229,7 @@ async def _reconcile_once(body: kopf.Body, patch: kopf.Patch, memo: Any, namespa
         return      # a stale copy (a timer tick that waited for the lock): newer work is done
     memo.seen_generation = generation
     pods = selected_pods(spec, namespace, pods_by_namespace)
+    refusals = refused_pods(spec, namespace, rt.refusals)
     observe = None
     if hpas_by_namespace is not None:
         hpas = list(hpas_by_namespace.get(namespace, []))
@@ -224,19 +240,34 @@ async def _reconcile_once(body: kopf.Body, patch: kopf.Patch, memo: Any, namespa
                                             hpas=hpas, logger=logger)
     new = await sync(rt=rt, memo=memo, namespace=namespace, name=name, generation=generation,
                      spec=spec, status=dict(body.get("status", {})), pods=pods, logger=logger,
-                     observe=observe)
+                     observe=observe, refusals=refusals)
     old = dict(body.get("status", {}))
     before = (old.get("pods") or {}).get("uninjected", 0)
     after = (new.get("pods") or {}).get("uninjected", 0)
     if after and after != before:
         # The coverage audit: pods that started before the profile (or while the webhook was
         # down) run without the sidecar; say so where `kubectl describe` shows it.
-        cond = next((c for c in new.get("conditions", []) if c["type"] == "InjectionComplete"),
+        cond: dict[str, Any] = next((c for c in new.get("conditions", []) if c["type"] == "InjectionComplete"),
                     {})
         await monitoring.post_event(memo.runtime, body, "Warning", "PodsWithoutSidecar",
                                     cond.get("message", ""), logger)
+    await _refusal_event(rt, body, old, new, logger)
     if any(old.get(k) != v for k, v in new.items()):
         patch.status.update(new)
+
+
+async def _refusal_event(rt: Runtime, body: kopf.Body, old: dict[str, Any], new: dict[str, Any],
+                         logger: Any) -> None:
+    """A Warning Event when the API server starts refusing the selected pods (or says why
+    differently), where `kubectl describe perfprofile` shows it."""
+    def refused(status: dict[str, Any]) -> str | None:
+        c = next((c for c in status.get("conditions") or [] if c["type"] == "InjectionComplete"),
+                 {})
+        return c.get("message") if c.get("reason") == "PodsRefused" else None
+
+    message = refused(new)
+    if message and message != refused(old):
+        await monitoring.post_event(rt, body, "Warning", "PodsRefused", message, logger)
 
 
 def profile_state(rt: Runtime, namespace: str, name: str) -> Any:
@@ -251,7 +282,7 @@ def profile_state(rt: Runtime, namespace: str, name: str) -> Any:
 
 @kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile-resume")
 @kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile-create")
-@kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile-spec", field="spec")
+@kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile-spec", field="spec")  # type: ignore[arg-type]  # kopf-kwargs
 async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: Any, namespace: str, name: str,
                     logger: Any, pods_by_namespace: Any, **_: Any) -> None:
     await _reconcile(body, patch, profile_state(memo.runtime, namespace, name), namespace, name,
@@ -315,7 +346,7 @@ async def _resync_one(rt: Runtime, settings: kopf.OperatorSettings, item: dict[s
     namespace, name = meta["namespace"], meta["name"]
     if meta.get("deletionTimestamp"):
         return
-    body = kopf.Body(item)
+    body = kopf.Body(cast(kopf.RawBody, item))
     patch = kopf.Patch()
     logger = kopf.LocalObjectLogger(body=body, settings=settings)
     try:
@@ -334,7 +365,7 @@ def _forget(rt: Runtime, namespace: str, name: str) -> None:
     prom.forget_profile(namespace, name)
 
 
-@kopf.on.delete(GROUP, VERSION, PLURAL, id="forget", optional=True)
+@kopf.on.delete(GROUP, VERSION, PLURAL, id="forget", optional=True)  # type: ignore[arg-type]  # kopf-kwargs
 async def forget(namespace: str, name: str, memo: Any, **_: Any) -> None:
     """Drop the deleted profile's memory and metric series (the resync loop also does it for
     profiles deleted while no handler saw the deletion)."""

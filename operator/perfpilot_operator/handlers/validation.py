@@ -10,7 +10,7 @@ from perfpilot_operator.logic.validation import cross_object_problems
 from perfpilot_operator.logic.webhooks import PROFILE_HANDLER_ID
 
 
-@kopf.on.validate("perfpilot.io", "v1alpha1", "perfprofiles", id=PROFILE_HANDLER_ID,
+@kopf.on.validate("perfpilot.io", "v1alpha1", "perfprofiles", id=PROFILE_HANDLER_ID,  # type: ignore[arg-type]  # kopf-kwargs
                   operations=["CREATE", "UPDATE"], persistent=True)
 def validate_profile(body: kopf.Body, old: kopf.Body | None, operation: str,
                      profiles_by_namespace: kopf.Index[str, dict[str, Any]],

@@ -11,7 +11,7 @@ CONDITION_TYPES = ("Ready", "ConfigApplied", "InjectionComplete", "ResourcesAppl
 
 
 def now_iso(now: dt.datetime | None = None) -> str:
-    return (now or dt.datetime.now(dt.timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return (now or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def set_condition(conditions: list[dict[str, Any]], *, type: str, status: bool, reason: str,
@@ -24,7 +24,7 @@ def set_condition(conditions: list[dict[str, Any]], *, type: str, status: bool, 
     out.append({
         "type": type, "status": value, "reason": reason, "message": message[:1000],
         "observedGeneration": generation,
-        "lastTransitionTime": (now or now_iso()) if changed else old["lastTransitionTime"],
+        "lastTransitionTime": (now or now_iso()) if old is None or changed else old["lastTransitionTime"],
     })
     order = {t: i for i, t in enumerate(CONDITION_TYPES)}
     return sorted(out, key=lambda c: order.get(c["type"], len(order)))
@@ -69,3 +69,37 @@ def count_pods(pods: list[PodView], generation: int) -> PodCounts:
         unhealthy=sum(1 for p in injected if not p.healthy),
         uninjected=tuple(sorted(p.name for p in running if not p.injected)),
     )
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A ReplicaSet whose pods the API server refuses (its ReplicaFailure condition): admission
+    (Pod Security, a webhook, a quota) said no, so the selected pods never exist."""
+
+    replicaset: str
+    labels: dict[str, str] = field(compare=False, hash=False)
+    message: str = ""
+
+
+def refusal(replicaset: dict[str, Any]) -> Refusal | None:
+    """The ReplicaSet's refusal, if the controller reports one and still wants pods."""
+    spec, status = replicaset.get("spec") or {}, replicaset.get("status") or {}
+    if not spec.get("replicas"):
+        return None
+    for c in status.get("conditions") or []:
+        if c.get("type") == "ReplicaFailure" and c.get("status") == "True":
+            labels = ((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}
+            return Refusal(replicaset["metadata"]["name"], dict(labels),
+                           f"{c.get('reason', 'FailedCreate')}: {c.get('message', '')}")
+    return None
+
+
+def refusal_condition(refusals: list[Refusal]) -> tuple[str, str] | None:
+    """(reason, message) of InjectionComplete=False when selected pods are refused at creation;
+    the API server's own words name the field to fix."""
+    if not refusals:
+        return None
+    first = sorted(refusals, key=lambda r: r.replicaset)
+    return ("PodsRefused",
+            f"the API server refuses the pods of {len(first)} ReplicaSet(s); "
+            + "; ".join(f"{r.replicaset}: {r.message}" for r in first[:3]))

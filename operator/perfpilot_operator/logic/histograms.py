@@ -1,15 +1,16 @@
 """Merging the sidecars' fixed-bucket histograms across pods and reading quantiles from them.
 
 Every sidecar uses the same bucket bounds, so a merge is an element-wise sum of counts — exact,
-unlike averaging per-pod percentiles. Quantiles interpolate linearly inside the bucket, as
-Prometheus' histogram_quantile does; the error is bounded by the bucket's width.
+unlike averaging per-pod percentiles. Quantiles come from perfpilot_contract.histograms (the
+estimator the sidecars use too): linear inside the bucket, as Prometheus' histogram_quantile.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+
+from perfpilot_contract import histograms as contract_histograms
 
 
 @dataclass(frozen=True)
@@ -47,25 +48,8 @@ def merge(histograms: Iterable[Histogram]) -> Histogram | None:
 
 
 def quantile(h: Histogram, q: float) -> float:
-    """The q-quantile (0 < q < 1) by linear interpolation within the bucket; nan when empty."""
-    if not 0.0 <= q <= 1.0:
-        raise ValueError("q must be within [0, 1]")
-    n = h.count
-    if n == 0:
-        return math.nan
-    rank = q * n
-    cumulative = 0
-    lower = 0.0
-    for bound, c in zip(h.bounds, h.counts):
-        if c and cumulative + c >= rank:
-            if math.isinf(bound):
-                return lower  # like Prometheus: the highest finite bound
-            # min(): rounding must not carry the estimate past the bucket's upper bound.
-            return min(bound, lower + (bound - lower) * (rank - cumulative) / c)
-        cumulative += c
-        if not math.isinf(bound):
-            lower = bound
-    return lower
+    """The q-quantile (0 <= q <= 1): the contract's one estimator (Prometheus' rule); nan when empty."""
+    return contract_histograms.quantile(h.bounds, h.counts, q)
 
 
 def bucket_of(bounds: Sequence[float], value: float) -> int:

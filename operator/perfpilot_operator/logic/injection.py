@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from perfpilot_contract.liveconfig import live_sections
+
 ANNOTATION_INJECTED = "perfpilot.io/injected"
 ANNOTATION_GENERATION = "perfpilot.io/profile-generation"
 LABEL_PROFILE = "perfpilot.io/profile"
@@ -19,6 +21,18 @@ OPT_IN_LABEL = "perfpilot.io/inject"
 SIDECAR_NAME = "perfpilot-agent"
 SOCKET_VOLUME = "perfpilot-socket"
 SOCKET_DIR = "/var/run/perfpilot"
+SHM_VOLUME = "perfpilot-shm"
+SHM_DIR = "/dev/shm"
+TMP_VOLUME = "perfpilot-tmp"
+# The sidecar image's user (distroless "nonroot"); set explicitly so `runAsNonRoot` holds even
+# when the image's USER is numeric-less or the pod runs its app as root.
+SIDECAR_UID = 65532
+# A pod's own /dev/shm is 64 MiB on containerd and CRI-O: too small for the shared-memory path.
+DEFAULT_SHARED_MEMORY = "1Gi"
+# The sidecar's startupProbe: kernels in spec.kernels.warm compile before the sidecar reports
+# SERVING, and with a native sidecar the app container starts only after this probe succeeds.
+STARTUP_PERIOD_S = 1
+STARTUP_FAILURES = 180
 
 
 @dataclass(frozen=True)
@@ -26,6 +40,7 @@ class SidecarTemplate:
     """How the sidecar container is started; the operator's settings fill this in."""
 
     image: str = "perfpilot/sidecar:0.1.0"
+    image_pull_policy: str = ""           # empty: the API server's default for the tag
     command: tuple[str, ...] = ("perfpilot-sidecar",)
     grpc_port: int = 50051
     metrics_port: int = 9464
@@ -62,18 +77,42 @@ def _resources(block: dict[str, Any] | None) -> dict[str, Any]:
     return {k: dict(block[k]) for k in ("requests", "limits") if block.get(k)}
 
 
-LIVE_CONFIG_SECTIONS = ("pools", "cache", "heartbeat", "kernels")
-
-
 def initial_config(spec: dict[str, Any]) -> str:
     """The profile's live config as the sidecar's PERFPILOT_CONFIG (CRD field names): a new pod
-    runs the profile's pools, cache and kernels from its first second, before any Configure."""
-    return json.dumps({k: spec[k] for k in LIVE_CONFIG_SECTIONS if spec.get(k)},
+    runs the profile's pools, cache and kernels from its first second, before any Configure.
+    The sidecar converts it with the contract's agent_config, as the operator does for Configure."""
+    return json.dumps(live_sections(spec),
                       sort_keys=True, separators=(",", ":"))
 
 
+def security_context(pod_spec: dict[str, Any]) -> dict[str, Any]:
+    """The sidecar's securityContext: everything Pod Security `restricted` asks of a container,
+    plus a read-only root filesystem (the sidecar writes only to its emptyDir volumes). The pod's
+    own fields are never changed: the seccomp profile is set on the sidecar only when the pod
+    sets none (a pod-level profile, e.g. Localhost, applies to the sidecar as it is)."""
+    ctx: dict[str, Any] = {
+        "runAsNonRoot": True,
+        "runAsUser": SIDECAR_UID,
+        "runAsGroup": SIDECAR_UID,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    if not (pod_spec.get("securityContext") or {}).get("seccompProfile"):
+        ctx["seccompProfile"] = {"type": "RuntimeDefault"}
+    return ctx
+
+
+def shm_mount(container: dict[str, Any]) -> dict[str, Any] | None:
+    """The container's own mount at /dev/shm, if it has one."""
+    return next((m for m in container.get("volumeMounts", [])
+                 if m.get("mountPath", "").rstrip("/") == SHM_DIR), None)
+
+
 def sidecar_container(profile_ns: str, profile_name: str, tmpl: SidecarTemplate,
-                      resources: dict[str, Any], config: str = "{}") -> dict[str, Any]:
+                      resources: dict[str, Any], config: str = "{}",
+                      security: dict[str, Any] | None = None,
+                      shm_volume: str = SHM_VOLUME) -> dict[str, Any]:
     """The sidecar's container spec. Its command line is what the e2e pod runner executes."""
     env = [
         {"name": "PERFPILOT_SOCKET", "value": tmpl.socket_path},
@@ -97,14 +136,26 @@ def sidecar_container(profile_ns: str, profile_name: str, tmpl: SidecarTemplate,
             {"name": "pp-grpc", "containerPort": tmpl.grpc_port, "protocol": "TCP"},
             {"name": "pp-metrics", "containerPort": tmpl.metrics_port, "protocol": "TCP"},
         ],
-        "volumeMounts": [{"name": SOCKET_VOLUME, "mountPath": SOCKET_DIR}],
+        "volumeMounts": [{"name": SOCKET_VOLUME, "mountPath": SOCKET_DIR},
+                         {"name": shm_volume, "mountPath": SHM_DIR},
+                         {"name": TMP_VOLUME, "mountPath": "/tmp"}],
+        "startupProbe": {"grpc": {"port": tmpl.grpc_port}, "periodSeconds": STARTUP_PERIOD_S,
+                         "failureThreshold": STARTUP_FAILURES},
         "readinessProbe": {"grpc": {"port": tmpl.grpc_port}, "periodSeconds": 5},
+        "securityContext": security if security is not None else security_context({}),
     }
+    if tmpl.image_pull_policy:
+        container["imagePullPolicy"] = tmpl.image_pull_policy
     if resources:
         container["resources"] = resources
     if tmpl.native_sidecar:
         container["restartPolicy"] = "Always"
     return container
+
+
+def shared_memory(spec: dict[str, Any]) -> str:
+    """spec.resources.sharedMemory: the size of the pod's /dev/shm (docs/kernels.md, "Sizing /dev/shm")."""
+    return str((spec.get("resources") or {}).get("sharedMemory") or DEFAULT_SHARED_MEMORY)
 
 
 def inject(pod: dict[str, Any], profile: dict[str, Any], tmpl: SidecarTemplate) -> Injection:
@@ -131,10 +182,15 @@ def inject(pod: dict[str, Any], profile: dict[str, Any], tmpl: SidecarTemplate) 
     app = containers[app_index]
     if _resources(app_res):
         app["resources"] = _resources(app_res)
-    mount = {"name": SOCKET_VOLUME, "mountPath": SOCKET_DIR}
     mounts = app.setdefault("volumeMounts", [])
-    if mount not in mounts:
-        mounts.append(mount)
+    # /dev/shm: the app's own volume when it mounts one there, else ours; the two containers
+    # exchange kernel inputs and outputs through it (segment names are paths in this tmpfs).
+    own_shm = shm_mount(app)
+    shm_volume = own_shm["name"] if own_shm else SHM_VOLUME
+    for mount in ({"name": SOCKET_VOLUME, "mountPath": SOCKET_DIR},
+                  None if own_shm else {"name": SHM_VOLUME, "mountPath": SHM_DIR}):
+        if mount is not None and mount not in mounts:
+            mounts.append(mount)
     env = app.setdefault("env", [])
     known = {e.get("name") for e in env}
     for name, value in (("PERFPILOT_SOCKET", tmpl.socket_path),
@@ -144,7 +200,8 @@ def inject(pod: dict[str, Any], profile: dict[str, Any], tmpl: SidecarTemplate) 
 
     sidecar = sidecar_container(meta["namespace"], meta["name"], tmpl,
                                 _resources(spec.get("resources", {}).get("sidecar")),
-                                initial_config(spec))
+                                initial_config(spec), security_context(pod_spec),
+                                shm_volume)
     changes: dict[str, Any] = {}
     if tmpl.native_sidecar:
         changes["spec.initContainers"] = [*copy.deepcopy(pod_spec.get("initContainers", [])),
@@ -153,9 +210,13 @@ def inject(pod: dict[str, Any], profile: dict[str, Any], tmpl: SidecarTemplate) 
     else:
         changes["spec.containers"] = [*containers, sidecar]
     volumes = copy.deepcopy(pod_spec.get("volumes", []))
-    if not any(v.get("name") == SOCKET_VOLUME for v in volumes):
-        volumes.append({"name": SOCKET_VOLUME, "emptyDir": {"medium": "Memory",
-                                                            "sizeLimit": "1Mi"}})
+    for name, empty_dir in (
+            (SOCKET_VOLUME, {"medium": "Memory", "sizeLimit": "1Mi"}),
+            (SHM_VOLUME, None if own_shm else {"medium": "Memory",
+                                               "sizeLimit": shared_memory(spec)}),
+            (TMP_VOLUME, {"sizeLimit": "64Mi"})):
+        if empty_dir is not None and not any(v.get("name") == name for v in volumes):
+            volumes.append({"name": name, "emptyDir": empty_dir})
     changes["spec.volumes"] = volumes
     changes["metadata.labels"] = {LABEL_PROFILE: meta["name"]}
     changes["metadata.annotations"] = {

@@ -1,4 +1,4 @@
-"""numba kernels. THE ONLY MODULE OF PERFPILOT THAT IMPORTS NUMBA.
+"""numba kernels. THE ONLY MODULE OF PERFPILOT THAT IMPORTS NUMBA (with ``numbacache``, its helper).
 
 It is imported inside pool workers (at warm-up) and by benchmarks/tests that call kernels
 in-process; never by ``registry``, ``pool``, ``shm`` or the server.
@@ -7,7 +7,9 @@ Environment, set *before* numba is imported (only if the variable is not already
 
 * ``NUMBA_CACHE_DIR`` -> ``~/.cache/perfpilot/numba``: compiled kernels are cached outside the
   checkout (``cache=True``), so a restarted sidecar loads machine code instead of recompiling, and
-  CI can keep the directory between runs.
+  CI can keep the directory between runs. The sidecar image sets it to kernels compiled at build
+  time (``bake``); when the directory is not writable (an unprivileged user, a read-only root
+  filesystem) ``numbacache`` serves it read-only: baked entries load, a miss compiles in memory.
 * ``NUMBA_NUM_THREADS`` -> the CPUs this process may use (affinity and cgroup quota). That is the
   size of numba's thread pool, an upper bound; pool workers lower the *active* count per call with
   ``numba.set_num_threads(cpus // workers)`` so that workers × threads never oversubscribes.
@@ -25,11 +27,27 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Iterable, Mapping
+from typing import Any
+from collections.abc import Iterable, Mapping
 
 from .cpus import available_cpus
 
-os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "perfpilot", "numba"))
+
+
+def _writable(path: str) -> bool:
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(path, os.W_OK)
+
+
+CACHE_DIR = os.environ.setdefault(
+    "NUMBA_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "perfpilot", "numba"))
+CACHE_READ_ONLY = not _writable(CACHE_DIR)
+"""True when kernels load from a cache this process cannot write (the image's baked kernels)."""
+if CACHE_READ_ONLY:
+    os.environ.setdefault("NUMBA_CACHE_LOCATOR_CLASSES", "perfpilot_agent.kernels.numbacache.ReadOnlyCacheLocator")
 os.environ.setdefault("NUMBA_NUM_THREADS", str(available_cpus()))
 
 import numba  # noqa: E402
@@ -388,7 +406,7 @@ def _ro(a: np.ndarray) -> np.ndarray:
 
 def set_threads(n: int) -> int:
     """Set numba's active thread count (clamped to 1..NUMBA_NUM_THREADS); returns it."""
-    n = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
+    n = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]  # set at import
     if numba.get_num_threads() != n:
         numba.set_num_threads(n)
     return n
@@ -454,3 +472,9 @@ def warm(names: Iterable[str], *, variants: Iterable[bool] = (False, True)) -> d
 def warm_probe(*, variants: Iterable[bool] = (False, True)) -> None:
     for par in variants:
         probe_sum(np.ones(16, np.float32), parallel=par)
+
+
+if CACHE_READ_ONLY:
+    from . import numbacache  # noqa: E402
+
+    numbacache.tolerate_misses(list(globals().values()))

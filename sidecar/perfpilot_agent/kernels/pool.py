@@ -17,7 +17,8 @@ Design (details in docs/kernels.md):
   as retiring (idle ones first); a retiring worker finishes its current call, then stops.
 * Shared memory: inputs above ``shm_threshold_bytes`` are copied into a segment the parent owns
   and sent as a descriptor; arrays made by ``shared_array()`` are sent as a descriptor without any
-  copy; outputs above the threshold come back through a parent-allocated segment, zero-copy.
+  copy; outputs above the threshold come back through a parent-allocated segment (read with
+  pread: the parent never maps a staging segment, so a truncated one cannot SIGBUS it).
   The parent frees every segment of a call when the call ends, however it ends.
 """
 
@@ -34,7 +35,8 @@ import signal
 import threading
 from dataclasses import dataclass
 from multiprocessing import spawn as mp_spawn
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -444,7 +446,7 @@ class KernelPool:
         loop = self._loop
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
         wid = next(self._wids)
-        proc = self._ctx.Process(
+        proc = self._ctx.Process(  # type: ignore[attr-defined]  # typeshed: BaseContext; every real context has it
             target=worker.main,
             args=(child_conn, self._cpus),
             name=f"perfpilot-kernel-{self._id}.{wid}",
@@ -554,9 +556,7 @@ class KernelPool:
             elif job.via == "shm" or (job.via == "auto" and arr.nbytes > self.shm_threshold_bytes):
                 seg = self._take_segment(arr.nbytes)
                 job.segments.append(seg)
-                view = seg.ndarray(arr.shape, arr.dtype)
-                np.copyto(view, arr, casting="no")
-                del view
+                seg.write(np.ascontiguousarray(arr))  # pwrite: a truncated segment cannot SIGBUS us
                 # keep=True: the segment is recycled for later calls, so the worker keeps its
                 # mapping (populating the page tables of a 100 MB mapping costs ~10 ms per call);
                 # _recycle tells the workers to drop it when the segment is freed.
@@ -573,20 +573,26 @@ class KernelPool:
             for key, (shape, dtype) in registry.output_spec(job.kernel, job.inputs, job.params).items():
                 nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
                 if nbytes > self.shm_threshold_bytes:
-                    seg = shm.Segment(nbytes, tag=self._tag)
+                    seg = shm.Segment(nbytes, tag=self._tag, mapped=False)
                     job.outs[key] = (seg, shape, dtype)
                     outs[key] = shm.ShmRef(seg.name, dtype.str, shape, 0)
         parallel = self.parallel and threads > 1
-        return _roundtrip(w.conn, ("run", job.kernel, arrays, job.params, outs, threads, parallel, forget))
+        reply = _roundtrip(w.conn, ("run", job.kernel, arrays, job.params, outs, threads, parallel, forget))
+        if reply[0] != "ok" or not job.outs:
+            return reply
+        result = dict(reply[1])
+        try:  # outputs the worker wrote to shared memory: copied out with pread, never mapped here
+            for key, (seg, shape, dtype) in job.outs.items():
+                if key in result and result[key] is None:
+                    result[key] = seg.read(shape, dtype)
+        except shm.SegmentTruncated as e:
+            return ("err", "SegmentLost", f"{job.kernel}: {e}")
+        return ("ok", result)
 
     def _finish(self, job: _Job, reply: Any) -> None:
         try:
             if reply[0] == "ok":
                 result = dict(reply[1])
-                for key, val in result.items():
-                    if val is None and key in job.outs:
-                        seg, shape, dtype = job.outs[key]
-                        result[key] = seg.ndarray(shape, dtype)  # zero-copy view, keeps the mapping
                 if not job.future.done():
                     job.future.set_result(result)
                 self._completed += 1
@@ -607,11 +613,11 @@ class KernelPool:
             for i, seg in enumerate(self._spare):
                 if nbytes <= seg.size <= 2 * max(nbytes, 1 << 16):
                     return self._spare.pop(i)
-        return shm.Segment(nbytes, tag=self._tag)
+        return shm.Segment(nbytes, tag=self._tag, mapped=False)
 
     def _recycle(self, seg: shm.Segment) -> None:
         with self._spare_lock:
-            if self._state == "running" and seg.mmap is not None:
+            if self._state == "running" and seg.usable:
                 self._spare.append(seg)
                 total = sum(s.size for s in self._spare)
                 while total > self.spare_segment_bytes and self._spare:

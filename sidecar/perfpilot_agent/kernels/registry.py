@@ -22,9 +22,12 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import numpy as np
+
+from perfpilot_contract.limits import KERNEL_NAMES
 
 from .errors import KernelInputError, UnknownKernel
 
@@ -76,8 +79,13 @@ KERNELS: dict[str, KernelSpec] = {
 }
 
 
+if tuple(KERNELS) != KERNEL_NAMES:  # the contract's list is what the CRD enum and Configure accept
+    raise ImportError(f"kernel registry {tuple(KERNELS)} differs from perfpilot_contract.limits.KERNEL_NAMES "
+                      f"{KERNEL_NAMES}: add the name there (and to the CRD enum) in the same change")
+
+
 def known() -> str:
-    return ", ".join(sorted(KERNELS))
+    return ", ".join(KERNEL_NAMES)
 
 
 def spec(name: str) -> KernelSpec:
@@ -280,7 +288,8 @@ def cosine_scores_numpy(query: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     mn = np.linalg.norm(m, axis=1)
     dots = q @ m.T
     denom = np.outer(qn, mn)
-    return np.divide(dots, denom, out=np.zeros_like(dots), where=denom > 0)
+    scores: np.ndarray = np.divide(dots, denom, out=np.zeros_like(dots), where=denom > 0)
+    return scores
 
 
 def reference_numpy(

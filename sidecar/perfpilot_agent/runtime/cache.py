@@ -65,10 +65,17 @@ class TTLCache:
         return value, expires - now
 
     def put(self, key: str, value: Any, *, ttl: float | None = None, size: int = 0) -> int:
-        """Insert or replace; returns how many LRU entries were evicted to make room."""
+        """Insert or replace; returns how many LRU entries were evicted to make room.
+
+        A TTL of 0 (cache.ttl: 0s, or the call's own) or maxEntries 0 means "not cached": the value
+        is not stored (and an older value under the key is dropped, so a read never sees stale data).
+        """
         if key in self._data:
             self._remove(key)
-        expires = self.clock() + (self.ttl if ttl is None else ttl)
+        ttl = self.ttl if ttl is None else ttl
+        if ttl <= 0 or self.max_entries <= 0:
+            return 0
+        expires = self.clock() + ttl
         self._data[key] = (expires, value, size)
         self.bytes += size
         return self._evict()

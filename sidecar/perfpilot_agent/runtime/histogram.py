@@ -4,10 +4,11 @@ Every histogram in every agent has the same bounds: 1 µs × 2^(i/4) for i = 0..
 so the operator merges pods by adding counts bucket by bucket, and merging is exact (the merge of
 two histograms equals the histogram of the union of their observations).
 
-Quantiles are estimated from buckets with the nearest-rank rule and reported as the geometric
-midpoint of the bucket holding that rank. Because adjacent bounds differ by 2^(1/4), the estimate
-is within 2^(1/8) - 1 ≈ 9.05 % (relative) of the true sample quantile for values in [1 µs, 113 s];
-below 1 µs it reports 1 µs, above the last bound it reports the last bound.
+Quantiles use the contract's one estimator (perfpilot_contract.histograms, Prometheus'
+histogram_quantile rule), the same the operator applies to merged histograms. Because adjacent
+bounds differ by 2^(1/4), the estimate is within 2^(1/4) - 1 ≈ 18.9 % (relative) of the true
+sample quantile for values in (1 µs, 113 s]; at most 1 µs it reports a value in [0, 1 µs], above
+the last bound it reports the last bound.
 Plain lists and bisect: no NumPy, so a heartbeat-only agent stays small.
 """
 
@@ -18,6 +19,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 
 from perfpilot.v1 import agent_pb2 as pb
+from perfpilot_contract import histograms as contract_histograms
 
 BASE_SECONDS = 1e-6
 STEPS_PER_OCTAVE = 4
@@ -26,7 +28,7 @@ BOUNDS: tuple[float, ...] = tuple(BASE_SECONDS * 2 ** (i / STEPS_PER_OCTAVE) for
 """Upper bounds (inclusive, like Prometheus `le`); bucket len(BOUNDS) is the +Inf overflow."""
 WIRE_BOUNDS: tuple[float, ...] = (*BOUNDS, math.inf)
 """Bounds as sent in GetStats: one per count, +Inf last."""
-RELATIVE_ERROR = 2 ** (1 / (2 * STEPS_PER_OCTAVE)) - 1
+RELATIVE_ERROR = 2 ** (1 / STEPS_PER_OCTAVE) - 1
 """Worst relative error of a quantile estimate inside the bucketed range."""
 PROMETHEUS_BOUND_INDEXES: tuple[int, ...] = tuple(range(0, N_BOUNDS, STEPS_PER_OCTAVE))
 """Every 4th bound (powers of two × 1 µs) for /metrics: cumulative counts there are exact."""
@@ -87,26 +89,9 @@ class Histogram:
 
 
 def quantile_from_counts(counts: Sequence[int], q: float) -> float:
-    """Nearest-rank quantile from non-cumulative bucket counts over BOUNDS (+Inf last)."""
-    total = sum(counts)
-    if total == 0:
-        return 0.0
-    target = max(q * total, 1.0)
-    cumulative = 0
-    for i, c in enumerate(counts):
-        cumulative += c
-        if cumulative >= target:
-            return bucket_estimate(i)
-    return bucket_estimate(len(counts) - 1)
-
-
-def bucket_estimate(i: int) -> float:
-    """Representative value of bucket i: the geometric midpoint of its bounds."""
-    if i == 0:
-        return BOUNDS[0]
-    if i >= N_BOUNDS:
-        return BOUNDS[-1]
-    return math.sqrt(BOUNDS[i - 1] * BOUNDS[i])
+    """Estimated q-quantile from non-cumulative counts over WIRE_BOUNDS; 0.0 when empty (proto-friendly)."""
+    value = contract_histograms.quantile(WIRE_BOUNDS, counts, q)
+    return 0.0 if math.isnan(value) else value
 
 
 def quantiles_proto(h: Histogram) -> pb.Quantiles:

@@ -19,8 +19,10 @@ from grpc import aio
 from perfpilot.v1 import agent_pb2 as pb
 from perfpilot.v1 import agent_pb2_grpc as pb_grpc
 from perfpilot_agent.errors import AgentError, InvalidArgument
-from perfpilot_agent.liveconfig import MAX_TTL_SECONDS, to_proto
+from perfpilot_agent.liveconfig import to_proto
 from perfpilot_agent.runtime.compute import KERNEL_KEY_PREFIX
+from perfpilot_contract.limits import CACHE_PUT_TTL
+from perfpilot_contract.liveconfig import ConfigError, check_duration
 
 if TYPE_CHECKING:
     from perfpilot_agent.app import AgentApp
@@ -28,9 +30,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
-Handler = Callable[[Any, Req, aio.ServicerContext], Awaitable[Resp]]
+Handler = Callable[[Any, Req, aio.ServicerContext[Any, Any]], Awaitable[Resp]]
 MAX_KEY_BYTES = 1024
+MAX_DETAILS = 1024
 _EVENT_TYPES = frozenset(v for v in pb.EventType.values() if v != pb.EVENT_TYPE_UNSPECIFIED)
+
+
+def _details(exc: AgentError) -> str:
+    """The status message, bounded: it travels in trailers, and a message quoting a huge client-chosen
+    name would exceed the peer's metadata limit (the client would see INTERNAL instead of our code)."""
+    text = str(exc)
+    return text if len(text) <= MAX_DETAILS else text[: MAX_DETAILS - 3] + "..."
 
 
 def _rpc(method: str) -> Callable[[Handler[Req, Resp]], Handler[Req, Resp]]:
@@ -38,14 +48,14 @@ def _rpc(method: str) -> Callable[[Handler[Req, Resp]], Handler[Req, Resp]]:
 
     def wrap(fn: Handler[Req, Resp]) -> Handler[Req, Resp]:
         @functools.wraps(fn)
-        async def handler(self: AgentServicer, request: Req, context: aio.ServicerContext) -> Resp:
+        async def handler(self: AgentServicer, request: Req, context: aio.ServicerContext[Any, Any]) -> Resp:
             started = time.perf_counter()
             code = "OK"
             try:
                 return await fn(self, request, context)
             except AgentError as exc:
                 code = exc.code.name
-                await context.abort(exc.code, str(exc))
+                await context.abort(exc.code, _details(exc))
             except aio.AbortError:
                 code = "ABORTED_BY_HANDLER"
                 raise
@@ -81,14 +91,14 @@ class AgentServicer(pb_grpc.AgentServicer):
         self.app = app
 
     @_rpc("Heartbeat")
-    async def Heartbeat(self, request: pb.HeartbeatRequest, context: aio.ServicerContext) -> pb.HeartbeatResponse:
+    async def Heartbeat(self, request: pb.HeartbeatRequest, context: aio.ServicerContext[Any, Any]) -> pb.HeartbeatResponse:
         t0 = time.perf_counter()
         resp = self.app.heartbeat(request.sequence)
         self.app.monitor.heartbeat.observe(time.perf_counter() - t0)
         return resp
 
     @_rpc("Configure")
-    async def Configure(self, request: pb.ConfigureRequest, context: aio.ServicerContext) -> pb.ConfigureResponse:
+    async def Configure(self, request: pb.ConfigureRequest, context: aio.ServicerContext[Any, Any]) -> pb.ConfigureResponse:
         if request.generation <= 0:
             raise InvalidArgument(f"generation must be > 0, got {request.generation}")
         applied = self.app.configure(request.generation, request.config)
@@ -97,25 +107,25 @@ class AgentServicer(pb_grpc.AgentServicer):
         )
 
     @_rpc("GetConfig")
-    async def GetConfig(self, request: pb.GetConfigRequest, context: aio.ServicerContext) -> pb.GetConfigResponse:
+    async def GetConfig(self, request: pb.GetConfigRequest, context: aio.ServicerContext[Any, Any]) -> pb.GetConfigResponse:
         return pb.GetConfigResponse(generation=self.app.generation, config=to_proto(self.app.config))
 
     @_rpc("GetStats")
-    async def GetStats(self, request: pb.GetStatsRequest, context: aio.ServicerContext) -> pb.GetStatsResponse:
+    async def GetStats(self, request: pb.GetStatsRequest, context: aio.ServicerContext[Any, Any]) -> pb.GetStatsResponse:
         return self.app.stats()
 
     @_rpc("RecordTimings")
     async def RecordTimings(
-        self, request: pb.RecordTimingsRequest, context: aio.ServicerContext
+        self, request: pb.RecordTimingsRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.RecordTimingsResponse:
         return pb.RecordTimingsResponse(accepted=self.app.monitor.record_timings(request))
 
     @_rpc("RunKernel")
-    async def RunKernel(self, request: pb.RunKernelRequest, context: aio.ServicerContext) -> pb.RunKernelResponse:
+    async def RunKernel(self, request: pb.RunKernelRequest, context: aio.ServicerContext[Any, Any]) -> pb.RunKernelResponse:
         return await self.app.runner.run(request)
 
     @_rpc("CacheGet")
-    async def CacheGet(self, request: pb.CacheGetRequest, context: aio.ServicerContext) -> pb.CacheGetResponse:
+    async def CacheGet(self, request: pb.CacheGetRequest, context: aio.ServicerContext[Any, Any]) -> pb.CacheGetResponse:
         _check_key(request.key)
         hit = self.app.cache.get(request.key)
         if hit is None:
@@ -126,25 +136,23 @@ class AgentServicer(pb_grpc.AgentServicer):
         return resp
 
     @_rpc("CachePut")
-    async def CachePut(self, request: pb.CachePutRequest, context: aio.ServicerContext) -> pb.CachePutResponse:
+    async def CachePut(self, request: pb.CachePutRequest, context: aio.ServicerContext[Any, Any]) -> pb.CachePutResponse:
         _check_key(request.key)
         limit = self.app.settings.cache_max_value_bytes
         if len(request.value) > limit:
             raise InvalidArgument(f"value is {len(request.value)} bytes; at most {limit} (--cache-max-value-bytes)")
         ttl = None
-        if request.HasField("ttl"):
-            d = request.ttl
-            if not -999_999_999 <= d.nanos <= 999_999_999:
-                raise InvalidArgument(f"ttl.nanos must be within [-999999999, 999999999], got {d.nanos}")
-            ttl = d.seconds + d.nanos / 1e9
-            if not 0 < ttl <= MAX_TTL_SECONDS:
-                raise InvalidArgument(f"ttl must be within (0s, {MAX_TTL_SECONDS}s], got {ttl:g}s")
+        if request.HasField("ttl"):  # the contract's one Duration rule, cache.ttl's bounds; 0s: not stored
+            try:
+                ttl = check_duration(CACHE_PUT_TTL, request.ttl, path="ttl")
+            except ConfigError as exc:
+                raise InvalidArgument(str(exc)) from None
         evicted = self.app.cache.put(request.key, bytes(request.value), ttl=ttl, size=len(request.value) + len(request.key))
         return pb.CachePutResponse(evicted=evicted)
 
     @_rpc("CacheInvalidate")
     async def CacheInvalidate(
-        self, request: pb.CacheInvalidateRequest, context: aio.ServicerContext
+        self, request: pb.CacheInvalidateRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.CacheInvalidateResponse:
         if len(request.prefix.encode()) > MAX_KEY_BYTES:
             raise InvalidArgument(f"prefix is longer than {MAX_KEY_BYTES} bytes")
@@ -156,7 +164,7 @@ class AgentServicer(pb_grpc.AgentServicer):
         return pb.CacheInvalidateResponse(removed=removed)
 
     async def WatchEvents(
-        self, request: pb.WatchEventsRequest, context: aio.ServicerContext
+        self, request: pb.WatchEventsRequest, context: aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.EventBatch]:
         started = time.perf_counter()
         code = "OK"
@@ -182,7 +190,7 @@ class AgentServicer(pb_grpc.AgentServicer):
                     sub.close()
         except AgentError as exc:
             code = exc.code.name
-            await context.abort(exc.code, str(exc))
+            await context.abort(exc.code, _details(exc))
         except asyncio.CancelledError:
             code = "CANCELLED"
             raise

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import grpc
 from grpc import aio
@@ -41,24 +42,29 @@ def check_token(metadata: tuple[tuple[str, str | bytes], ...] | None, token: byt
     return None
 
 
-def _rejecting(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
-    """A handler of the same shape as `handler` that aborts with UNAUTHENTICATED."""
+def _unparsed(data: bytes) -> None:
+    """The request deserializer of a rejected call: the body of an unauthenticated call is never parsed."""
+    return None
 
-    async def unary(request: object, context: aio.ServicerContext) -> None:
+
+def _rejecting(handler: grpc.RpcMethodHandler[Any, Any], message: str) -> grpc.RpcMethodHandler[Any, Any]:
+    """A handler of the same shape as `handler` that aborts with UNAUTHENTICATED without parsing the body."""
+
+    async def unary(request: object, context: aio.ServicerContext[Any, Any]) -> None:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
-    async def streaming(request: object, context: aio.ServicerContext):  # type: ignore[no-untyped-def]
+    async def streaming(request: object, context: aio.ServicerContext[Any, Any]):  # type: ignore[no-untyped-def]
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
         yield  # pragma: no cover - makes this an async generator
 
-    kw = dict(request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+    ser = handler.response_serializer
     if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(unary, **kw)
+        return grpc.unary_unary_rpc_method_handler(unary, request_deserializer=_unparsed, response_serializer=ser)
     if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(streaming, **kw)
+        return grpc.unary_stream_rpc_method_handler(streaming, request_deserializer=_unparsed, response_serializer=ser)
     if handler.stream_unary is not None:
-        return grpc.stream_unary_rpc_method_handler(unary, **kw)
-    return grpc.stream_stream_rpc_method_handler(streaming, **kw)
+        return grpc.stream_unary_rpc_method_handler(unary, request_deserializer=_unparsed, response_serializer=ser)
+    return grpc.stream_stream_rpc_method_handler(streaming, request_deserializer=_unparsed, response_serializer=ser)
 
 
 class BearerTokenInterceptor(aio.ServerInterceptor):
@@ -70,13 +76,13 @@ class BearerTokenInterceptor(aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
-        if handler is None or handler_call_details.method in OPEN_METHODS:  # type: ignore[attr-defined]
+        if handler is None or handler_call_details.method in OPEN_METHODS:
             return handler
-        problem = check_token(handler_call_details.invocation_metadata, self.token)  # type: ignore[attr-defined]
+        problem = check_token(handler_call_details.invocation_metadata, self.token)
         if problem is None:
             return handler
         self.rejected += 1
