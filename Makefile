@@ -8,7 +8,7 @@ CACHE     ?= $(HOME)/.cache/perfpilot
 STATE     := e2e/.state
 export PERFPILOT_CACHE := $(CACHE)
 
-.PHONY: help venv debs grafana-schema lint protos protos-check dashboards dashboards-check unit e2e e2e-cluster test demo dev-up dev-down cluster-build cluster-up cluster-env cluster-down bench bench-quick bench-operator images clean
+.PHONY: help venv debs grafana-schema lint protos protos-check dashboards dashboards-check unit e2e e2e-cluster test demo dev-up dev-down cluster-build cluster-up cluster-env cluster-down bench bench-quick bench-operator bench-node images clean
 
 help: ## list targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -82,7 +82,7 @@ test: venv cluster-build debs grafana-schema images ## lint + unit + e2e
 demo: dev-up ## local cluster + operator + example profiles: injection, live config, alerts, autoscaling
 	@bash scripts/demo.sh
 
-bench: venv cluster-build debs ## full benchmarks, operator figures included -> bench/results/latest.json
+bench: venv cluster-build debs ## full benchmarks, operator and real-node figures included -> bench/results/latest.json
 	@$(PY) -m bench.run --full
 
 bench-quick: venv ## quick benchmarks (< 3 min) -> bench/results/latest.json
@@ -90,6 +90,9 @@ bench-quick: venv ## quick benchmarks (< 3 min) -> bench/results/latest.json
 
 bench-operator: venv cluster-build debs ## operator figures only (~3 min; not with `make e2e`) -> bench/results/operator.json
 	@$(PY) -m bench.operator_bench
+
+bench-node: venv cluster-build debs ## real-node figures only (~5 min; own cluster) -> bench/results/node.json
+	@$(PY) -m bench.node_bench
 
 clean: cluster-down
 	rm -rf $(VENV) $(STATE) e2e/.state-test

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -43,18 +44,16 @@ class _MissTolerantCache(FunctionCache):
 
     def save_overload(self, sig: Any, data: Any) -> None:
         try:
-            super().save_overload(sig, data)  # type: ignore[no-untyped-call]  # numba: unannotated
+            super().save_overload(sig, data)  # type: ignore[no-untyped-call]
         except OSError as exc:
             if exc.errno not in _READ_ONLY_ERRNOS:
                 raise
             if not _warned:
-                from numba.core import config
-
                 log.warning(
                     "numba cache %s is read-only and has no entry for this CPU (%s): %s and the kernels it "
                     "calls were compiled in memory, not loaded. The image's kernels were compiled on another "
                     "CPU model; build the image on the nodes' CPU model or mount a writable volume at "
-                    "NUMBA_CACHE_DIR", config.CACHE_DIR, _cpu_name(), self._name)  # type: ignore[attr-defined]
+                    "NUMBA_CACHE_DIR", os.environ.get("NUMBA_CACHE_DIR"), _cpu_name(), self._name)
             _warned.append(self._name)
 
 
@@ -69,7 +68,7 @@ def tolerate_misses(objects: Iterable[Any]) -> int:
     n = 0
     for obj in objects:
         if isinstance(obj, Dispatcher) and isinstance(getattr(obj, "_cache", None), FunctionCache):
-            obj._cache = _MissTolerantCache(obj.py_func)  # type: ignore[attr-defined,no-untyped-call]
+            setattr(obj, "_cache", _MissTolerantCache(obj.py_func))  # type: ignore[no-untyped-call]  # noqa: B010
             n += 1
     return n
 
