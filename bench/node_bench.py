@@ -173,6 +173,12 @@ class Bench:
             for cond in st.conditions or []:
                 if cond.type == "Ready" and cond.status == "True":
                     out["ready"] = now
+            crashed = [cs.name for cs in (st.init_container_statuses or []) + (st.container_statuses or [])
+                       if cs.restart_count >= 2]
+            if crashed:
+                w.stop()
+                logs = self.cluster.kubectl("logs", name, "-n", NS, "-c", crashed[0], "--tail=15", check=False)
+                raise RuntimeError(f"pod {name}: container {crashed[0]} restarts: {logs.stdout}{logs.stderr}")
             if "ready" in out:
                 w.stop()
         if "ready" not in out:
