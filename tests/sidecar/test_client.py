@@ -13,7 +13,7 @@ import pytest
 from perfpilot.v1 import agent_pb2 as pb
 from perfpilot_agent.kernels import registry
 from perfpilot_client import AgentClient, AgentConfig, AsyncAgentClient
-from perfpilot_client.measure import TimingBuffer
+from perfpilot_client.timings import TimingBuffer
 from tests.sidecar.conftest import TOKEN, Agent, MakeAgent
 
 
@@ -50,11 +50,11 @@ async def test_sync_flusher_sends_full_batches_without_explicit_flush(agent: Age
     got = asyncio.get_running_loop().create_future()
     real = agent.app.monitor.record_timings
 
-    def spy(req: pb.RecordTimingsRequest) -> int:
-        n = real(req)
+    def spy(req: pb.RecordTimingsRequest) -> pb.RecordTimingsResponse:
+        resp = real(req)
         if not got.done():
-            got.set_result(n)
-        return n
+            got.set_result(resp.accepted)
+        return resp
 
     agent.app.monitor.record_timings = spy  # type: ignore[method-assign]
     client = AgentClient(agent.app.socket_path, batch_size=10, batch_wait=3600.0)

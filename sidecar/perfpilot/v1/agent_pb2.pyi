@@ -1005,21 +1005,34 @@ Global___RecordTimingsRequest: _TypeAlias = RecordTimingsRequest  # noqa: Y015
 
 @_typing.final
 class RecordTimingsResponse(_message.Message):
-    """RecordTimingsResponse acknowledges a batch."""
+    """RecordTimingsResponse acknowledges a batch. Observations of known op names are always recorded;
+    when the agent's op-name limit (--max-ops) is reached, observations of new names are not, and
+    those names are listed in refused_ops (the call still succeeds).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCEPTED_FIELD_NUMBER: _builtins.int
+    REFUSED_OPS_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
     accepted: _builtins.int
     """Observations recorded."""
+    refused: _builtins.int
+    """Observations not recorded (those of refused_ops)."""
+    @_builtins.property
+    def refused_ops(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """New op names whose observations were not recorded because the op-name limit is reached."""
+
     def __init__(
         self,
         *,
         accepted: _builtins.int = ...,
+        refused_ops: _abc.Iterable[_builtins.str] | None = ...,
+        refused: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "refused", b"refused", "refused_ops", b"refused_ops"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
