@@ -201,12 +201,13 @@ async def test_clients_over_tcp_with_token(agent: Agent) -> None:
         assert out["scores"].shape == (3,)
 
 
-def test_client_never_imports_the_agent_or_numba() -> None:
+def test_client_never_imports_the_agent_numba_or_numpy() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, perfpilot_client; c = perfpilot_client.AgentClient('/nonexistent.sock'); c.close();"
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('numba', 'perfpilot_agent', 'llvmlite')];"
+    code = ("import sys, perfpilot_client, perfpilot_client.asgi; c = perfpilot_client.AgentClient('/nonexistent.sock');"
+            "c.measure('op')(lambda: None)(); c.close();"
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('numba', 'perfpilot_agent', 'llvmlite', 'numpy', 'psutil')];"
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
