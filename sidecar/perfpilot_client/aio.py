@@ -13,7 +13,6 @@ import asyncio
 import inspect
 import logging
 import threading
-import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Self, TypeVar
 
@@ -22,7 +21,7 @@ from grpc import aio
 
 from perfpilot.v1 import agent_pb2 as pb
 from perfpilot.v1 import agent_pb2_grpc as pb_grpc
-from perfpilot_client.base import ClientBase, ConfigCallback, is_ready, not_ready, require_numpy, rpc_name
+from perfpilot_client.base import ClientBase, ConfigCallback, ReadyWait, require_numpy, rpc_name
 from perfpilot_client.config import AgentConfig
 from perfpilot_client.errors import PerfpilotError, from_rpc_error
 
@@ -137,21 +136,17 @@ class AsyncAgentClient(ClientBase):
     async def wait_ready(self, timeout: float = 10.0, *, warm: bool = True) -> pb.HeartbeatResponse:
         """Wait until the sidecar answers (and, with warm=True, has compiled its warm kernels), at
         most `timeout` seconds; then SidecarUnavailable saying what it saw last."""
-        deadline = time.monotonic() + timeout
-        delay, last, cause = 0.0, None, None
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or self._closed:
-                raise not_ready(self.target, timeout, last, cause)
-            await asyncio.sleep(min(delay, left))  # poll interval while the sidecar warms up
+        wait = ReadyWait(self.target, timeout, warm)
+        while not self._closed:
+            await asyncio.sleep(wait.pause())  # the poll interval while the sidecar warms up
             try:
-                last = await self._call(self.stub.Heartbeat, pb.HeartbeatRequest(), wait_for_ready=True,
-                                        timeout=max(deadline - time.monotonic(), 0.001))
-                if is_ready(last, warm):
-                    return last
+                resp = await self._call(self.stub.Heartbeat, pb.HeartbeatRequest(), wait_for_ready=True,
+                                        timeout=wait.left())
+                if wait.ready(resp):
+                    return resp
             except PerfpilotError as exc:
-                cause = exc
-            delay = min(max(delay * 2, 0.05), 1.0)
+                wait.cause = exc
+        raise wait.error()
 
     async def cache_get(self, key: str) -> bytes | None:
         """The cached value, or None."""

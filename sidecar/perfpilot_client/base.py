@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -43,19 +44,42 @@ def rpc_name(request: object) -> str:
     return type(request).__name__.removesuffix("Request")
 
 
-def not_ready(target: str, timeout: float, last: pb.HeartbeatResponse | None, cause: Exception | None) -> SidecarUnavailable:
-    """The error wait_ready raises when its time is up, saying what it saw last."""
-    if last is not None:
-        state = pb.AgentState.Name(last.state).removeprefix("AGENT_STATE_")
-        why = f"it answers but is {state}" + (" (warm kernels still compiling)" if state == "STARTING" else "")
-    else:
-        why = f"no answer ({cause})" if cause is not None else "no answer"
-    return SidecarUnavailable(f"sidecar at {target} not ready after {timeout:g}s: {why}")
+class ReadyWait:
+    """The bookkeeping of one wait_ready: deadline, poll interval, what was seen last (the sync and
+    async clients make the calls)."""
 
+    def __init__(self, target: str, timeout: float, warm: bool) -> None:
+        self.target, self.timeout, self.warm = target, timeout, warm
+        self.deadline = time.monotonic() + timeout
+        self.delay = 0.0
+        self.last: pb.HeartbeatResponse | None = None
+        self.cause: Exception | None = None
 
-def is_ready(resp: pb.HeartbeatResponse, warm: bool) -> bool:
-    """Ready means answering; with warm=True also SERVING (warm kernels compiled)."""
-    return resp.state == pb.AGENT_STATE_READY or (not warm and resp.state == pb.AGENT_STATE_STARTING)
+    def pause(self) -> float:
+        """Seconds to wait before the next attempt; SidecarUnavailable once the time is up."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise self.error()
+        pause, self.delay = min(self.delay, left), min(max(self.delay * 2, READY_POLL_INITIAL), READY_POLL_MAX)
+        return pause
+
+    def left(self) -> float:
+        """The time left, as the next call's deadline."""
+        return max(self.deadline - time.monotonic(), 0.001)
+
+    def ready(self, resp: pb.HeartbeatResponse) -> bool:
+        """Ready means answering; with warm=True also READY (warm kernels compiled)."""
+        self.last = resp
+        return resp.state == pb.AGENT_STATE_READY or (not self.warm and resp.state == pb.AGENT_STATE_STARTING)
+
+    def error(self) -> SidecarUnavailable:
+        """What wait_ready raises when its time is up, saying what it saw last."""
+        if self.last is not None:
+            state = pb.AgentState.Name(self.last.state).removeprefix("AGENT_STATE_")
+            why = f"it answers but is {state}" + (" (warm kernels still compiling)" if state == "STARTING" else "")
+        else:
+            why = f"no answer ({self.cause})" if self.cause is not None else "no answer"
+        return SidecarUnavailable(f"sidecar at {self.target} not ready after {self.timeout:g}s: {why}")
 
 
 class ClientBase:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from typing import Any, Self, TypeVar
 
@@ -19,7 +18,7 @@ import grpc
 
 from perfpilot.v1 import agent_pb2 as pb
 from perfpilot.v1 import agent_pb2_grpc as pb_grpc
-from perfpilot_client.base import ClientBase, ConfigCallback, is_ready, not_ready, require_numpy, rpc_name
+from perfpilot_client.base import ClientBase, ConfigCallback, ReadyWait, require_numpy, rpc_name
 from perfpilot_client.config import AgentConfig
 from perfpilot_client.errors import PerfpilotError, from_rpc_error
 from perfpilot_client.timings import ThreadFlusher
@@ -112,20 +111,16 @@ class AgentClient(ClientBase):
     def wait_ready(self, timeout: float = 10.0, *, warm: bool = True) -> pb.HeartbeatResponse:
         """Block until the sidecar answers (and, with warm=True, has compiled its warm kernels), at
         most `timeout` seconds; then SidecarUnavailable saying what it saw last."""
-        deadline = time.monotonic() + timeout
-        delay, last, cause = 0.0, None, None
+        wait = ReadyWait(self.target, timeout, warm)
         while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or self._closed.wait(min(delay, left)):
-                raise not_ready(self.target, timeout, last, cause)
+            if self._closed.wait(wait.pause()):
+                raise wait.error()
             try:
-                last = self._call(self.stub.Heartbeat, pb.HeartbeatRequest(), wait_for_ready=True,
-                                  timeout=max(deadline - time.monotonic(), 0.001))
-                if is_ready(last, warm):
-                    return last
+                resp = self._call(self.stub.Heartbeat, pb.HeartbeatRequest(), wait_for_ready=True, timeout=wait.left())
+                if wait.ready(resp):
+                    return resp
             except PerfpilotError as exc:
-                cause = exc
-            delay = min(max(delay * 2, 0.05), 1.0)
+                wait.cause = exc
 
     # -- cache ---------------------------------------------------------------------------------------
 
