@@ -116,8 +116,8 @@ def record(buffer: TimingBuffer | None, op: str, seconds: float, error: bool) ->
         if buffer is None:
             _unrecorded[0] += 1
             if _unrecorded[0] == 1:
-                log.warning("perfpilot: measure(%r) ran before any client was connected (AgentClient.connect() / "
-                            "set_default_agent()); such timings are not recorded", op)
+                log.warning("perfpilot: measure(%r) ran before any client was connected (AgentClient.connect() or "
+                            "agent.set_default()); such timings are not recorded", op)
             return
     buffer.add(op, seconds, error)
 
