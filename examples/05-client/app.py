@@ -1,5 +1,6 @@
 """An app using perfpilot_client, written the way an app developer would, type-checked with
-`mypy --strict` by tests/sidecar/test_client_typing.py (the client's API types, never Any).
+`mypy --strict` by tests/sidecar/test_client_install.py (the client's API types, never Any) and run
+against an in-process sidecar by tests/sidecar/test_client_measure.py.
 
 Runs as an ASGI app under any server (`uvicorn app:app`); with FastAPI, replace the raw `routes`
 app by `FastAPI()` and keep the `app.add_middleware(PerfpilotMiddleware)` line (docs/sidecar.md).
@@ -42,7 +43,11 @@ def tokenize(text: str) -> int:
 
 
 async def routes(scope: Scope, receive: Receive, send: Send) -> None:
-    """A bare ASGI app: GET /plan?q=... answers the plan as JSON."""
+    """A bare ASGI app: GET /plan?q=... answers the plan as JSON; the client is connected at
+    lifespan startup and closed (timings flushed) at shutdown."""
+    if scope["type"] == "lifespan":
+        await lifespan(receive, send)
+        return
     if scope["type"] != "http":
         return
     steps = await plan(scope.get("query_string", b"").decode())
@@ -53,6 +58,25 @@ async def routes(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 app = PerfpilotMiddleware(routes)  # one timing per request, op = "GET:/plan"
+
+
+async def lifespan(receive: Receive, send: Send) -> None:
+    """ASGI lifespan: connect at startup (failing the start if no sidecar answers), close at shutdown."""
+    agent: AsyncAgentClient | None = None
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            try:
+                agent = await startup()
+            except SidecarUnavailable as exc:
+                await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                return
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            if agent is not None:
+                await agent.close()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
 
 
 async def startup() -> AsyncAgentClient:

@@ -4,7 +4,10 @@ app, driven by direct ASGI calls) and the op-name cap, against the in-process ag
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import json
 import logging
+from pathlib import Path
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -136,7 +139,7 @@ def raw_app(routes: dict[str, str]) -> Any:
     return app
 
 
-async def call(app: Any, path: str, method: str = "GET", type_: str = "http") -> list[Message]:
+async def call(app: Any, path: str, method: str = "GET", type_: str = "http", query: bytes = b"") -> list[Message]:
     """One request through an ASGI app; returns what it sent."""
     sent: list[Message] = []
 
@@ -146,7 +149,7 @@ async def call(app: Any, path: str, method: str = "GET", type_: str = "http") ->
     async def send(message: Message) -> None:
         sent.append(message)
 
-    scope = {"type": type_, "method": method, "path": path, "root_path": "", "query_string": b"", "headers": [],
+    scope = {"type": type_, "method": method, "path": path, "root_path": "", "query_string": query, "headers": [],
              "scheme": "http", "server": ("test", 80), "client": ("test", 1), "http_version": "1.1",
              "asgi": {"version": "3.0"}}
     await app(scope, receive, send)
@@ -262,3 +265,39 @@ async def test_op_names_are_full_matched(agent: Agent) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await agent.stub.RecordTimings(batch("op\n"))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_the_example_app_runs_against_the_agent(agent: Agent, monkeypatch: pytest.MonkeyPatch) -> None:
+    """examples/05-client/app.py under ASGI lifespan + requests, the sidecar found via PERFPILOT_SOCKET."""
+    monkeypatch.delenv("PERFPILOT_ADDRESS", raising=False)
+    monkeypatch.setenv("PERFPILOT_SOCKET", agent.app.socket_path)
+    spec = importlib.util.spec_from_file_location(
+        "example_client_app", Path(__file__).resolve().parents[2] / "examples" / "05-client" / "app.py")
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+
+    inbox: asyncio.Queue[Message] = asyncio.Queue()
+    said: list[str] = []
+    started = asyncio.Event()
+
+    async def send(message: Message) -> None:
+        said.append(message["type"])
+        started.set()
+
+    await inbox.put({"type": "lifespan.startup"})
+    life = asyncio.create_task(example.app({"type": "lifespan", "asgi": {"version": "3.0"}}, inbox.get, send))
+    await asyncio.wait_for(started.wait(), 30)
+    assert said == ["lifespan.startup.complete"]
+    for q in (b"what is up", b"a b"):
+        sent = await call(example.app, "/plan", query=q)
+        assert json.loads(sent[1]["body"])["steps"] == q.decode().split()
+    await inbox.put({"type": "lifespan.shutdown"})
+    await asyncio.wait_for(life, 30)
+    assert said[-1] == "lifespan.shutdown.complete"
+    ops = await op_stats(agent)
+    assert ops["GET:/plan"].latency.count == 2
+    assert ops["plan"].latency.count == 2 and ops["tokenize"].latency.count == 2
+    assert (ops["warmup"].latency.count, ops["warmup"].errors) == (1, 1)  # nothing cached under "warm"
+    cached = await agent.stub.CacheGet(pb.CacheGetRequest(key="user/42"))
+    assert (cached.found, cached.value) == (True, b"{}") and 0 < cached.ttl_remaining.seconds <= 60
