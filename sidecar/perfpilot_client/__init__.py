@@ -21,6 +21,7 @@ from perfpilot_client.asgi import PerfpilotMiddleware
 from perfpilot_client.client import AgentClient
 from perfpilot_client.config import AgentConfig, Cache, Heartbeat, Kernels, Pools
 from perfpilot_client.errors import (
+    DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     Overloaded,
@@ -36,6 +37,7 @@ __all__ = [
     "AgentConfig",
     "AsyncAgentClient",
     "Cache",
+    "DeadlineExceeded",
     "FailedPrecondition",
     "Heartbeat",
     "InvalidArgument",

@@ -28,6 +28,12 @@ class SidecarUnavailable(PerfpilotError):
     code = "UNAVAILABLE"
 
 
+class DeadlineExceeded(SidecarUnavailable):
+    """The call did not finish within the client's `timeout` (a slow kernel, or no sidecar with wait)."""
+
+    code = "DEADLINE_EXCEEDED"
+
+
 class InvalidArgument(PerfpilotError, ValueError):
     """The request was refused as malformed; the message names the field."""
 
@@ -58,7 +64,7 @@ class SidecarError(PerfpilotError):
 
 _BY_CODE: dict[grpc.StatusCode, type[PerfpilotError]] = {
     grpc.StatusCode.UNAVAILABLE: SidecarUnavailable,
-    grpc.StatusCode.DEADLINE_EXCEEDED: SidecarUnavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.OUT_OF_RANGE: InvalidArgument,
     grpc.StatusCode.RESOURCE_EXHAUSTED: Overloaded,

@@ -22,6 +22,7 @@ from perfpilot.v1 import agent_pb2_grpc as pb_grpc
 from perfpilot_client import (
     AgentClient,
     AsyncAgentClient,
+    DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     Overloaded,
@@ -146,6 +147,7 @@ async def test_non_idempotent_calls_are_never_retried(scripted: tuple[Scripted, 
     (grpc.StatusCode.UNAUTHENTICATED, Unauthenticated),
     (grpc.StatusCode.FAILED_PRECONDITION, FailedPrecondition),
     (grpc.StatusCode.UNAVAILABLE, SidecarUnavailable),
+    (grpc.StatusCode.DEADLINE_EXCEEDED, DeadlineExceeded),
     (grpc.StatusCode.INTERNAL, SidecarError),
     (grpc.StatusCode.UNKNOWN, SidecarError),
 ])

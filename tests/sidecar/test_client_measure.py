@@ -237,7 +237,8 @@ async def test_op_cap_records_known_ops_and_reports_new_names(make_agent: MakeAg
     ops = await op_stats(agent)
     assert set(ops) == {"a", "b", "c"}
     assert [ops[o].latency.count for o in "abc"] == [5, 5, 6]
-    assert (await agent.stub.GetStats(pb.GetStatsRequest())).app_total.latency.count == 16
+    stats = await agent.stub.GetStats(pb.GetStatsRequest())
+    assert (stats.app_total.latency.count, stats.refused_op_observations) == (16, 7)
     assert sum("'new' refused" in r.getMessage() for r in caplog.records) == 1  # logged once per name
 
 

@@ -100,6 +100,7 @@ class AgentCollector(Collector):
         for method, h in sorted(app.rpc_stats.latency.items()):
             hist("rpc_duration_seconds", h, [method])
         mon = app.monitor
+        g("app_refused_observations_total", float(mon.refused_observations))
         hist("heartbeat_duration_seconds", mon.heartbeat)
         for label, q in QUANTILES:
             g("heartbeat_quantile_seconds", mon.heartbeat.quantile(q), [label])

@@ -121,6 +121,7 @@ class Monitor:
         """Write the monitor's part of GetStats into `out`."""
         out.ops.extend(self.op_stats(name, rec) for name, rec in sorted(self.ops.items()))
         out.app_total.CopyFrom(self.op_stats("", self.app_total))
+        out.refused_op_observations = self.refused_observations
         out.heartbeat_latency.CopyFrom(self.heartbeat.to_proto())
         out.heartbeat_quantiles.CopyFrom(quantiles_proto(self.heartbeat))
         out.kernels.extend(
