@@ -16,7 +16,7 @@ from perfpilot.v1 import agent_pb2 as pb
 from perfpilot_agent.errors import InvalidArgument
 from perfpilot_agent.runtime.histogram import Histogram, quantiles_proto
 
-OP_RE = re.compile(r"^[A-Za-z0-9_.:/-]{1,128}$")
+OP_RE = re.compile(r"[A-Za-z0-9_.:/-]{1,128}")
 MAX_DURATION_SECONDS = 86400.0
 MAX_OBSERVATIONS_PER_CALL = 100_000
 # Refused op names remembered for log-once; beyond this many, further names are not logged.
@@ -51,7 +51,7 @@ class Monitor:
         total = 0
         for i, entry in enumerate(request.ops):
             path = f"ops[{i}]"
-            if not OP_RE.fullmatch(entry.op):
+            if not OP_RE.fullmatch(entry.op):  # fullmatch: "$" would accept a trailing newline
                 raise InvalidArgument(
                     f"{path}.op must be 1..128 characters from [A-Za-z0-9_.:/-], got {entry.op[:64]!r}"
                 )
