@@ -8,7 +8,8 @@ Pure ASGI, so it needs neither framework installed:
 One observation per request, from the call to the end of the response; an error when the app
 raises or answers 5xx. The op name is `<METHOD>:<route template>` when the router says which route
 matched (FastAPI's `scope["route"]`; else the path with Starlette's `path_params` put back as
-`:name`), written with the characters op names allow: `GET:/items/:item_id`. Without a route the
+`:name`), behind the prefix of the Mounts it went through, written with the characters op names
+allow: `GET:/items/:item_id`, `GET:/api/users/:name`. Without a route the
 raw path is used for at most `max_paths` distinct paths, then `<METHOD>:other`; a 404 without a
 route is `<METHOD>:not_found`, so scanners cannot exhaust the sidecar's op-name limit.
 """
@@ -77,21 +78,25 @@ class PerfpilotMiddleware:
                 status = int(message["status"])
             await send(message)
 
+        root = str(scope.get("root_path", ""))  # a Mount below appends its prefix to the scope's
         start = time.perf_counter()
         failed = True
         try:
             await self.app(scope, receive, send_status)
             failed = status >= 500
         finally:
-            record(self.buffer, self.op_for(scope, status), time.perf_counter() - start, failed)
+            record(self.buffer, self.op_for(scope, status, root), time.perf_counter() - start, failed)
 
-    def op_for(self, scope: Scope, status: int) -> str:
-        """The op name of a finished request (see the module docstring)."""
+    def op_for(self, scope: Scope, status: int, root: str = "") -> str:
+        """The op name of a finished request (see the module docstring); `root` is the root_path
+        the request arrived with, so a mounted app's routes keep their mount prefix."""
         method = str(scope.get("method", "GET")).upper()
         method = method if method in METHODS else "OTHER"
         template = route_template(scope)
         if template is not None:
-            return op_name(method, template)
+            mounted = str(scope.get("root_path", ""))
+            prefix = mounted[len(root):] if mounted.startswith(root) else ""
+            return op_name(method, prefix + template)
         if status == 404:
             return f"{method}:not_found"
         path = str(scope.get("path", "/"))

@@ -211,7 +211,7 @@ async def test_middleware_under_starlette(agent: Agent, client: AsyncAgentClient
     await client.flush()
     ops = await op_stats(agent)
     assert (ops["GET:/items/:item_id"].latency.count, ops["GET:/items/:item_id"].errors) == (3, 0)
-    assert ops["GET:/users/:name"].latency.count == 1  # the mounted app's template
+    assert ops["GET:/api/users/:name"].latency.count == 1  # the mounted app's template behind its mount
     assert (ops["GET:/broken"].latency.count, ops["GET:/broken"].errors) == (1, 1)
     assert ops["GET:not_found"].latency.count == 1
 
