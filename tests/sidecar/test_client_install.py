@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # a package build and a pip install (~20 s) plus a cold mypy run
+
 ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN = ("numpy", "numba", "llvmlite", "psutil", "prometheus_client", "kopf", "kubernetes")
 
