@@ -170,6 +170,7 @@ class AgentApp:
             auth_failures=self.auth.rejected,
             rpc_calls=dict(self.rpc_stats.calls), rpc_latency=dict(self.rpc_stats.latency),
             heartbeat=mon.heartbeat, app_total=mon.app_total, ops=dict(mon.ops), kernels=dict(mon.kernels),
+            refused_op_observations=mon.refused_observations,
             cache=replace(self.cache.counters), cache_entries=len(self.cache), cache_max_entries=self.cache.max_entries,
             cache_bytes=self.cache.bytes,
             events_published=dict(self.events.published), events_dropped=self.events.dropped_total,

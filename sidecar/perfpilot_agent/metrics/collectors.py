@@ -93,6 +93,7 @@ class AgentCollector(Collector):
             g("rpc_total", float(n), [method, code])
         for method, h in sorted(s.rpc_latency.items()):
             hist("rpc_duration_seconds", h, [method])
+        g("app_refused_observations_total", float(s.refused_op_observations))
         hist("heartbeat_duration_seconds", s.heartbeat)
         for label, q in QUANTILES:
             g("heartbeat_quantile_seconds", s.heartbeat.quantile(q), [label])

@@ -51,6 +51,7 @@ class Snapshot:
     heartbeat: Histogram
     app_total: OpRecord
     ops: Mapping[str, OpRecord]
+    refused_op_observations: int  # dropped at the op-name cap
     kernels: Mapping[str, OpRecord]
     cache: CacheCounters
     cache_entries: int
@@ -82,7 +83,7 @@ def stats_proto(s: Snapshot) -> pb.GetStatsResponse:
         pool=pb.PoolStats(workers=s.pool.workers, busy=s.pool.busy, queue_depth=s.pool.queue_depth,
                           max_queue=s.max_queue, completed=s.pool.completed, failed=s.pool.failed,
                           restarts=s.pool.restarts),
-        rejected=dict(s.rejected),
+        rejected=dict(s.rejected), refused_op_observations=s.refused_op_observations,
     )
     if s.sample is not None:
         out.cpu_percent = s.sample.cpu_percent

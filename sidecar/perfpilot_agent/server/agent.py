@@ -140,7 +140,7 @@ class AgentServicer(pb_grpc.AgentServicer):
     async def RecordTimings(
         self, request: pb.RecordTimingsRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.RecordTimingsResponse:
-        return pb.RecordTimingsResponse(accepted=self.app.monitor.record_timings(request))
+        return self.app.monitor.record_timings(request)
 
     @_rpc("RunKernel")
     async def RunKernel(self, request: pb.RunKernelRequest, context: aio.ServicerContext[Any, Any]) -> pb.RunKernelResponse:
