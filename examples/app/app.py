@@ -11,7 +11,7 @@ profile's alerts and its autoscaling see real traffic.
 
 Environment: PORT (8000), PERFPILOT_SOCKET (set by the operator), EXAMPLE_MATRIX_MB (100),
 EXAMPLE_TIMEOUT_S (60: per sidecar call; a kernel that is not warm compiles on its first call).
-Only the standard library, NumPy and perfpilot_client: ``pip install 'perfpilot[client]'``.
+Only the standard library, NumPy and perfpilot_client: ``pip install 'perfpilot[client-kernels]'``.
 """
 
 from __future__ import annotations
