@@ -65,7 +65,7 @@ def builtin_schemas(swagger: Path, out: Path) -> int:
     """Write a standalone strict schema for every kind the spec defines; returns how many."""
     definitions: dict[str, Any] = json.loads(swagger.read_text())["definitions"]
     converted = {name: _strict(d, crd=False) for name, d in definitions.items()}
-    for name, d in definitions.items():
+    for name in definitions:
         if name.endswith(".api.resource.Quantity"):
             converted[name] = dict(QUANTITY)
     written = 0
