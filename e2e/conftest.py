@@ -32,7 +32,12 @@ def pytest_configure(config: pytest.Config) -> None:
                                        "processes or kwok; skipped by `make e2e-cluster`")
 
 
+# Run after every other module: it stops the host operator (the chart's takes over the webhooks).
+RUNS_LAST = ("test_realpod.py",)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.path.name in RUNS_LAST)   # stable: order kept otherwise
     for item in items:
         if "/e2e/" in str(item.path):
             item.add_marker(pytest.mark.e2e)

@@ -15,13 +15,13 @@ from e2e.test_operator import PROFILE, get_json, profile_status
 pytestmark = pytest.mark.usefixtures("operator")
 
 RESTRICTED = """
-      securityContext:
-        runAsNonRoot: true
-        runAsUser: 1000
-        allowPrivilegeEscalation: false
-        readOnlyRootFilesystem: true
-        capabilities: {drop: [ALL]}
-        seccompProfile: {type: RuntimeDefault}"""
+        securityContext:
+          runAsNonRoot: true
+          runAsUser: 1000
+          allowPrivilegeEscalation: false
+          readOnlyRootFilesystem: true
+          capabilities: {drop: [ALL]}
+          seccompProfile: {type: RuntimeDefault}"""
 
 DEPLOYMENT = """
 apiVersion: apps/v1
@@ -93,5 +93,6 @@ def test_profile_is_not_ready_while_its_pods_are_refused(
 
     # The fix the message names: the app complies, its pods are admitted, the profile is Ready.
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=DEPLOYMENT + RESTRICTED)
-    wait_for(lambda: condition(profile_status(cluster, namespace), "Ready").get("status")
-             == "True", "Ready after the app complies", timeout=90)
+    st = wait_for(lambda: (s := profile_status(cluster, namespace)) and condition(s, "Ready")
+                  .get("status") == "True" and s, "Ready after the app complies", timeout=90)
+    assert condition(st, "InjectionComplete")["reason"] == "AllInjected"

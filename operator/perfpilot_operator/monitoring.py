@@ -39,6 +39,7 @@ class MonitorState:
     last_scale_time: str | None = None
     replicas: dict[str, Any] | None = None
     rule_synced: Any = None      # the PrometheusRule spec last written (None: never / deleted)
+    generations: dict[str, int] = field(default_factory=dict)   # this pass's GetStats answers
 
 
 def _iso(ts: float) -> str:
@@ -52,6 +53,9 @@ class Outcome:
     status: dict[str, Any]
     conditions: list[tuple[str, bool, str, str]]
     unreachable: dict[str, str]
+    # pod name -> the config generation its sidecar reports running (GetStats): the truth about
+    # what it runs, e.g. a restarted sidecar container is back at its admission-time config.
+    generations: dict[str, int] = field(default_factory=dict)
 
 
 async def post_event(rt: Runtime, body: Any, type_: str, reason: str, message: str,
@@ -74,6 +78,7 @@ async def _collect(rt: Runtime, state: MonitorState, pods: list[PodView], token:
 
     results = await bounded_gather([call(p) for p in live], limit=rt.settings.rollout_concurrency)
     deltas, failures = [], {}
+    state.generations = {}
     keys = set()
     for p, r in zip(live, results):
         key = f"{p.name}@{p.ip}"
@@ -83,6 +88,7 @@ async def _collect(rt: Runtime, state: MonitorState, pods: list[PodView], token:
         if isinstance(r, BaseException):
             failures[p.name] = code
             continue
+        state.generations[p.name] = int(r.generation)
         snap = stats.from_proto(r)
         deltas.append(stats.delta(state.snapshots.get(key), snap))
         state.snapshots[key] = snap
@@ -151,7 +157,8 @@ async def observe(*, rt: Runtime, memo: Any, body: kopf.Body, namespace: str, na
             status["replicas"] = status_replicas
         if cond is not None:
             conditions.append(cond)
-    return Outcome(status=status, conditions=conditions, unreachable=unreachable)
+    return Outcome(status=status, conditions=conditions, unreachable=unreachable,
+                   generations=dict(state.generations))
 
 
 PROMETHEUS_RULES_RECHECK = 60.0

@@ -475,15 +475,21 @@ def test_values_reach_the_operator_environment() -> None:
     assert env["PERFPILOT_SIDECAR_METRICS_PORT"] == "6001"
     assert env["PERFPILOT_SIDECAR_IMAGE"] == "r/s:0.1.0"
     assert "PERFPILOT_SIDECAR_PULL_POLICY" not in env     # the API server's default
-    env = env_of(operator_container(render("image.repository=localhost/perfpilot/operator",
-                                           "image.tag=abc123", "image.pullPolicy=Never",
-                                           "sidecar.image.repository=localhost/perfpilot/sidecar",
-                                           "sidecar.image.tag=def456",
-                                           "sidecar.image.pullPolicy=Never")))
-    assert env["PERFPILOT_SIDECAR_IMAGE"] == "localhost/perfpilot/sidecar:def456"
-    assert env["PERFPILOT_SIDECAR_PULL_POLICY"] == "Never"
     assert env["PERFPILOT_NATIVE_SIDECAR"] == "true"
     assert env["PERFPILOT_WEBHOOK_SERVICE"] == "ops/pp-perfpilot"
+
+
+def test_loaded_images_without_a_registry() -> None:
+    """What `make e2e-cluster` and the real-node e2e pass: local images, never pulled."""
+    docs = render("image.repository=localhost/perfpilot/operator", "image.tag=abc123",
+                  "image.pullPolicy=Never", "sidecar.image.repository=localhost/perfpilot/sidecar",
+                  "sidecar.image.tag=def456", "sidecar.image.pullPolicy=Never")
+    c = operator_container(docs)
+    assert c["image"] == "localhost/perfpilot/operator:abc123"
+    assert c["imagePullPolicy"] == "Never"
+    env = env_of(c)
+    assert env["PERFPILOT_SIDECAR_IMAGE"] == "localhost/perfpilot/sidecar:def456"
+    assert env["PERFPILOT_SIDECAR_PULL_POLICY"] == "Never"
 
 
 def test_webhooks_are_registered_by_the_charts_service(default: list[dict[str, Any]]) -> None:
@@ -516,8 +522,10 @@ def test_probes_use_kopfs_health_endpoint(default: list[dict[str, Any]]) -> None
     health = int(env["PERFPILOT_HEALTH_PORT"])
     assert {"name": "health", "containerPort": health, "protocol": "TCP"} in c["ports"]
     assert env["PERFPILOT_HEALTH_HOST"] == "0.0.0.0"   # the kubelet probes the pod IP
-    for probe in ("livenessProbe", "readinessProbe"):
-        assert c[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    # Ready when the webhook server listens (what the Service routes to), not the liveness probe
+    # again (kube-score: container-probes-identical, tests/peers/test_kube_score.py).
+    assert c["readinessProbe"]["tcpSocket"] == {"port": "webhook"}
 
 
 # ------------------------------------------------------------------------------------ security
@@ -711,6 +719,7 @@ def test_clusterrole_grants_exactly_what_the_operator_calls(default: list[dict[s
         ("", "pods", "list"), ("", "pods", "watch"), ("", "pods/resize", "patch"),
         ("autoscaling", "horizontalpodautoscalers", "list"),
         ("autoscaling", "horizontalpodautoscalers", "watch"),
+        ("apps", "replicasets", "list"), ("apps", "replicasets", "watch"),
         ("", "events", "create"),
         ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
         ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),

@@ -10,10 +10,21 @@ import numpy as np
 import pytest
 
 from perfpilot.v1 import agent_pb2 as pb
-from perfpilot_agent.server.tensors import OutputSegments, shm_attach
+from perfpilot_agent.runtime.tensors import OutputSegments, open_segment, read_segment
 from perfpilot_client.tensors import decode, new_segment
 
 OTHER_UID = 65532
+
+def _read_floats(name: str, n: int) -> np.ndarray:
+    """Read n float32 from a segment the way the sidecar reads an input (open_segment + pread)."""
+    out = np.empty(n, np.float32)
+    fd = open_segment("query", pb.SharedMemoryRef(name=name), out.nbytes)
+    try:
+        read_segment(fd, memoryview(out).cast("B"), 0, path="query")
+    finally:
+        os.close(fd)
+    return out
+
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching uid needs root")
 
@@ -64,7 +75,7 @@ def test_sidecar_of_another_uid_reads_the_apps_input() -> None:
         np.ndarray((4,), np.float32, buffer=seg.buf)[:] = [1, 2, 3, 4]
         name = seg.name
         assert _as_other_user(
-            lambda: str(np.frombuffer(shm_attach(name).buf, np.float32, 4).sum())) == "10.0"
+            lambda: str(_read_floats(name, 4).sum())) == "10.0"
     finally:
         seg.close()
         seg.unlink()

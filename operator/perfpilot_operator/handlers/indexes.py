@@ -45,10 +45,11 @@ def pods_by_namespace(namespace: str, name: str, body: kopf.Body, **_: Any
     return {namespace: (dict(meta.get("labels") or {}), view)}
 
 
-@kopf.index("apps", "v1", "replicasets")
+@kopf.index("apps", "v1", "replicasets")  # type: ignore[arg-type]  # kopf-kwargs
 def refusals_by_namespace(namespace: str, body: kopf.Body, **_: Any
-                          ) -> dict[str, Refusal] | None:
+                          ) -> dict[str, Refusal]:
     """ReplicaSets whose pods the API server refuses (Pod Security, quotas, webhooks): the pods
-    never exist, so only the ReplicaSet's ReplicaFailure condition tells a profile about them."""
+    never exist, so only the ReplicaSet's ReplicaFailure condition tells a profile about them.
+    `{}`, not None, when it stops refusing: kopf keeps an object's previous entry on None."""
     found = refusal(dict(body))
-    return {namespace: found} if found is not None else None
+    return {namespace: found} if found is not None else {}

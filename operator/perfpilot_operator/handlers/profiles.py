@@ -73,9 +73,9 @@ async def sync(*, rt: Runtime, memo: Any, namespace: str, name: str, generation:
         if e.status == 403 and "being terminated" in str(e.body):
             return dict(status)      # the namespace is going away with the profile: nothing to do
         raise
-    todo = [p for p in pods if p.running and p.injected and p.ip
-            and applied.get(f"{p.name}@{p.ip}", 0) < generation]
-    if todo:
+    async def configure(todo: list[PodView]) -> None:
+        if not todo:
+            return
         request = configure_request(spec, generation)
         port = rt.settings.sidecar.grpc_port
 
@@ -93,6 +93,7 @@ async def sync(*, rt: Runtime, memo: Any, namespace: str, name: str, generation:
                 detail = r.details() if isinstance(r, grpc.aio.AioRpcError) else str(r)
                 failures[p.name] = f"{code}: {detail}"
             else:
+                failures.pop(p.name, None)
                 applied[key] = r.applied_generation
         if failures:
             logger.warning(f"Configure failed for {len(failures)} pod(s): "
@@ -101,9 +102,22 @@ async def sync(*, rt: Runtime, memo: Any, namespace: str, name: str, generation:
         if done:
             logger.info(f"configured {done} sidecar(s) at generation {generation}")
 
+    await configure([p for p in pods if p.running and p.injected and p.ip
+                     and applied.get(f"{p.name}@{p.ip}", 0) < generation])
     resized, stale = await _resize(rt, namespace, spec, pods, logger)
     outcome = await observe(token) if observe is not None else None
     unreachable = dict(outcome.unreachable) if outcome is not None else {}
+    # What each sidecar reports running is the truth, not what this operator sent it: a sidecar
+    # container restarted by the kubelet (same pod, same IP) is back at its admission-time config
+    # and is configured again in this same pass.
+    reported = dict(outcome.generations) if outcome is not None else {}
+    behind = [p for p in pods if p.running and p.injected and p.ip and p.name in reported
+              and reported[p.name] < min(generation, applied.get(f"{p.name}@{p.ip}", 0))]
+    for p in behind:
+        logger.info(f"sidecar of {p.name} reports generation {reported[p.name]}, had "
+                    f"{applied.get(f'{p.name}@{p.ip}', 0)} (container restarted?): configuring")
+        applied.pop(f"{p.name}@{p.ip}", None)
+    await configure(behind)
     views = [dataclasses.replace(p, configured_generation=applied.get(f"{p.name}@{p.ip}", 0),
                                  healthy=p.name not in failures and p.name not in unreachable)
              for p in pods]
@@ -261,9 +275,9 @@ async def _refusal_event(rt: Runtime, body: kopf.Body, old: dict[str, Any], new:
     """A Warning Event when the API server starts refusing the selected pods (or says why
     differently), where `kubectl describe perfprofile` shows it."""
     def refused(status: dict[str, Any]) -> str | None:
-        c = next((c for c in status.get("conditions") or [] if c["type"] == "InjectionComplete"),
-                 {})
-        return c.get("message") if c.get("reason") == "PodsRefused" else None
+        c: dict[str, Any] = next((c for c in status.get("conditions") or []
+                                  if c["type"] == "InjectionComplete"), {})
+        return str(c.get("message")) if c.get("reason") == "PodsRefused" else None
 
     message = refused(new)
     if message and message != refused(old):

@@ -1,8 +1,8 @@
 """Errors raised by the kernel subsystem.
 
 The gRPC server maps them to status codes: KernelInputError (and UnknownKernel) ->
-INVALID_ARGUMENT, PoolSaturated -> RESOURCE_EXHAUSTED, WorkerDied -> UNAVAILABLE,
-PoolClosed -> UNAVAILABLE, any other KernelError -> INTERNAL.
+INVALID_ARGUMENT, PoolSaturated -> RESOURCE_EXHAUSTED, WorkerDied, PoolClosed and SegmentLost ->
+UNAVAILABLE, any other KernelError -> INTERNAL.
 """
 
 from __future__ import annotations
@@ -32,8 +32,12 @@ class PoolClosed(KernelError):
     """The pool is not started, is closing or is closed."""
 
 
+class SegmentLost(KernelError):
+    """A shared-memory segment of the call was truncated or removed by another process."""
+
+
 # Names a worker may send back; the parent re-raises the same type.
 BY_NAME: dict[str, type[KernelError]] = {
     cls.__name__: cls
-    for cls in (KernelError, KernelInputError, UnknownKernel, PoolSaturated, WorkerDied, PoolClosed)
+    for cls in (KernelError, KernelInputError, UnknownKernel, PoolSaturated, WorkerDied, PoolClosed, SegmentLost)
 }

@@ -8,8 +8,11 @@ name they were given and unmap it when the call ends. Consequences:
   call when the call ends, whichever way it ends (result, error, worker death, cancellation).
 * Results above the threshold come back through a segment the *parent* allocated before the call
   (output sizes are known from the input shapes, see ``registry.output_spec``); the worker writes
-  into it, the parent unlinks the name at once and hands out a zero-copy view. The memory is freed
-  when the last view is garbage-collected (an unlinked segment lives as long as a mapping does).
+  into it, the parent copies the result out with pread and unlinks the name at once.
+* The pool's staging segments are never mapped by the parent (``Segment(mapped=False)``): it
+  writes and reads them with pwrite/pread, so a segment truncated by another process fails one
+  call instead of raising SIGBUS in the sidecar. Workers map them; a worker killed by SIGBUS is
+  replaced by the pool.
 * Parent-created segments are registered with multiprocessing's resource tracker, so even a
   SIGKILLed parent leaves nothing behind in ``/dev/shm`` (the tracker unlinks on its EOF).
 
@@ -27,8 +30,9 @@ import mmap
 import os
 import secrets
 import weakref
-from dataclasses import dataclass
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -42,6 +46,10 @@ from multiprocessing import resource_tracker
 _SHM_DIR = "/dev/shm"
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 PREFIX = "pp_"
+
+
+class SegmentTruncated(ValueError):
+    """A segment is smaller than the array it should hold: another process truncated it."""
 
 
 @dataclass(frozen=True)
@@ -69,9 +77,14 @@ class Segment:
 
     ``unlink()`` removes the name (idempotent). ``close()`` unmaps it when no array view is alive;
     if views are still exported the mapping is simply left to the garbage collector.
+
+    ``mapped=False`` keeps the file descriptor instead of a mapping: the pool stages inputs and
+    collects outputs through it with ``write``/``read`` (pwrite/pread). Another process of the same
+    user can truncate any segment it can name; through a mapping that is SIGBUS in this process,
+    through the descriptor it is a short read, an error for that call only.
     """
 
-    def __init__(self, size: int, *, tag: str = "", track: bool = True) -> None:
+    def __init__(self, size: int, *, tag: str = "", track: bool = True, mapped: bool = True) -> None:
         if _posixshmem is None:  # pragma: no cover
             raise OSError("POSIX shared memory is not available on this platform")
         size = max(1, int(size))
@@ -79,24 +92,55 @@ class Segment:
         self._path = "/" + self.name
         fd = _posixshmem.shm_open(self._path, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode=0o600)
         self._tracked = False
+        self.fd = -1
+        self.mmap: mmap.mmap | None = None
         try:
             if track:
                 resource_tracker.register(self._path, "shared_memory")
                 self._tracked = True
             os.ftruncate(fd, size)
-            self.mmap: mmap.mmap | None = mmap.mmap(fd, size)
+            if mapped:
+                self.mmap = mmap.mmap(fd, size)
         except BaseException:
             os.close(fd)
             self.unlink()
             raise
-        os.close(fd)
+        if mapped:
+            os.close(fd)
+        else:
+            self.fd = fd
         self.size = size
         self.linked = True
 
-    def ndarray(self, shape: tuple[int, ...], dtype: np.dtype | str, offset: int = 0) -> np.ndarray:
+    def ndarray(self, shape: tuple[int, ...], dtype: np.dtype[Any] | str, offset: int = 0) -> np.ndarray:
         """A writable view of the segment (keeps the mapping alive as long as it lives)."""
         assert self.mmap is not None
         return np.ndarray(shape, dtype=np.dtype(dtype), buffer=self.mmap, offset=offset)
+
+    @property
+    def usable(self) -> bool:
+        """Still open (mapped or holding its descriptor)."""
+        return self.mmap is not None or self.fd >= 0
+
+    def write(self, arr: np.ndarray) -> None:
+        """Copy a C-contiguous array to the start of the segment (``mapped=False`` segments)."""
+        data = arr.data.cast("B")
+        done = 0
+        while done < len(data):
+            done += os.pwrite(self.fd, data[done:], done)
+
+    def read(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
+        """A private copy of the array at the start of the segment; SegmentTruncated when it was truncated."""
+        out = np.empty(shape, dtype=dtype)
+        data = out.data.cast("B")
+        done = 0
+        while done < len(data):
+            n = os.preadv(self.fd, [data[done:]], done)
+            if n <= 0:
+                raise SegmentTruncated(f"shared memory segment {self.name!r} was truncated by another process "
+                                 f"({done} of {len(data)} bytes left)")
+            done += n
+        return out
 
     def unlink(self) -> None:
         if getattr(self, "linked", True) is False:
@@ -114,13 +158,16 @@ class Segment:
                 pass
 
     def close(self) -> None:
-        """Drop our reference to the mapping.
+        """Drop our reference to the mapping (and close the descriptor).
 
         Never ``mmap.close()``: NumPy views do not hold a buffer export, only a reference to the
         mmap object, so an explicit close would unmap memory under a live array (segfault).
         Dropping the reference unmaps as soon as the last view is gone.
         """
         self.mmap = None
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
     def free(self) -> None:
         self.unlink()
@@ -128,16 +175,6 @@ class Segment:
 
     def __repr__(self) -> str:
         return f"Segment({self.name!r}, size={self.size})"
-
-
-def put_array(arr: np.ndarray, *, tag: str = "", track: bool = True) -> tuple[Segment, ShmRef]:
-    """Copy ``arr`` into a new segment; returns the segment (caller owns it) and its description."""
-    arr = np.asarray(arr)
-    seg = Segment(arr.nbytes, tag=tag, track=track)
-    view = seg.ndarray(arr.shape, arr.dtype)
-    np.copyto(view, arr, casting="no")
-    del view
-    return seg, ShmRef(seg.name, arr.dtype.str, tuple(int(s) for s in arr.shape), 0)
 
 
 class Attachment:
@@ -153,7 +190,7 @@ class Attachment:
             size = os.fstat(fd).st_size
             need = ref.offset + ref.nbytes
             if need > size:
-                raise ValueError(f"shared memory segment {ref.name!r} holds {size} bytes, need {need}")
+                raise SegmentTruncated(f"shared memory segment {ref.name!r} holds {size} bytes, need {need}")
             prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
             mflags = mmap.MAP_SHARED | (_POPULATE if populate else 0)
             self._mmap: mmap.mmap | None = mmap.mmap(fd, size, flags=mflags, prot=prot)
@@ -168,15 +205,6 @@ class Attachment:
         """Drop our view; the mapping goes when no other view of it is alive."""
         self.array = None
         self._mmap = None  # see Segment.close: unmapped when the last view is gone
-
-
-def attach(ref: ShmRef, *, writable: bool = False) -> np.ndarray:
-    """Convenience: a view of ``ref`` whose mapping lives as long as the view (no explicit close)."""
-    att = Attachment(ref, writable=writable)
-    arr = att.array
-    assert arr is not None
-    att.close()  # the array's .base keeps the mmap alive; it is unmapped with the array
-    return arr
 
 
 class SharedArrays:
@@ -272,7 +300,7 @@ class MappingCache:
             try:
                 size = os.fstat(fd).st_size
                 if ref.offset + ref.nbytes > size:
-                    raise ValueError(f"shared memory segment {ref.name!r} holds {size} bytes, need {ref.offset + ref.nbytes}")
+                    raise SegmentTruncated(f"shared memory segment {ref.name!r} holds {size} bytes, need {ref.offset + ref.nbytes}")
                 m = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _POPULATE, prot=mmap.PROT_READ)
             finally:
                 os.close(fd)

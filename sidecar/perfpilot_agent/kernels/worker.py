@@ -120,6 +120,8 @@ def main(conn: Any, max_threads: int) -> None:
                     conn.send(("ok", reply))
                 except errors.KernelError as e:
                     conn.send(("err", type(e).__name__, str(e)))
+                except shm.SegmentTruncated as e:  # another process truncated a segment of this call
+                    conn.send(("err", "SegmentLost", f"{kernel}: {e}"))
                 except Exception as e:  # a bug or resource problem: report, keep serving
                     conn.send(("err", "KernelError", f"{kernel}: {type(e).__name__}: {e}"))
                 finally:

@@ -24,7 +24,7 @@ from perfpilot_agent.liveconfig import LiveConfig
 from perfpilot_agent.runtime.admission import Admission
 from perfpilot_agent.runtime.cache import TTLCache
 from perfpilot_agent.runtime.monitor import Monitor
-from perfpilot_agent.server.events import EventBus
+from perfpilot_agent.runtime.events import EventBus
 
 log = logging.getLogger(__name__)
 KERNEL_KEY_PREFIX = "kernel/"
@@ -95,9 +95,11 @@ class KernelRunner:
         self._registry: Any | None = None
         self._registry_loaded = False
         self._last_overload = 0.0
-        self._tensors: Any = None  # server.tensors, imported on the first RunKernel
+        self._tensors: Any = None  # runtime.tensors, imported on the first RunKernel
         self._outputs: Any = None  # tensors.OutputSegments
         self.executor: Executor | None = None  # pools.threadWorkers threads, set by the app
+        self.staging_limit = 4 * settings.max_tensor_bytes  # shared-memory input bytes copied, all calls
+        self._staged = 0
 
     # -- registry -------------------------------------------------------------------------------
 
@@ -203,7 +205,7 @@ class KernelRunner:
         """Validate, admit, look up the cache, run on the pool, encode."""
         started = time.perf_counter()
         if self._tensors is None:
-            from perfpilot_agent.server import tensors  # lazy: NumPy only once kernels are used
+            from perfpilot_agent.runtime import tensors  # lazy: NumPy only once kernels are used
 
             self._tensors = tensors
             self._outputs = tensors.OutputSegments(grace=self.settings.shm_output_grace)
@@ -216,6 +218,12 @@ class KernelRunner:
             raise InvalidArgument(f"unknown kernel {req.kernel[:80]!r}; known: {', '.join(sorted(reg.KERNELS))}")
         if len(req.inputs) > MAX_INPUTS:
             raise InvalidArgument(f"too many inputs ({len(req.inputs)}); at most {MAX_INPUTS}")
+        spec = reg.KERNELS[req.kernel]
+        for field, names, allowed in (("inputs", req.inputs, spec.inputs), ("params", req.params, spec.params)):
+            for name in names:  # before anything quotes a client-chosen name in a message
+                if name not in allowed:
+                    raise InvalidArgument(f"{field}[{name[:64]!r}] is not one of {req.kernel}'s {field}: "
+                                          f"{', '.join(allowed) or 'none'}")
         if not self.admission.try_acquire():
             self.overloaded(self.admission)
             raise ResourceExhausted(
@@ -236,18 +244,32 @@ class KernelRunner:
 
     async def _run_admitted(self, req: pb.RunKernelRequest, reg: Any) -> tuple[dict[str, Any], bool]:
         t = self._tensors
-        att = t.Attachments()
+        staged = 0
         inputs: dict[str, Any] = {}
         try:
-            total = 0
-            for name in sorted(req.inputs):
-                arr = t.decode(name, req.inputs[name], max_bytes=self.settings.max_tensor_bytes, attachments=att)
-                total += arr.nbytes
-                if total > self.settings.max_tensor_bytes:
-                    raise InvalidArgument(
-                        f"inputs together exceed the limit of {self.settings.max_tensor_bytes} bytes (--max-tensor-bytes)"
+            batch = t.Inputs(req.inputs, max_bytes=self.settings.max_tensor_bytes)
+            reading: asyncio.Future[None] | None = None
+            try:
+                staged = batch.shm_bytes
+                if self._staged + staged > self.staging_limit:
+                    staged = 0
+                    self.overloaded(self.admission)
+                    raise ResourceExhausted(
+                        f"shared-memory inputs of calls in flight would exceed {self.staging_limit} bytes "
+                        "(4 x --max-tensor-bytes); retry later"
                     )
-                inputs[name] = arr
+                self._staged += staged
+                if staged >= _DIGEST_IN_THREAD_BYTES:
+                    reading = asyncio.get_running_loop().run_in_executor(self.executor, batch.read)
+                    await asyncio.shield(reading)  # a cancelled call must not close fds the thread still reads
+                else:
+                    batch.read()
+            finally:
+                if reading is not None and not reading.done():
+                    reading.add_done_callback(lambda _: batch.close())
+                else:
+                    batch.close()
+            inputs = batch.arrays()
             params = t.decode_params(req.params)
             errors = importlib.import_module("perfpilot_agent.kernels.errors")
             try:
@@ -272,6 +294,8 @@ class KernelRunner:
                 raise Unavailable(f"kernel worker died: {exc}") from None
             except errors.PoolClosed as exc:
                 raise Unavailable(f"kernel pool is closed: {exc}") from None
+            except errors.SegmentLost as exc:
+                raise Unavailable(f"a shared-memory segment of this call was changed by another process: {exc}") from None
             if key is not None:
                 owned = {k: (v if getattr(v, "base", None) is None else v.copy()) for k, v in outputs.items()}
                 self.cache.put(key, owned, size=sum(int(v.nbytes) for v in owned.values()))
@@ -279,7 +303,7 @@ class KernelRunner:
             return outputs, False
         finally:
             inputs.clear()
-            att.close()
+            self._staged -= staged
 
     async def _digest(self, kernel: str, inputs: dict[str, Any], params: dict[str, float]) -> str:
         """XXH3-128 over kernel, dtype/shape/bytes of each input and the params (off-loop when large).

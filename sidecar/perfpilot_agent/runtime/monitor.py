@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 
 from perfpilot.v1 import agent_pb2 as pb
 from perfpilot_agent.errors import InvalidArgument, ResourceExhausted
-from perfpilot_agent.runtime.histogram import Histogram, quantiles_proto
+from perfpilot_agent.runtime.histogram import Histogram
 
-OP_RE = re.compile(r"^[A-Za-z0-9_.:/-]{1,128}$")
+OP_RE = re.compile(r"[A-Za-z0-9_.:/-]{1,128}")
 MAX_DURATION_SECONDS = 86400.0
 MAX_OBSERVATIONS_PER_CALL = 100_000
 
@@ -43,7 +43,7 @@ class Monitor:
         new_ops: set[str] = set()
         for i, entry in enumerate(request.ops):
             path = f"ops[{i}]"
-            if not OP_RE.match(entry.op):
+            if not OP_RE.fullmatch(entry.op):  # fullmatch: "$" would accept a trailing newline
                 raise InvalidArgument(
                     f"{path}.op must be 1..128 characters from [A-Za-z0-9_.:/-], got {entry.op[:64]!r}"
                 )
@@ -85,23 +85,6 @@ class Monitor:
         rec.latency.observe(max(seconds, 0.0))
         rec.errors += int(error)
         rec.cache_hits += int(cache_hit)
-
-    def op_stats(self, name: str, rec: OpRecord) -> pb.OpStats:
-        """OpStats message for one op."""
-        return pb.OpStats(op=name, latency=rec.latency.to_proto(), errors=rec.errors,
-                          quantiles=quantiles_proto(rec.latency))
-
-    def fill_stats(self, out: pb.GetStatsResponse) -> None:
-        """Write the monitor's part of GetStats into `out`."""
-        out.ops.extend(self.op_stats(name, rec) for name, rec in sorted(self.ops.items()))
-        out.app_total.CopyFrom(self.op_stats("", self.app_total))
-        out.heartbeat_latency.CopyFrom(self.heartbeat.to_proto())
-        out.heartbeat_quantiles.CopyFrom(quantiles_proto(self.heartbeat))
-        out.kernels.extend(
-            pb.KernelStats(kernel=name, latency=rec.latency.to_proto(), errors=rec.errors,
-                           cache_hits=rec.cache_hits, quantiles=quantiles_proto(rec.latency))
-            for name, rec in sorted(self.kernels.items())
-        )
 
 
 class RpcStats:

@@ -11,28 +11,40 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from grpc import aio
 
 from perfpilot.v1 import agent_pb2 as pb
 from perfpilot.v1 import agent_pb2_grpc as pb_grpc
+from perfpilot_agent.config import Settings
 from perfpilot_agent.errors import AgentError, InvalidArgument
-from perfpilot_agent.liveconfig import to_proto
-from perfpilot_agent.runtime.compute import KERNEL_KEY_PREFIX
+from perfpilot_agent.liveconfig import LiveConfig, to_proto
+from perfpilot_agent.runtime.admission import Admission
+from perfpilot_agent.runtime.cache import TTLCache
+from perfpilot_agent.runtime.compute import KERNEL_KEY_PREFIX, KernelRunner
+from perfpilot_agent.runtime.events import EventBus
+from perfpilot_agent.runtime.monitor import Monitor, RpcStats
+from perfpilot_agent.runtime.snapshot import Snapshot, stats_proto
 from perfpilot_contract.limits import CACHE_PUT_TTL
 from perfpilot_contract.liveconfig import ConfigError, check_duration
 
-if TYPE_CHECKING:
-    from perfpilot_agent.app import AgentApp
 
 log = logging.getLogger(__name__)
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Handler = Callable[[Any, Req, aio.ServicerContext[Any, Any]], Awaitable[Resp]]
 MAX_KEY_BYTES = 1024
+MAX_DETAILS = 1024
 _EVENT_TYPES = frozenset(v for v in pb.EventType.values() if v != pb.EVENT_TYPE_UNSPECIFIED)
+
+
+def _details(exc: AgentError) -> str:
+    """The status message, bounded: it travels in trailers, and a message quoting a huge client-chosen
+    name would exceed the peer's metadata limit (the client would see INTERNAL instead of our code)."""
+    text = str(exc)
+    return text if len(text) <= MAX_DETAILS else text[: MAX_DETAILS - 3] + "..."
 
 
 def _rpc(method: str) -> Callable[[Handler[Req, Resp]], Handler[Req, Resp]]:
@@ -47,7 +59,7 @@ def _rpc(method: str) -> Callable[[Handler[Req, Resp]], Handler[Req, Resp]]:
                 return await fn(self, request, context)
             except AgentError as exc:
                 code = exc.code.name
-                await context.abort(exc.code, str(exc))
+                await context.abort(exc.code, _details(exc))
             except aio.AbortError:
                 code = "ABORTED_BY_HANDLER"
                 raise
@@ -76,10 +88,28 @@ def _check_key(key: str) -> None:
         raise InvalidArgument(f"keys starting with {KERNEL_KEY_PREFIX!r} are reserved for kernel results")
 
 
-class AgentServicer(pb_grpc.AgentServicer):
-    """perfpilot.v1.Agent backed by an AgentApp."""
+class AgentCore(Protocol):
+    """What the handlers use of the agent (AgentApp provides it; the server does not import the app)."""
 
-    def __init__(self, app: AgentApp) -> None:
+    settings: Settings
+    config: LiveConfig
+    generation: int
+    monitor: Monitor
+    rpc_stats: RpcStats
+    runner: KernelRunner
+    cache: TTLCache
+    events: EventBus
+    watchers: Admission
+
+    def heartbeat(self, sequence: int) -> pb.HeartbeatResponse: ...
+    def configure(self, generation: int, msg: pb.AgentConfig) -> bool: ...
+    def snapshot(self) -> Snapshot: ...
+
+
+class AgentServicer(pb_grpc.AgentServicer):
+    """perfpilot.v1.Agent backed by an AgentCore (the AgentApp)."""
+
+    def __init__(self, app: AgentCore) -> None:
         self.app = app
 
     @_rpc("Heartbeat")
@@ -104,7 +134,7 @@ class AgentServicer(pb_grpc.AgentServicer):
 
     @_rpc("GetStats")
     async def GetStats(self, request: pb.GetStatsRequest, context: aio.ServicerContext[Any, Any]) -> pb.GetStatsResponse:
-        return self.app.stats()
+        return stats_proto(self.app.snapshot())
 
     @_rpc("RecordTimings")
     async def RecordTimings(
@@ -182,7 +212,7 @@ class AgentServicer(pb_grpc.AgentServicer):
                     sub.close()
         except AgentError as exc:
             code = exc.code.name
-            await context.abort(exc.code, str(exc))
+            await context.abort(exc.code, _details(exc))
         except asyncio.CancelledError:
             code = "CANCELLED"
             raise

@@ -42,8 +42,13 @@ def check_token(metadata: tuple[tuple[str, str | bytes], ...] | None, token: byt
     return None
 
 
+def _unparsed(data: bytes) -> None:
+    """The request deserializer of a rejected call: the body of an unauthenticated call is never parsed."""
+    return None
+
+
 def _rejecting(handler: grpc.RpcMethodHandler[Any, Any], message: str) -> grpc.RpcMethodHandler[Any, Any]:
-    """A handler of the same shape as `handler` that aborts with UNAUTHENTICATED."""
+    """A handler of the same shape as `handler` that aborts with UNAUTHENTICATED without parsing the body."""
 
     async def unary(request: object, context: aio.ServicerContext[Any, Any]) -> None:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
@@ -52,14 +57,14 @@ def _rejecting(handler: grpc.RpcMethodHandler[Any, Any], message: str) -> grpc.R
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
         yield  # pragma: no cover - makes this an async generator
 
-    kw = dict(request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+    ser = handler.response_serializer
     if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(unary, **kw)
+        return grpc.unary_unary_rpc_method_handler(unary, request_deserializer=_unparsed, response_serializer=ser)
     if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(streaming, **kw)
+        return grpc.unary_stream_rpc_method_handler(streaming, request_deserializer=_unparsed, response_serializer=ser)
     if handler.stream_unary is not None:
-        return grpc.stream_unary_rpc_method_handler(unary, **kw)
-    return grpc.stream_stream_rpc_method_handler(streaming, **kw)
+        return grpc.stream_unary_rpc_method_handler(unary, request_deserializer=_unparsed, response_serializer=ser)
+    return grpc.stream_stream_rpc_method_handler(streaming, request_deserializer=_unparsed, response_serializer=ser)
 
 
 class BearerTokenInterceptor(aio.ServerInterceptor):
