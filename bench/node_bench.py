@@ -252,15 +252,15 @@ def ready_figures(b: Bench, repeats: int, log: Log) -> dict[str, Entry]:
         b.delete(f"plain-{i}")
         inj = b.run_pod(b.injected(b.app_pod(f"inj-{i}"), one))
         b.delete(f"inj-{i}")
-        plain_t.append(plain["ready"])
-        inj_t.append(inj["ready"])
-        side_t.append(inj["sidecar"])
+        plain_t.append(round(plain["ready"], 2))
+        inj_t.append(round(inj["ready"], 2))
+        side_t.append(round(inj["sidecar"], 2))
         log(f"run {i + 1}/{repeats}: plain {plain['ready']:.2f}s, injected {inj['ready']:.2f}s "
             f"(sidecar started {inj['sidecar']:.2f}s)")
     for i in range(max(1, repeats // 3)):
         cold = b.run_pod(b.injected(b.app_pod(f"cold-{i}"), one, (("NUMBA_CACHE_DIR", "/tmp/numba"),)), timeout=400)
         b.delete(f"cold-{i}")
-        cold_t.append(cold["sidecar"])
+        cold_t.append(round(cold["sidecar"], 2))
         log(f"without the baked cache: sidecar started {cold['sidecar']:.2f}s")
     res["node_pod_ready_s"] = entry(median(inj_t), "s", median(plain_t),
                                     f"median of {repeats}: example-app pod create->Ready with the sidecar injected "
