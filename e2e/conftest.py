@@ -97,6 +97,7 @@ def cluster() -> Iterator[LocalCluster]:
             raise ClusterError(f"the cluster in {ext.kubeconfig} does not answer /readyz")
         print(f"\n[e2e] external cluster {ext.server} ({ext.kubeconfig}); nothing is started")
         ext.apply_crds()
+        ext.export_ca()
         os.environ["KUBECONFIG"] = str(ext.kubeconfig)
         yield ext
         return

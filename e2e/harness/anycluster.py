@@ -11,6 +11,7 @@ run, the operator and the sidecars in containers as on any cluster.
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import subprocess
@@ -34,6 +35,25 @@ class ExternalCluster(LocalCluster):
     def __init__(self, kubeconfig: Path) -> None:
         super().__init__(state=STATE / "external")   # logs of processes the tests start
         self.kubeconfig = kubeconfig
+        self.state.mkdir(parents=True, exist_ok=True)
+
+    def export_ca(self) -> Path:
+        """The API server's CA from the kubeconfig, as a file (pki.ca_crt), for clients the
+        tests configure themselves (a ServiceAccount's token kubeconfig)."""
+        data = self.kubectl("config", "view", "--raw", "--minify", "-o",
+                            "jsonpath={.clusters[0].cluster.certificate-authority-data}"
+                            ).stdout.strip()
+        self.pki.dir.mkdir(parents=True, exist_ok=True)
+        if data:
+            self.pki.ca_crt.write_bytes(base64.b64decode(data))
+        else:
+            path = self.kubectl("config", "view", "--minify", "-o",
+                                "jsonpath={.clusters[0].cluster.certificate-authority}"
+                                ).stdout.strip()
+            if not path:
+                raise ClusterError(f"{self.kubeconfig}: the cluster has no certificate-authority")
+            shutil.copyfile(Path(path).expanduser(), self.pki.ca_crt)
+        return self.pki.ca_crt
 
     @classmethod
     def from_env(cls) -> ExternalCluster:
