@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.peers.conftest import chart_full, peer  # noqa: F401
+from tests.peers.conftest import peer
 
 # check id -> why the chart does not follow it.
 SKIPPED = {

@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from tests.peers.conftest import chart_full, peer  # noqa: F401
+from tests.peers.conftest import peer
 
 # check id -> why the chart does not follow it.
 IGNORED = {

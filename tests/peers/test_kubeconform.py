@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from perfpilot_operator.logic.injection import SidecarTemplate, inject
-from tests.peers.conftest import CACHE, ROOT, chart_full, peer  # noqa: F401
+from tests.peers.conftest import CACHE, ROOT, peer
 from tests.peers.schemas import LOCATION, builtin_schemas, crd_schemas
 
 K8S_VERSION = next(line.split("=", 1)[1] for line in
