@@ -29,7 +29,9 @@ import json
 import math
 import os
 import sys
+import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -173,6 +175,12 @@ class Bench:
             for cond in st.conditions or []:
                 if cond.type == "Ready" and cond.status == "True":
                     out["ready"] = now
+            crashed = [cs.name for cs in (st.init_container_statuses or []) + (st.container_statuses or [])
+                       if cs.restart_count >= 2]
+            if crashed:
+                w.stop()
+                logs = self.cluster.kubectl("logs", name, "-n", NS, "-c", crashed[0], "--tail=15", check=False)
+                raise RuntimeError(f"pod {name}: container {crashed[0]} restarts: {logs.stdout}{logs.stderr}")
             if "ready" in out:
                 w.stop()
         if "ready" not in out:
@@ -194,6 +202,32 @@ class Bench:
         return found[0]
 
 
+class PeakSampler:
+    """Polls a memory cgroup's max_usage_in_bytes in a thread (the cgroup vanishes if the
+    container is OOM-killed and restarted, so the peak is kept as it is seen)."""
+
+    def __init__(self, cg: Path) -> None:
+        self.cg, self.peak_mb = cg, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.peak_mb = max(self.peak_mb, int((self.cg / "memory.max_usage_in_bytes").read_text()) / 1e6)
+            except OSError:
+                return
+            self._stop.wait(0.02)
+
+    def __enter__(self) -> PeakSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def working_set_mb(cg: Path) -> float:
     """usage - inactive file, as the kubelet counts it for eviction and `kubectl top`."""
     usage = int((cg / "memory.usage_in_bytes").read_text())
@@ -208,8 +242,8 @@ def _limit_mb(pod: dict[str, Any]) -> float:
     return float(parse_quantity(sidecar["resources"]["limits"]["memory"])) / 1e6
 
 
-def measure(b: Bench, repeats: int, log: Log) -> dict[str, Entry]:
-    """Every node figure, each with its same-run baseline."""
+def ready_figures(b: Bench, repeats: int, log: Log) -> dict[str, Entry]:
+    """node_pod_ready_s and node_sidecar_ready_s, each with its same-run baseline."""
     res: dict[str, Entry] = {}
     one = b.profile(["cosine_topk"])
     plain_t, inj_t, side_t, cold_t = [], [], [], []
@@ -236,7 +270,21 @@ def measure(b: Bench, repeats: int, log: Log) -> dict[str, Entry]:
                                         f"create->sidecar started (startupProbe, 1 s period) with cosine_topk warm "
                                         f"from the baked numba cache; baseline without it (compiles at start under "
                                         f"the default CPU limit): baked {side_t}, no cache {cold_t}")
+    return res
 
+
+def _topk(ip: str) -> dict[str, Any]:
+    url = f"http://{ip}:8000/topk?mb=100&k=5"
+    try:
+        with urllib.request.urlopen(url, timeout=120) as resp:
+            return dict(json.loads(resp.read()))
+    except urllib.error.HTTPError as exc:
+        raise RuntimeError(f"GET {url}: {exc.code} {exc.read().decode(errors='replace')[:500]}") from None
+
+
+def memory_figures(b: Bench, log: Log) -> dict[str, Entry]:
+    """The sidecar container's cgroup memory idle / warm / under the 100 MB call, vs its limit."""
+    res: dict[str, Entry] = {}
     idle_pod = b.injected(b.app_pod("idle"), b.profile([]))
     limit = _limit_mb(idle_pod)
     b.run_pod(idle_pod)
@@ -250,44 +298,62 @@ def measure(b: Bench, repeats: int, log: Log) -> dict[str, Entry]:
     warm = working_set_mb(cg)
     (cg / "memory.max_usage_in_bytes").write_text("0")
     ip = b.core.read_namespaced_pod("warm", NS).status.pod_ip
-    peaks = []
+    peak, error, seconds = 0.0, "", []
     for _ in range(3):
-        with urllib.request.urlopen(f"http://{ip}:8000/topk?mb=100&k=5", timeout=120) as resp:
-            reply = json.loads(resp.read())
+        with PeakSampler(cg) as sampler:
+            try:
+                reply = _topk(ip)
+            except RuntimeError as exc:
+                error = str(exc)[:300]
+        peak = max(peak, sampler.peak_mb)
+        if error:
+            break
         if not reply.get("shared_memory"):
             raise RuntimeError(f"the 100 MB call did not use shared memory: {reply}")
-        peaks.append(int((cg / "memory.max_usage_in_bytes").read_text()) / 1e6)
-    oom = int(dict(line.split() for line in (cg / "memory.oom_control").read_text().splitlines()).get("oom_kill", 0))
-    restarts = [c.restart_count for c in b.core.read_namespaced_pod("warm", NS).status.init_container_statuses]
+        seconds.append(reply["seconds"])
+    status = b.core.read_namespaced_pod("warm", NS).status
+    side = next(c for c in status.init_container_statuses if c.name == "perfpilot-agent")
+    killed = side.last_state.terminated.reason if side.last_state and side.last_state.terminated else "none"
     b.delete("warm")
-    log(f"sidecar memory: idle {idle:.0f} MB, warm {warm:.0f} MB, 100 MB call peak {max(peaks):.0f} MB "
-        f"(limit {limit:.0f} MB; oom_kill {oom}, restarts {restarts}; all-warm sidecar started {times['sidecar']:.1f}s)")
+    log(f"sidecar memory: idle {idle:.0f} MB, warm {warm:.0f} MB, 100 MB call peak {peak:.0f} MB "
+        f"(limit {limit:.0f} MB; restarts {side.restart_count}, last termination {killed}; all-warm sidecar "
+        f"started {times['sidecar']:.1f}s){'; call failed: ' + error if error else ''}")
     note = f"baseline: the sidecar's memory limit from the CRD defaults ({limit:.0f} MB)"
     res["node_sidecar_cgroup_mb_idle"] = entry(idle, "MB", limit, f"working set after Ready, no warm kernels; {note}")
     res["node_sidecar_cgroup_mb_warm"] = entry(warm, "MB", limit, f"working set after Ready, all kernels warm; {note}")
+    outcome = (f"THE CALL FAILED ({error}); sidecar restarts {side.restart_count}, last termination {killed}"
+               if error else f"{seconds} s per call, restarts {side.restart_count}")
     res["node_sidecar_cgroup_mb_loaded"] = entry(
-        max(peaks), "MB", limit, f"peak (max_usage_in_bytes) over 3 cosine_topk calls on a 100 MB matrix via "
-        f"/dev/shm, {reply['seconds']} s each; oom_kill {oom}, restarts {restarts}; {note}")
+        peak, "MB", limit, f"peak cgroup usage (max_usage_in_bytes, sampled every 20 ms) during cosine_topk calls "
+        f"on a 100 MB matrix sent through /dev/shm: {outcome}; {note}")
     return res
 
 
-def run(quick: bool, log: Log = _print) -> dict[str, Entry]:
-    """All node figures; a figure that cannot be measured gets a NOT MEASURED entry."""
+PARTS = {"ready": ("node_pod_ready_s", "node_sidecar_ready_s"),
+         "memory": ("node_sidecar_cgroup_mb_idle", "node_sidecar_cgroup_mb_warm", "node_sidecar_cgroup_mb_loaded")}
+
+
+def run(quick: bool, log: Log = _print, parts: tuple[str, ...] = tuple(PARTS)) -> dict[str, Entry]:
+    """The node figures of `parts`; a figure that cannot be measured gets a NOT MEASURED entry."""
     isolate()
     try:
         b = Bench(log)
     except Exception as e:  # noqa: BLE001 - every key still reported
         why = f"{type(e).__name__}: {str(e)[:300]}"
         log(f"cannot run: {why}")
-        return {k: failed_entry(u, why) for k, u in UNITS.items()}
+        return {k: failed_entry(UNITS[k], why) for part in parts for k in PARTS[part]}
+    results: dict[str, Entry] = {}
     try:
-        return measure(b, 3 if quick else 5, log)
-    except Exception as e:  # noqa: BLE001
-        why = f"{type(e).__name__}: {str(e)[:300]}"
-        log(f"failed: {why}")
-        return {k: failed_entry(u, why) for k, u in UNITS.items()}
+        for part in parts:
+            try:
+                results.update(ready_figures(b, 3 if quick else 5, log) if part == "ready" else memory_figures(b, log))
+            except Exception as e:  # noqa: BLE001 - the other part still runs; its keys say why
+                why = f"{type(e).__name__}: {str(e)[:400]}"
+                log(f"{part} figures failed: {why}")
+                results.update({k: failed_entry(UNITS[k], why) for k in PARTS[part]})
     finally:
         b.close()
+    return results
 
 
 def _json_safe(results: dict[str, Entry]) -> dict[str, Any]:
@@ -298,16 +364,21 @@ def _json_safe(results: dict[str, Entry]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.node_bench", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="3 pods per figure instead of 5")
+    ap.add_argument("--part", choices=sorted(PARTS), action="append",
+                    help="only these figures (repeatable; default all)")
     ap.add_argument("--json", action="store_true", help="print the figures as one JSON line (bench.run)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ns = ap.parse_args(argv)
     t0, load = time.monotonic(), os.getloadavg()
-    results = run(ns.quick)
+    results = run(ns.quick, parts=tuple(ns.part or PARTS))
     if ns.json:
         print(json.dumps(_json_safe(results)), flush=True)
         return 0
     wall = time.monotonic() - t0
     ns.out.mkdir(parents=True, exist_ok=True)
+    if ns.part:   # a partial run merges into the last complete one
+        old = json.loads((ns.out / "node.json").read_text()) if (ns.out / "node.json").exists() else {}
+        results = {**old, **results}
     (ns.out / "node.json").write_text(json.dumps(_json_safe(results), indent=2) + "\n")
     meta = {"mode": "quick" if ns.quick else "full", "wall_seconds": round(wall, 1),
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cpu_count": os.cpu_count(),

@@ -129,7 +129,7 @@ INVALID: list[Invalid] = [
     Invalid("app-cpu-int-limit-below-request", {f"{APP}.requests.cpu": 3, f"{APP}.limits.cpu": 2},
             (f"{APP}.limits.cpu", "limits.cpu (2) must be >= requests.cpu (3)")),
     Invalid("sidecar-memory-limit-below-request", {f"{SC}.limits.memory": "32Mi"},
-            (f"{SC}.limits.memory", "limits.memory (32Mi) must be >= requests.memory (64Mi)")),
+            (f"{SC}.limits.memory", "limits.memory (32Mi) must be >= requests.memory (192Mi)")),
     Invalid("shared-memory-below-a-pods-own", {"spec.resources.sharedMemory": "32Mi"},
             ("spec.resources.sharedMemory", "must be a quantity of at least 64Mi")),
     Invalid("sidecar-limit-below-defaulted-request",
@@ -336,8 +336,8 @@ def test_example_is_accepted_with_defaults(crd: LocalCluster, namespace: str, pa
     assert spec["kernels"]["warm"] == written["spec"].get("kernels", {}).get("warm", [])
     sidecar = spec["resources"]["sidecar"]
     written_sidecar = written["spec"].get("resources", {}).get("sidecar", {})
-    assert sidecar["requests"] == written_sidecar.get("requests", {"cpu": "50m", "memory": "64Mi"})
-    assert sidecar["limits"] == written_sidecar.get("limits", {"cpu": "500m", "memory": "256Mi"})
+    assert sidecar["requests"] == written_sidecar.get("requests", {"cpu": "50m", "memory": "192Mi"})
+    assert sidecar["limits"] == written_sidecar.get("limits", {"cpu": "500m", "memory": "640Mi"})
     for i, alert in enumerate(spec.get("alerts", [])):
         w = written["spec"]["alerts"][i]
         assert alert["severity"] == w.get("severity", "warning")

@@ -277,8 +277,8 @@ def test_minimal_example_defaults() -> None:
     doc = apply_defaults(_doc(ROOT / "examples" / "01-minimal" / "perfprofile.yaml"), SCHEMA)
     assert doc["spec"] == {
         "selector": {"matchLabels": {"app": "agent"}},
-        "resources": {"sidecar": {"requests": {"cpu": "50m", "memory": "64Mi"},
-                                  "limits": {"cpu": "500m", "memory": "256Mi"}},
+        "resources": {"sidecar": {"requests": {"cpu": "50m", "memory": "192Mi"},
+                                  "limits": {"cpu": "500m", "memory": "640Mi"}},
                       "sharedMemory": "1Gi"},
         # No schema default for the pairs' members (heartbeat, maxQueue/batchSize): the API server
         # defaults before CEL, so a default would take part in the pair's check; the contract's

@@ -98,7 +98,7 @@ async def test_grpcurl_malformed_calls(make_agent: MakeAgent, grpcurl: str, tmp_
         (sock, "RunKernel", {"kernel": "cosine_topk", "params": {"k": 1}, "inputs": {
             "query": {"dtype": "DTYPE_FLOAT32", "shape": ["1", "1"], "shm": {"name": "..", "offset": "0"}},
             "matrix": {"dtype": "DTYPE_FLOAT32", "shape": ["1", "1"], "raw": b64(b"\0\0\x80?")}}}, {}, invalid, "not a valid segment name"),
-        (sock, "CachePut", {"key": "k", "value": b64(b"v"), "ttl": "-1s"}, {}, invalid, "ttl must be > 0ms"),
+        (sock, "CachePut", {"key": "k", "value": b64(b"v"), "ttl": "-1s"}, {}, invalid, "ttl must be between 0s and 24h, got -1s"),
         (sock, "Configure", {"generation": "0"}, {}, invalid, "generation must be > 0"),
         (sock, "WatchEvents", {"types": [99]}, {}, invalid, "types[0] is not a known event type"),
     ]

@@ -543,3 +543,49 @@ def test_running_out_of_file_descriptors_is_resource_exhausted(monkeypatch: pyte
     with pytest.raises(ResourceExhausted, match="too many open files"):
         tensors.Inputs({"matrix": pb.Tensor(dtype=pb.DTYPE_FLOAT32, shape=[3, 3], shm=pb.SharedMemoryRef(name=name))},
                        max_bytes=1 << 20)
+
+
+async def test_a_call_cancelled_during_its_segment_copy_keeps_the_fd_until_the_copy_ends(
+        make_agent: MakeAgent, shm_names: list[str]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    agent = await make_agent()
+    big = np.ones((1024, 512), dtype=np.float32)  # 2 MiB: copied on a thread
+    name = make_segment(shm_names, big)
+    path = os.path.join(SHM_DIR, name)
+    gate = threading.Event()
+    blocked = ThreadPoolExecutor(1)
+    blocked.submit(gate.wait)  # the copy waits behind this
+    agent.app.runner.executor = blocked
+
+    def open_fds() -> int:
+        n = 0
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                n += os.readlink(f"/proc/self/fd/{fd}") == path
+            except OSError:
+                pass
+        return n
+
+    async def until(cond: Any) -> None:
+        for _ in range(400):
+            if cond():
+                return
+            await asyncio.sleep(0.025)
+        raise AssertionError("condition not reached")
+
+    req = pb.RunKernelRequest(kernel="cosine_topk", params={"k": 1}, inputs={
+        "query": tensor(np.ones((1, 512), dtype=np.float32)),
+        "matrix": pb.Tensor(dtype=pb.DTYPE_FLOAT32, shape=[1024, 512], shm=pb.SharedMemoryRef(name=name))})
+    try:
+        call = agent.stub.RunKernel(req, timeout=30)
+        await until(lambda: open_fds() == 1)  # opened, copy queued on the blocked thread
+        call.cancel()
+        await until(lambda: agent.app.runner.admission.in_flight == 0)  # the agent saw the cancellation
+        assert open_fds() == 1  # the thread will still read it: not closed under it
+        gate.set()
+        await until(lambda: open_fds() == 0)  # closed once the copy ended
+    finally:
+        gate.set()
+        blocked.shutdown()
+    await still_serving(agent)

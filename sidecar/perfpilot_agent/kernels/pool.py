@@ -569,35 +569,9 @@ class KernelPool:
             return
         w.reaping = True
         try:
-            await self._reap_now(w)
+            assert self._loop is not None
+            await w.stop(self._loop)
         finally:
             if w in self._workers:
                 self._workers.remove(w)
             w.done.set()
-
-    async def _reap_now(self, w: Worker) -> None:
-        assert self._loop is not None
-        loop = self._loop
-        w.advance(Phase.STOPPING)
-        try:
-            loop.remove_reader(w.process.sentinel)
-        except (ValueError, OSError):
-            pass
-        if w.process.is_alive() and w.phase is not Phase.DEAD:
-            try:
-                fut = loop.run_in_executor(w.executor, roundtrip, w.conn, ("stop",))
-                await asyncio.wait_for(fut, timeout=5.0)
-            except BaseException:
-                pass
-            await loop.run_in_executor(None, w.process.join, 5.0)
-        if w.process.is_alive():
-            w.process.kill()
-            await loop.run_in_executor(None, w.process.join, 5.0)
-        else:
-            w.process.join(timeout=0)
-        w.executor.submit(w.conn.close)
-        w.executor.shutdown(wait=False)
-        try:
-            w.process.close()
-        except ValueError:
-            pass

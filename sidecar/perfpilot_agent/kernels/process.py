@@ -64,6 +64,32 @@ class Worker:
         """Taking work (counted in the pool's size)."""
         return self.phase is Phase.ACTIVE
 
+    async def stop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Stop the process (asking first when it is alive and idle, killing after 5 s) and free its resources."""
+        self.advance(Phase.STOPPING)
+        try:
+            loop.remove_reader(self.process.sentinel)
+        except (ValueError, OSError):
+            pass
+        if self.process.is_alive() and self.phase is not Phase.DEAD:
+            try:
+                fut = loop.run_in_executor(self.executor, roundtrip, self.conn, ("stop",))
+                await asyncio.wait_for(fut, timeout=5.0)
+            except BaseException:
+                pass
+            await loop.run_in_executor(None, self.process.join, 5.0)
+        if self.process.is_alive():
+            self.process.kill()
+            await loop.run_in_executor(None, self.process.join, 5.0)
+        else:
+            self.process.join(timeout=0)
+        self.executor.submit(self.conn.close)
+        self.executor.shutdown(wait=False)
+        try:
+            self.process.close()
+        except ValueError:
+            pass
+
 
 _spawn_lock = threading.Lock()
 
