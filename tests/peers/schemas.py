@@ -64,10 +64,8 @@ def _refs(node: Any) -> Iterable[str]:
 def builtin_schemas(swagger: Path, out: Path) -> int:
     """Write a standalone strict schema for every kind the spec defines; returns how many."""
     definitions: dict[str, Any] = json.loads(swagger.read_text())["definitions"]
-    converted = {name: _strict(d, crd=False) for name, d in definitions.items()}
-    for name in definitions:
-        if name.endswith(".api.resource.Quantity"):
-            converted[name] = dict(QUANTITY)
+    converted = {name: dict(QUANTITY) if name.endswith(".api.resource.Quantity")
+                 else _strict(d, crd=False) for name, d in definitions.items()}
     written = 0
     for name, d in definitions.items():
         for gvk in d.get("x-kubernetes-group-version-kind", []):

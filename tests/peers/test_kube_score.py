@@ -11,7 +11,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from perfpilot_operator.logic.injection import SIDECAR_NAME
 from tests.peers.conftest import peer
+from tests.peers.test_kubeconform import injected_pod
 
 # check id -> why the chart does not follow it.
 IGNORED = {
@@ -35,8 +37,10 @@ FLAGS = {
 OPTIONAL = ("container-seccomp-profile", "container-ports-check")
 
 
-def kube_score(*files: Path, ignore: bool = True) -> list[tuple[str, str, str]]:
-    """(object, check id, summaries) for each check graded below OK and not skipped."""
+def kube_score(*files: Path, ignore: bool = True, container: str | None = None
+               ) -> list[tuple[str, str, str]]:
+    """(object, check id, summaries) for each check graded below OK and not skipped; with
+    `container`, only the findings about that container (or the whole pod)."""
     args = [str(peer("kube-score")), "score", "--output-format", "json",
             *(f"--enable-optional-test={t}" for t in OPTIONAL)]
     if ignore:
@@ -45,9 +49,15 @@ def kube_score(*files: Path, ignore: bool = True) -> list[tuple[str, str, str]]:
     assert proc.stdout.startswith("["), f"kube-score failed ({proc.returncode}):\n{proc.stderr}"
     objects: list[dict[str, Any]] = json.loads(proc.stdout)
     assert objects, "kube-score saw no objects"
-    return [(o["object_name"], c["check"]["id"],
-             "; ".join(x["summary"] for x in c.get("comments") or []))
-            for o in objects for c in o["checks"] if not c["skipped"] and c["grade"] < 10]
+    found = []
+    for o in objects:
+        for c in o["checks"]:
+            comments = [x for x in c.get("comments") or []
+                        if container is None or x["path"] in (container, "")]
+            if not c["skipped"] and c["grade"] < 10 and (comments or container is None):
+                found.append((o["object_name"], c["check"]["id"],
+                              "; ".join(x["summary"] for x in comments)))
+    return found
 
 
 def test_chart_has_no_new_kube_score_findings(chart_default: Path, chart_full: Path) -> None:
@@ -61,3 +71,11 @@ def test_every_ignored_check_still_fires(chart_default: Path, chart_full: Path) 
     stale = sorted(set(IGNORED) - fired)
     assert not stale, f"no longer flagged, remove from IGNORED: {stale}"
     assert "container-resources" in fired   # the CPU limit FLAGS waives
+
+
+def test_injected_sidecar_has_no_new_kube_score_findings(tmp_path: Path) -> None:
+    """The sidecar container as the webhook injects it (the app container is the user's)."""
+    findings = kube_score(injected_pod(tmp_path / "pod.yaml"), container=SIDECAR_NAME)
+    assert not findings, "kube-score on the injected sidecar: fix operator/perfpilot_operator/" \
+        "logic/injection.py or add the check to IGNORED with a reason:\n" \
+        + "\n".join(f"  {obj}: {check}: {text}" for obj, check, text in findings)

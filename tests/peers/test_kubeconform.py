@@ -91,9 +91,9 @@ def patched(pod: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-@pytest.mark.parametrize("native", [True, False], ids=["native-sidecar", "regular-container"])
-def test_injected_pod_is_a_valid_pod(schemas: Path, tmp_path: Path, native: bool) -> None:
-    """The example Deployment's pod template, injected with the example profile (every field)."""
+def injected_pod(out: Path, native: bool = True) -> Path:
+    """The example Deployment's pod template, injected with the example profile (every field),
+    written as a Pod manifest to `out`."""
     deployment = yaml.safe_load((ROOT / "examples/02-full/deployment.yaml").read_text())
     profile = yaml.safe_load((ROOT / "examples/02-full/perfprofile.yaml").read_text())
     profile["metadata"].update(namespace="team-a", generation=2)
@@ -103,8 +103,13 @@ def test_injected_pod_is_a_valid_pod(schemas: Path, tmp_path: Path, native: bool
            "spec": deployment["spec"]["template"]["spec"]}
     injection = inject(pod, profile, SidecarTemplate(native_sidecar=native))
     assert not injection.empty and not injection.warnings, injection
-    out = tmp_path / "pod.yaml"
     out.write_text(yaml.safe_dump(patched(pod, injection.changes)))
+    return out
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native-sidecar", "regular-container"])
+def test_injected_pod_is_a_valid_pod(schemas: Path, tmp_path: Path, native: bool) -> None:
+    out = injected_pod(tmp_path / "pod.yaml", native)
     assert kubeconform(schemas, out)["summary"]["valid"] == 1
 
 
