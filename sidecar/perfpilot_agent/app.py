@@ -1,8 +1,8 @@
 """AgentApp: wires the runtime to two gRPC servers, /metrics and the health service.
 
-Two grpc.aio servers share one servicer: the Unix-socket server (trusted, the app container) has only
+Two grpc.aio servers, one servicer each over the same app: the Unix-socket server (trusted, the app container) has only
 the decode guard (bytes that do not parse -> INVALID_ARGUMENT); the TCP server (the operator) checks
-the bearer token first, then the same guard. Splitting them is
+the bearer token first, then the same guard, and its Configure wins over generation order. Splitting them is
 what lets the trust decision depend on the listener rather than on parsing peer strings.
 Lifecycle: start() binds and returns; readiness follows warm-up; stop() drains and cleans up.
 """
@@ -82,6 +82,8 @@ class AgentApp:
         self.health = Health()
         self.auth = BearerTokenInterceptor(settings.token)
         self.servicer = AgentServicer(self)
+        # The TCP listener's callers passed the operator's credential: their Configure wins.
+        self.control_servicer = AgentServicer(self, operator=True)
         self.malformed = DecodeGuard(self.rpc_stats.record)
         self.metrics_registry = metrics_registry or CollectorRegistry()
         AgentCollector(self.snapshot, registry=self.metrics_registry)
@@ -179,10 +181,15 @@ class AgentApp:
 
     # -- live config ---------------------------------------------------------------------------
 
-    def configure(self, generation: int, msg: pb.AgentConfig) -> bool:
-        """Validate and apply; False when `generation` is not newer than the applied one."""
+    def configure(self, generation: int, msg: pb.AgentConfig, *, operator: bool = False) -> bool:
+        """Validate and apply; False when `generation` is not newer than the applied one.
+
+        From the operator (`operator`: the authenticated TCP listener) any other generation
+        applies, lower ones too: the operator sends its profile's current generation, and a
+        generation pushed ahead of it from inside the pod (over the socket) must not lock the
+        operator out forever. A repeat of the applied generation stays a no-op."""
         new = merge_proto(self.config, msg, self.runner.known_kernels)
-        if generation <= self.generation:
+        if generation == self.generation or (generation < self.generation and not operator):
             return False
         old, self.config, self.generation = self.config, new, generation
         self.events.generation = generation
@@ -249,7 +256,8 @@ class AgentApp:
             os.chmod(path, 0o666)  # the app container may run as another uid; the directory guards access
         if self.settings.port >= 0:
             # auth first: an unauthenticated body is refused before anything parses it
-            self.tcp_server = self._server(options, interceptors=(self.auth, DecodeInterceptor(self.malformed)))
+            self.tcp_server = self._server(options, interceptors=(self.auth, DecodeInterceptor(self.malformed)),
+                                           servicer=self.control_servicer)
             self.tcp_port = self.tcp_server.add_insecure_port(f"{self.settings.listen_host}:{self.settings.port}")
             await self.tcp_server.start()
         if self.settings.metrics_port >= 0:
@@ -261,9 +269,10 @@ class AgentApp:
                  self.settings.socket_path or "-", self.settings.listen_host, self.tcp_port,
                  self.metrics.port if self.metrics else "-")
 
-    def _server(self, options: list[tuple[str, Any]], *, interceptors: tuple[Any, ...]) -> aio.Server:
+    def _server(self, options: list[tuple[str, Any]], *, interceptors: tuple[Any, ...],
+                servicer: AgentServicer | None = None) -> aio.Server:
         server = aio.server(interceptors=interceptors, options=options, maximum_concurrent_rpcs=10_000)
-        pb_grpc.add_AgentServicer_to_server(self.servicer, server)
+        pb_grpc.add_AgentServicer_to_server(servicer or self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
         return server
 

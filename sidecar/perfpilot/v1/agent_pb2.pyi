@@ -379,7 +379,9 @@ class ConfigureResponse(_message.Message):
     APPLIED_FIELD_NUMBER: _builtins.int
     CONFIG_FIELD_NUMBER: _builtins.int
     applied_generation: _builtins.int
-    """The generation applied after this call (the request's, or a newer one already applied)."""
+    """The generation applied after this call (the request's, or a newer one already applied when the
+    request came over the Unix socket).
+    """
     applied: _builtins.bool
     """True when this request changed the applied config; false when it was stale or a repeat."""
     @_builtins.property

@@ -102,15 +102,16 @@ class AgentCore(Protocol):
     watchers: Admission
 
     def heartbeat(self, sequence: int) -> pb.HeartbeatResponse: ...
-    def configure(self, generation: int, msg: pb.AgentConfig) -> bool: ...
+    def configure(self, generation: int, msg: pb.AgentConfig, *, operator: bool = False) -> bool: ...
     def snapshot(self) -> Snapshot: ...
 
 
 class AgentServicer(pb_grpc.AgentServicer):
     """perfpilot.v1.Agent backed by an AgentCore (the AgentApp)."""
 
-    def __init__(self, app: AgentCore) -> None:
+    def __init__(self, app: AgentCore, *, operator: bool = False) -> None:
         self.app = app
+        self.operator = operator      # served on the authenticated TCP listener
 
     @_rpc("Heartbeat")
     async def Heartbeat(self, request: pb.HeartbeatRequest, context: aio.ServicerContext[Any, Any]) -> pb.HeartbeatResponse:
@@ -123,7 +124,7 @@ class AgentServicer(pb_grpc.AgentServicer):
     async def Configure(self, request: pb.ConfigureRequest, context: aio.ServicerContext[Any, Any]) -> pb.ConfigureResponse:
         if request.generation <= 0:
             raise InvalidArgument(f"generation must be > 0, got {request.generation}")
-        applied = self.app.configure(request.generation, request.config)
+        applied = self.app.configure(request.generation, request.config, operator=self.operator)
         return pb.ConfigureResponse(
             applied_generation=self.app.generation, applied=applied, config=to_proto(self.app.config)
         )
