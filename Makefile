@@ -8,7 +8,7 @@ CACHE     ?= $(HOME)/.cache/perfpilot
 STATE     := e2e/.state
 export PERFPILOT_CACHE := $(CACHE)
 
-.PHONY: help venv debs grafana-schema lint protos protos-check dashboards dashboards-check unit e2e e2e-cluster test demo dev-up dev-down cluster-build cluster-up cluster-env cluster-down bench bench-quick bench-operator images clean
+.PHONY: help venv debs grafana-schema lint protos protos-check dashboards dashboards-check unit e2e e2e-cluster peers test demo dev-up dev-down cluster-build cluster-up cluster-env cluster-down bench bench-quick bench-operator bench-node images clean
 
 help: ## list targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -68,6 +68,9 @@ debs: ## Debian packages the cluster and e2e suite use (containerd, runc, CNI, p
 grafana-schema: ## Grafana's published dashboard schema (npm @grafana/schema) for the dashboard test, once
 	@bash scripts/ensure-grafana-schema.sh || echo "[grafana-schema] not installed: tests/checks/test_dashboard_schema.py will skip, naming why"
 
+peers: ## independent peers for tests/peers/ (grpc-health-probe, grpcurl, kubeconform, kube-score, checkov), pinned, built once
+	@bash scripts/ensure-peers.sh
+
 e2e: venv cluster-build debs ## end-to-end tests on the real local control plane
 	@$(PY) -m pytest e2e -q -p no:cacheprovider
 
@@ -76,13 +79,13 @@ e2e-cluster: venv ## end-to-end tests against the cluster in KUBECONFIG (local-h
 	@test -n "$$KUBECONFIG" || { echo "e2e-cluster: set KUBECONFIG to the cluster to test (kind get kubeconfig > kc; KUBECONFIG=$$PWD/kc)"; exit 2; }
 	@PERFPILOT_E2E_EXTERNAL=1 $(PY) -m pytest e2e -q -p no:cacheprovider -rs
 
-test: venv cluster-build debs grafana-schema images ## lint + unit + e2e
+test: venv cluster-build debs grafana-schema images peers ## lint + unit + e2e
 	@$(PY) -m pytest tests e2e -q
 
 demo: dev-up ## local cluster + operator + example profiles: injection, live config, alerts, autoscaling
 	@bash scripts/demo.sh
 
-bench: venv cluster-build debs ## full benchmarks, operator figures included -> bench/results/latest.json
+bench: venv cluster-build debs ## full benchmarks, operator and real-node figures included -> bench/results/latest.json
 	@$(PY) -m bench.run --full
 
 bench-quick: venv ## quick benchmarks (< 3 min) -> bench/results/latest.json
@@ -90,6 +93,9 @@ bench-quick: venv ## quick benchmarks (< 3 min) -> bench/results/latest.json
 
 bench-operator: venv cluster-build debs ## operator figures only (~3 min; not with `make e2e`) -> bench/results/operator.json
 	@$(PY) -m bench.operator_bench
+
+bench-node: venv cluster-build debs ## real-node figures only (~5 min; own cluster) -> bench/results/node.json
+	@$(PY) -m bench.node_bench
 
 clean: cluster-down
 	rm -rf $(VENV) $(STATE) e2e/.state-test

@@ -73,7 +73,7 @@ def main(spec: dict[str, Any]) -> dict[str, Any]:
     query = rng.standard_normal((1, d), dtype=np.float32)
     pc = time.perf_counter
     with AgentClient(spec["target"], timeout=60) as agent:
-        agent.wait_for_ready()
+        agent.wait_ready()
         # first call: the app computes and caches the result
         first = agent.run_kernel("cosine_topk", query=query, matrix=matrix, k=k)
         agent.cache_put(app_key(query, k), pack(first))

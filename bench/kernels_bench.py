@@ -24,8 +24,8 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
-from typing import Any
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Entry
+from bench.node_bench import TARGETS as NODE_TARGETS
 from bench.operator_bench import TARGETS as OPERATOR_TARGETS
 
 Target = tuple[str, str, float] | None
@@ -40,12 +41,15 @@ TARGETS: dict[str, Target] = {
     "load_errors": ("value", "==", 0),
     "load_calls_per_s": ("value", ">=", 2000),
     **OPERATOR_TARGETS,
+    **NODE_TARGETS,
 }
 """Targets by key, in the table's order."""
 
-REQUIRED: tuple[str, ...] = tuple(k for k in TARGETS if k != "shm_shared_vs_pickle_100mb" and k not in OPERATOR_TARGETS)
+REQUIRED: tuple[str, ...] = tuple(k for k in TARGETS if k != "shm_shared_vs_pickle_100mb"
+                                  and k not in OPERATOR_TARGETS and k not in NODE_TARGETS)
 """Keys that must be present in latest.json (shm_shared_vs_pickle_100mb is an extra from kernels_bench; the
-operator figures need the local control plane and come from full runs only: `make bench`, `make bench-operator`)."""
+operator and real-node figures need the local cluster and come from full runs only: `make bench`,
+`make bench-operator`, `make bench-node`)."""
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     "<=": lambda a, b: a <= b, "<": lambda a, b: a < b, ">=": lambda a, b: a >= b,

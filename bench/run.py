@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import agent_bench, operator_bench, report
+from bench import agent_bench, node_bench, operator_bench, report
 from bench.common import Entry, cpu_pressure_text, failed_entry
 from bench.procs import PY, ChildFailed, Procs
 
@@ -53,6 +53,19 @@ def kernel_figures(quick: bool) -> dict[str, Entry]:
             return dict(child.read_json(1200))
         except ChildFailed as exc:
             return {k: failed_entry(u, f"kernels_bench failed: {str(exc)[:300]}") for k, u in KERNEL_KEYS.items()}
+
+
+def node_figures() -> dict[str, Entry]:
+    """bench.node_bench in a child process: it picks its own cluster (state dir, ports) before the
+    harness is imported, which this process may already have done for the operator figures."""
+    with Procs() as procs:
+        child = procs.start("node-bench", [PY, "-m", "bench.node_bench", "--json"])
+        try:
+            figures = dict(child.read_json(1800))
+        except ChildFailed as exc:
+            return {k: failed_entry(u, f"node_bench failed: {str(exc)[:300]}") for k, u in node_bench.UNITS.items()}
+    return {k: {**e, **{f: math.nan for f in ("value", "baseline", "ratio") if e.get(f) is None}}
+            for k, e in figures.items()}
 
 
 def _version(module: str) -> str:
@@ -142,6 +155,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             figures = operator_bench.run(False, log=lambda s: print(f"  {s}", flush=True))
             results.update({k: v for k, v in figures.items() if want(k)})
             print(f"  operator_bench: {time.monotonic() - t1:.1f}s", flush=True)
+        if not quick and any(want(k) for k in node_bench.UNITS):  # ~5 min: full runs only
+            t1 = time.monotonic()
+            print("  node_bench (own cluster with the real node, images, injected pods) ...", flush=True)
+            results.update({k: v for k, v in node_figures().items() if want(k)})
+            print(f"  node_bench: {time.monotonic() - t1:.1f}s", flush=True)
     except KeyboardInterrupt:
         print("\ninterrupted; child processes stopped, nothing written", file=sys.stderr)
         return 130

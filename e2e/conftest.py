@@ -9,11 +9,12 @@ PERFPILOT_KEEP_CLUSTER=1, then reused by the next run). Each test gets its own n
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -175,6 +176,11 @@ E2E_HEALTH_PORT = 18081 + Ports().base
 E2E_METRICS_PORT = 18080 + Ports().base
 
 
+def _operator_env(cluster: LocalCluster) -> dict[str, str]:
+    return dev.operator_env(cluster, webhook_port=E2E_WEBHOOK_PORT, health_port=E2E_HEALTH_PORT,
+                            metrics_port=E2E_METRICS_PORT, resync="1s")
+
+
 @pytest.fixture(scope="session")
 def operator(cluster: LocalCluster, podrunner: subprocess.Popen[bytes]
              ) -> Iterator[subprocess.Popen[bytes]]:
@@ -185,14 +191,35 @@ def operator(cluster: LocalCluster, podrunner: subprocess.Popen[bytes]
                                        "prometheusrule-crd.yaml"))
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
                     "crd/prometheusrules.monitoring.coreos.com")
-    env = dev.operator_env(cluster, webhook_port=E2E_WEBHOOK_PORT, health_port=E2E_HEALTH_PORT,
-                           metrics_port=E2E_METRICS_PORT, resync="1s")
-    proc = dev.start(cluster, "operator", dev.operator_command(), env)
+    proc = dev.start(cluster, "operator", dev.operator_command(), _operator_env(cluster))
     dev.wait_healthy(cluster, proc, E2E_HEALTH_PORT)
     yield proc
     _stop_process(proc)
+    dev.stop(cluster, "operator")     # a replacement started by restart_operator, if any
     (cluster.pids / "operator.pid").unlink(missing_ok=True)
     cluster.kubectl("delete", "mutatingwebhookconfiguration", "perfpilot-pod-injector",
                     "--ignore-not-found", check=False)
     cluster.kubectl("delete", "validatingwebhookconfiguration", "perfpilot-profile-validator",
                     "--ignore-not-found", check=False)
+
+
+@pytest.fixture()
+def restart_operator(cluster: LocalCluster, operator: subprocess.Popen[bytes]
+                     ) -> Callable[[], subprocess.Popen[bytes]]:
+    """Kill the running operator (SIGKILL: a crash, nothing cleaned up) and start a new one the
+    way its Deployment would; the previous instance's log is kept as operator.<n>.log."""
+    count = [0]
+
+    def restart() -> subprocess.Popen[bytes]:
+        pid = int((cluster.pids / "operator.pid").read_text())
+        os.killpg(pid, signal.SIGKILL)
+        dev.stop(cluster, "operator")      # reaps it (a zombie counts as gone)
+        count[0] += 1
+        log = cluster.logs / "operator.log"
+        if log.exists():
+            shutil.copyfile(log, cluster.logs / f"operator.{count[0]}.log")
+        proc = dev.start(cluster, "operator", dev.operator_command(), _operator_env(cluster))
+        dev.wait_healthy(cluster, proc, E2E_HEALTH_PORT)
+        return proc
+
+    return restart

@@ -20,7 +20,7 @@ from e2e.harness.cluster import LocalCluster
 from e2e.harness.node import REAL_NODE_SELECTOR, REAL_NODE_TOLERATION
 from e2e.harness.procs import tail
 
-# Reads the node from the host (its cgroup tree, its containerd): the local harness only.
+# The local node's containerd, cgroups and kubelet port are read directly: local cluster only.
 pytestmark = pytest.mark.local_harness
 
 MEMORY_LIMIT = 64 * 1024 * 1024

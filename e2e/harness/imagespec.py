@@ -76,7 +76,7 @@ SPECS: dict[str, ImageSpec] = {
         name="operator", extras=("operator",), entrypoint=("perfpilot-operator",),
         ports=(9443, 8080, 8081), dockerfile="operator/Dockerfile"),
     "example-app": ImageSpec(
-        name="example-app", extras=("client",), entrypoint=("python3", f"{APP_DIR}/app.py"),
+        name="example-app", extras=("client-kernels",), entrypoint=("python3", f"{APP_DIR}/app.py"),
         ports=(8000,), dockerfile="examples/app/Dockerfile", workdir=APP_DIR,
         app_source="examples/app"),
 }

@@ -4,7 +4,8 @@
   k8s.io/kubernetes module (Go module cache), compiled with `gcc -static` as its Makefile does;
   containerd's sandbox image.
 - `localhost/perfpilot/busybox:<version>`: Debian's busybox-static /bin/busybox with its applet
-  links; the e2e tests' plain workload (sh, httpd, nc, sleep).
+  links; the e2e tests' plain workload (sh, httpd, nc, sleep). Its `wget` segfaults (Debian's
+  busybox-static 1.35 does so on the host too): speak HTTP with `nc` instead.
 
 Each tarball lives in ~/.cache/perfpilot/images/ under a name carrying a hash of its inputs
 (sources, compiler, the writer), so a changed input builds a new one and an unchanged one is

@@ -9,8 +9,9 @@ profile's alerts and its autoscaling see real traffic.
     GET /topk?mb=100&k=5         cosine_topk of a query batch against a float32 matrix of `mb` MB,
                                  passed through shared memory (/dev/shm of the pod)
 
-Environment: PORT (8000), PERFPILOT_SOCKET (set by the operator), EXAMPLE_MATRIX_MB (100).
-Only the standard library, NumPy and perfpilot_client: ``pip install 'perfpilot[client]'``.
+Environment: PORT (8000), PERFPILOT_SOCKET (set by the operator), EXAMPLE_MATRIX_MB (100),
+EXAMPLE_TIMEOUT_S (60: per sidecar call; a kernel that is not warm compiles on its first call).
+Only the standard library, NumPy and perfpilot_client: ``pip install 'perfpilot[client-kernels]'``.
 """
 
 from __future__ import annotations
@@ -28,15 +29,23 @@ import numpy as np
 from perfpilot_client import AgentClient
 
 DIM = 256
-_agent = AgentClient()
 _matrices: dict[int, np.ndarray] = {}
 _lock = threading.Lock()
+_clients: list[AgentClient] = []
+
+
+def agent() -> AgentClient:
+    """The sidecar's client, made at first use: the app starts (and answers 503) without one."""
+    with _lock:
+        if not _clients:
+            _clients.append(AgentClient(timeout=float(os.environ.get("EXAMPLE_TIMEOUT_S", "60"))))
+        return _clients[0]
 
 
 def matrix(mb: int) -> np.ndarray:
     """A float32 matrix of `mb` MB (rows of DIM), made once per size."""
     with _lock:
-        if mb not in _matrices:
+        if mb not in _matrices:  # one per size
             rows = max(1, mb * 1_000_000 // (4 * DIM))
             _matrices[mb] = np.random.default_rng(mb).standard_normal((rows, DIM), dtype=np.float32)
         return _matrices[mb]
@@ -44,12 +53,13 @@ def matrix(mb: int) -> np.ndarray:
 
 def work(key: str, sleep_ms: float) -> dict[str, Any]:
     """One measured op that uses the sidecar's cache: a hit skips the slow part."""
-    with _agent.measure("llm_call"):
-        value = _agent.cache_get(f"work/{key}")
+    client = agent()
+    with client.measure("llm_call"):
+        value = client.cache_get(f"work/{key}")
         if value is None:
             time.sleep(sleep_ms / 1000)
             value = f"answer for {key}".encode()
-            _agent.cache_put(f"work/{key}", value)
+            client.cache_put(f"work/{key}", value)
             return {"key": key, "cached": False}
     return {"key": key, "cached": True}
 
@@ -58,12 +68,13 @@ def topk(mb: int, k: int) -> dict[str, Any]:
     """cosine_topk in the sidecar; the matrix travels through shared memory."""
     m = matrix(mb)
     q = m[:4] + np.float32(0.01)
+    client = agent()
     t0 = time.perf_counter()
-    with _agent.measure("topk"):
-        out = _agent.run_kernel("cosine_topk", query=q, matrix=m, k=k)
+    with client.measure("topk"):
+        out = client.run_kernel("cosine_topk", query=q, matrix=m, k=k)
     return {"matrix_mb": round(m.nbytes / 1e6, 1), "rows": int(m.shape[0]), "k": k,
             "indices": out["indices"].tolist(), "seconds": round(time.perf_counter() - t0, 4),
-            "shared_memory": _agent.shm_threshold is not None and m.nbytes >= _agent.shm_threshold}
+            "shared_memory": client.shm_threshold is not None and m.nbytes >= client.shm_threshold}
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -72,7 +83,7 @@ class Handler(BaseHTTPRequestHandler):
         qs = {k: v[-1] for k, v in parse_qs(url.query).items()}
         try:
             if url.path == "/healthz":
-                _agent.heartbeat()
+                agent().heartbeat()
                 self._reply(200, {"ok": True})
             elif url.path == "/work":
                 self._reply(200, work(qs.get("key", "default"), float(qs.get("sleep_ms", "50"))))
@@ -101,11 +112,12 @@ class Handler(BaseHTTPRequestHandler):
 def main() -> None:
     port = int(os.environ.get("PORT", "8000"))
     server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
-    print(f"example app on :{port}, sidecar at {_agent.target}", flush=True)
+    print(f"example app on :{port}, sidecar at {os.environ.get('PERFPILOT_SOCKET', '(not injected)')}", flush=True)
     try:
         server.serve_forever()
     finally:
-        _agent.close()
+        for client in _clients:
+            client.close()
 
 
 if __name__ == "__main__":

@@ -23,16 +23,19 @@ from perfpilot_operator.logic import prometheusrule as promrule
 from perfpilot_operator.logic import stats
 from perfpilot_operator.logic.alerting import AlertState, Transition
 from perfpilot_operator.logic.conditions import PodView, now_iso
-from perfpilot_operator.logic.scaling import Decision, ScalerState, decide
+from perfpilot_operator.logic.scaling import Decision, ScalerState, decide, parse_time
 from perfpilot_operator.runtime import Runtime
 
 
 @dataclass
 class MonitorState:
-    """Per-profile state kept across passes (lost on operator restart: alerts re-evaluate and
-    autoscaling restarts its stabilization windows, as after an HPA controller restart)."""
+    """Per-profile state kept across passes. After an operator restart (or a leader change) it
+    is rebuilt by `resume` from the profile's status: the last step's time and the windows
+    (see ScalerState.resumed); stats start from a baseline (stats.first_sight); alerts
+    re-evaluate."""
 
     snapshots: dict[str, stats.Snapshot] = field(default_factory=dict)   # pod@ip -> cumulative
+    last_look: float | None = None   # monotonic time of the previous GetStats round
     alerts: dict[str, AlertState] = field(default_factory=dict)
     scaler: ScalerState = field(default_factory=ScalerState)
     last_scale_eval: float = 0.0
@@ -40,6 +43,19 @@ class MonitorState:
     replicas: dict[str, Any] | None = None
     rule_synced: Any = None      # the PrometheusRule spec last written (None: never / deleted)
     generations: dict[str, int] = field(default_factory=dict)   # this pass's GetStats answers
+
+
+def resume(status: dict[str, Any]) -> MonitorState:
+    """The state of a profile this operator has not observed yet, from its status: no step
+    sooner than one interval after status.replicas.lastScaleTime, no window shortened."""
+    replicas = status.get("replicas")
+    if not isinstance(replicas, dict) or not replicas:
+        return MonitorState()
+    last = replicas.get("lastScaleTime")
+    return MonitorState(scaler=ScalerState(resumed=True),
+                        last_scale_eval=parse_time(last) or 0.0,
+                        last_scale_time=last if isinstance(last, str) else None,
+                        replicas=dict(replicas))
 
 
 def _iso(ts: float) -> str:
@@ -76,6 +92,9 @@ async def _collect(rt: Runtime, state: MonitorState, pods: list[PodView], token:
     def call(p: PodView) -> Any:
         return lambda: rt.agents.get_stats(Target(p.ip or "", port, token))
 
+    looked = time.monotonic()
+    since_last_look = None if state.last_look is None else looked - state.last_look
+    state.last_look = looked
     results = await bounded_gather([call(p) for p in live], limit=rt.settings.rollout_concurrency)
     deltas, failures = [], {}
     state.generations = {}
@@ -90,7 +109,9 @@ async def _collect(rt: Runtime, state: MonitorState, pods: list[PodView], token:
             continue
         state.generations[p.name] = int(r.generation)
         snap = stats.from_proto(r)
-        deltas.append(stats.delta(state.snapshots.get(key), snap))
+        prev = state.snapshots.get(key)
+        deltas.append(stats.delta(prev, snap) if prev is not None
+                      else stats.first_sight(snap, since_last_look=since_last_look))
         state.snapshots[key] = snap
     for gone in set(state.snapshots) - keys:
         del state.snapshots[gone]
@@ -100,7 +121,7 @@ async def _collect(rt: Runtime, state: MonitorState, pods: list[PodView], token:
 async def observe(*, rt: Runtime, memo: Any, body: kopf.Body, namespace: str, name: str,
                   spec: dict[str, Any], pods: list[PodView], token: str,
                   hpas: list[dict[str, Any]], logger: Any) -> Outcome:
-    state: MonitorState = getattr(memo, "monitor", None) or MonitorState()
+    state: MonitorState = getattr(memo, "monitor", None) or resume(dict(body.get("status") or {}))
     memo.monitor = state
     now = time.time()
     deltas, unreachable = await _collect(rt, state, pods, token, namespace, name)

@@ -1,1 +1,1 @@
-"""Generated protocol packages (see protos/). Do not edit."""
+"""perfpilot wire protocol: stubs generated from protos/ in v1/, shared hand-written modules beside it."""

@@ -1,8 +1,8 @@
 """AgentApp: wires the runtime to two gRPC servers, /metrics and the health service.
 
-Two grpc.aio servers share one servicer: the Unix-socket server (trusted, the app container) has only
+Two grpc.aio servers, one servicer each over the same app: the Unix-socket server (trusted, the app container) has only
 the decode guard (bytes that do not parse -> INVALID_ARGUMENT); the TCP server (the operator) checks
-the bearer token first, then the same guard. Splitting them is
+the bearer token first, then the same guard, and its Configure wins over generation order. Splitting them is
 what lets the trust decision depend on the listener rather than on parsing peer strings.
 Lifecycle: start() binds and returns; readiness follows warm-up; stop() drains and cleans up.
 """
@@ -18,6 +18,7 @@ import stat
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,17 +39,14 @@ from perfpilot_agent.runtime.cache import TTLCache
 from perfpilot_agent.runtime.compute import KernelRunner, PoolFactory, load_registry
 from perfpilot_agent.runtime.heartbeat import ProcessSampler, Sample
 from perfpilot_agent.runtime.monitor import Monitor, RpcStats
+from perfpilot_agent.runtime.snapshot import PoolView, Snapshot
 from perfpilot_agent.server.agent import AgentServicer
 from perfpilot_agent.server.auth import BearerTokenInterceptor
 from perfpilot_agent.server.decoding import DecodeGuard, DecodeInterceptor
-from perfpilot_agent.server.events import EventBus
+from perfpilot_agent.runtime.events import EventBus
 from perfpilot_agent.server.health import Health
 
 log = logging.getLogger("perfpilot_agent")
-
-
-class _NoPool:
-    workers = busy = queue_depth = max_queue = completed = failed = restarts = 0
 
 
 class AgentApp:
@@ -84,9 +82,11 @@ class AgentApp:
         self.health = Health()
         self.auth = BearerTokenInterceptor(settings.token)
         self.servicer = AgentServicer(self)
+        # The TCP listener's callers passed the operator's credential: their Configure wins.
+        self.control_servicer = AgentServicer(self, operator=True)
         self.malformed = DecodeGuard(self.rpc_stats.record)
         self.metrics_registry = metrics_registry or CollectorRegistry()
-        AgentCollector(self, registry=self.metrics_registry)
+        AgentCollector(self.snapshot, registry=self.metrics_registry)
         self.unix_server: aio.Server | None = None
         self.tcp_server: aio.Server | None = None
         self.tcp_port: int | None = None
@@ -116,10 +116,14 @@ class AgentApp:
         """Seconds since construction."""
         return self.clock() - self.started_at
 
-    def pool_stats(self) -> Any:
-        """The pool's PoolStats, or zeros without a pool."""
+    def pool_view(self) -> PoolView:
+        """The pool's numbers, zeros without a pool."""
         pool = self.runner.pool
-        return pool.stats() if pool is not None else _NoPool()
+        if pool is None:
+            return PoolView()
+        ps = pool.stats()
+        return PoolView(workers=ps.workers, busy=ps.busy, queue_depth=ps.queue_depth, completed=ps.completed,
+                        failed=ps.failed, restarts=ps.restarts)
 
     def sample(self) -> Sample:
         """Cached psutil sample of the agent and current workers."""
@@ -130,7 +134,7 @@ class AgentApp:
     def heartbeat(self, sequence: int) -> pb.HeartbeatResponse:
         """Build a Heartbeat reply from cached samples and counters (no blocking calls)."""
         s = self.sample()
-        ps = self.pool_stats()
+        ps = self.pool_view()
         a = s.agent
         return pb.HeartbeatResponse(
             sequence=sequence,
@@ -141,39 +145,51 @@ class AgentApp:
             agent=pb.ProcessSample(pid=a.pid, cpu_percent=a.cpu_percent, rss_bytes=a.rss_bytes, alive=a.alive),
             workers=[pb.ProcessSample(pid=w.pid, cpu_percent=w.cpu_percent, rss_bytes=w.rss_bytes, alive=w.alive)
                      for w in s.workers],
-            queue_depth=int(ps.queue_depth),
+            queue_depth=ps.queue_depth,
             kernels_in_flight=self.runner.admission.in_flight,
-            busy_workers=int(ps.busy),
+            busy_workers=ps.busy,
             kernels_ready=self.runner.ready.is_set(),
             sample_age_seconds=max(0.0, self.sampler.clock() - s.taken_at),
         )
 
-    def stats(self) -> pb.GetStatsResponse:
-        """GetStats snapshot (cumulative; merge across pods by adding)."""
-        out = pb.GetStatsResponse(time_unix_nano=time.time_ns(), uptime_seconds=self.uptime(),
-                                  generation=self.generation, cpu_count=self.sampler.cpu_count)
-        self.monitor.fill_stats(out)
-        c = self.cache.counters
-        out.cache.CopyFrom(pb.CacheStats(hits=c.hits, misses=c.misses, evictions=c.evictions,
-                                         expirations=c.expirations, invalidations=c.invalidations,
-                                         entries=len(self.cache), max_entries=self.cache.max_entries))
-        ps = self.pool_stats()
-        out.pool.CopyFrom(pb.PoolStats(workers=ps.workers, busy=ps.busy, queue_depth=ps.queue_depth,
-                                       max_queue=self.runner.admission.limit, completed=ps.completed,
-                                       failed=ps.failed, restarts=ps.restarts))
-        out.rejected["kernel"] = self.runner.admission.rejected
-        out.rejected["events"] = self.watchers.rejected
-        s = self.sample()
-        out.cpu_percent = s.cpu_percent
-        out.rss_bytes = s.rss_bytes
-        return out
+    def snapshot(self) -> Snapshot:
+        """One read of everything GetStats and /metrics report (see runtime/snapshot.py).
+
+        Called on the event loop (GetStats) and on prometheus-client's HTTP thread (scrapes): the
+        mappings are copied, so a scrape never iterates a dict the loop is growing.
+        """
+        try:
+            sample: Sample | None = self.sample()
+        except OSError:
+            sample = None
+        mon = self.monitor
+        admission = self.runner.admission
+        return Snapshot(
+            version=self.version, ready=self.ready, time_unix_nano=time.time_ns(), uptime_seconds=self.uptime(),
+            generation=self.generation, sample=sample, cpu_count=self.sampler.cpu_count, pool=self.pool_view(),
+            kernels_in_flight=admission.in_flight, max_queue=admission.limit,
+            rejected={"kernel": admission.rejected, "events": self.watchers.rejected},
+            auth_failures=self.auth.rejected,
+            rpc_calls=dict(self.rpc_stats.calls), rpc_latency=dict(self.rpc_stats.latency),
+            heartbeat=mon.heartbeat, app_total=mon.app_total, ops=dict(mon.ops), kernels=dict(mon.kernels),
+            refused_op_observations=mon.refused_observations,
+            cache=replace(self.cache.counters), cache_entries=len(self.cache), cache_max_entries=self.cache.max_entries,
+            cache_bytes=self.cache.bytes,
+            events_published=dict(self.events.published), events_dropped=self.events.dropped_total,
+            event_watchers=len(self.events.subscribers),
+        )
 
     # -- live config ---------------------------------------------------------------------------
 
-    def configure(self, generation: int, msg: pb.AgentConfig) -> bool:
-        """Validate and apply; False when `generation` is not newer than the applied one."""
+    def configure(self, generation: int, msg: pb.AgentConfig, *, operator: bool = False) -> bool:
+        """Validate and apply; False when `generation` is not newer than the applied one.
+
+        From the operator (`operator`: the authenticated TCP listener) any other generation
+        applies, lower ones too: the operator sends its profile's current generation, and a
+        generation pushed ahead of it from inside the pod (over the socket) must not lock the
+        operator out forever. A repeat of the applied generation stays a no-op."""
         new = merge_proto(self.config, msg, self.runner.known_kernels)
-        if generation <= self.generation:
+        if generation == self.generation or (generation < self.generation and not operator):
             return False
         old, self.config, self.generation = self.config, new, generation
         self.events.generation = generation
@@ -240,7 +256,8 @@ class AgentApp:
             os.chmod(path, 0o666)  # the app container may run as another uid; the directory guards access
         if self.settings.port >= 0:
             # auth first: an unauthenticated body is refused before anything parses it
-            self.tcp_server = self._server(options, interceptors=(self.auth, DecodeInterceptor(self.malformed)))
+            self.tcp_server = self._server(options, interceptors=(self.auth, DecodeInterceptor(self.malformed)),
+                                           servicer=self.control_servicer)
             self.tcp_port = self.tcp_server.add_insecure_port(f"{self.settings.listen_host}:{self.settings.port}")
             await self.tcp_server.start()
         if self.settings.metrics_port >= 0:
@@ -252,9 +269,10 @@ class AgentApp:
                  self.settings.socket_path or "-", self.settings.listen_host, self.tcp_port,
                  self.metrics.port if self.metrics else "-")
 
-    def _server(self, options: list[tuple[str, Any]], *, interceptors: tuple[Any, ...]) -> aio.Server:
+    def _server(self, options: list[tuple[str, Any]], *, interceptors: tuple[Any, ...],
+                servicer: AgentServicer | None = None) -> aio.Server:
         server = aio.server(interceptors=interceptors, options=options, maximum_concurrent_rpcs=10_000)
-        pb_grpc.add_AgentServicer_to_server(self.servicer, server)
+        pb_grpc.add_AgentServicer_to_server(servicer or self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
         return server
 

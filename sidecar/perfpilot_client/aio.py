@@ -2,8 +2,9 @@
 
 Same behaviour as AgentClient, with asyncio tasks instead of threads: the grpc.aio channel and the
 background tasks are created on first use inside the running loop (a grpc.aio channel is bound to
-its loop). `measure()` works both as `with` and `async with`; the hot path never awaits.
-Config callbacks may be plain functions or coroutine functions.
+its loop). `measure()` works as `with`, `async with` and as a decorator; the hot path never awaits.
+Config callbacks may be plain functions or coroutine functions. Failed calls raise PerfpilotError
+subclasses, never grpc's; idempotent calls are retried on UNAVAILABLE (channel.py).
 """
 
 from __future__ import annotations
@@ -12,24 +13,26 @@ import asyncio
 import inspect
 import logging
 import threading
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Self, TypeVar
 
 import grpc
 from grpc import aio
 
 from perfpilot.v1 import agent_pb2 as pb
 from perfpilot.v1 import agent_pb2_grpc as pb_grpc
-from perfpilot_client import tensors
-from perfpilot_client.client import _Base
+from perfpilot_client.base import ClientBase, ConfigCallback, ReadyWait, require_numpy, rpc_name
 from perfpilot_client.config import AgentConfig
-from perfpilot_client.measure import Measure
+from perfpilot_client.errors import PerfpilotError, from_rpc_error
 
 log = logging.getLogger(__name__)
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
 
 
-class AsyncAgentClient(_Base):
-    """asyncio client. `async with AsyncAgentClient() as agent:` or `await agent.close()`."""
+class AsyncAgentClient(ClientBase):
+    """asyncio client. `await AsyncAgentClient.connect()`, `async with AsyncAgentClient() as agent:`;
+    `await agent.close()` at the end."""
 
     def __init__(
         self,
@@ -50,13 +53,30 @@ class AsyncAgentClient(_Base):
         self._loop_thread = 0
         self._flusher: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
-        self._wake: asyncio.Event | None = None
-        self._full: asyncio.Event | None = None
+        self._wake = asyncio.Event()
+        self._full = asyncio.Event()
+        self.timings.on_first = lambda: self._kick(self._wake)
+        self.timings.on_full = lambda: self._kick(self._full)
         self._watching = asyncio.Event()
         self._attempted = asyncio.Event()
         self._closed = False
 
-    async def __aenter__(self) -> AsyncAgentClient:
+    @classmethod
+    async def connect(
+        cls, target: str | None = None, *, wait: float = 10.0, warm: bool = True, **kwargs: Any
+    ) -> AsyncAgentClient:
+        """A client whose sidecar answered within `wait` seconds (see wait_ready), else
+        SidecarUnavailable. The first client connected becomes the default for `measure("op")`."""
+        client = cls(target, **kwargs)
+        try:
+            await client.wait_ready(wait, warm=warm)
+        except BaseException:
+            await client.close()
+            raise
+        client._set_default_if_none()
+        return client
+
+    async def __aenter__(self) -> Self:
         self.stub  # noqa: B018 - open the channel now
         return self
 
@@ -77,41 +97,60 @@ class AsyncAgentClient(_Base):
         """Flush timings, stop the watcher, close the channel."""
         self._closed = True
         if self._flusher is not None:
-            assert self._wake is not None and self._full is not None
             self._wake.set()
             self._full.set()
             await asyncio.wait({self._flusher}, timeout=5)
             self._flusher.cancel()
+        elif self.timings.items and self._channel is not None:
+            await self.flush()
         if self._watcher is not None:
             self._watcher.cancel()
             await asyncio.gather(self._watcher, return_exceptions=True)
         if self._channel is not None:
             await self._channel.close()
         self.segment_pool.close()
+        self._forget_default()
+
+    async def _call(self, method: aio.UnaryUnaryMultiCallable[Req, Resp], request: Req, **kwargs: Any) -> Resp:
+        """One unary call with the client's deadline and token; grpc errors become PerfpilotError."""
+        try:
+            return await method(request, timeout=kwargs.pop("timeout", self.timeout), metadata=self.metadata,
+                                **kwargs)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, rpc_name(request)) from exc
 
     # -- plain calls -------------------------------------------------------------------------------
 
     async def heartbeat(self, sequence: int = 0) -> pb.HeartbeatResponse:
         """One Heartbeat."""
-        return await self.stub.Heartbeat(pb.HeartbeatRequest(sequence=sequence), timeout=self.timeout,
-                                         metadata=self.metadata)
+        return await self._call(self.stub.Heartbeat, pb.HeartbeatRequest(sequence=sequence))
 
     async def stats(self) -> pb.GetStatsResponse:
         """GetStats snapshot."""
-        return await self.stub.GetStats(pb.GetStatsRequest(), timeout=self.timeout, metadata=self.metadata)
+        return await self._call(self.stub.GetStats, pb.GetStatsRequest())
 
     async def configure(self, generation: int, config: pb.AgentConfig) -> pb.ConfigureResponse:
         """Push a config (the operator's job; useful for tools and tests)."""
-        return await self.stub.Configure(pb.ConfigureRequest(generation=generation, config=config),
-                                         timeout=self.timeout, metadata=self.metadata)
+        return await self._call(self.stub.Configure, pb.ConfigureRequest(generation=generation, config=config))
 
-    async def wait_for_ready(self) -> None:
-        """Wait until the channel is connected."""
-        await self.stub.Heartbeat(pb.HeartbeatRequest(), wait_for_ready=True, timeout=self.timeout)
+    async def wait_ready(self, timeout: float = 10.0, *, warm: bool = True) -> pb.HeartbeatResponse:
+        """Wait until the sidecar answers (and, with warm=True, has compiled its warm kernels), at
+        most `timeout` seconds; then SidecarUnavailable saying what it saw last."""
+        wait = ReadyWait(self.target, timeout, warm)
+        while not self._closed:
+            await asyncio.sleep(wait.pause())  # the poll interval while the sidecar warms up
+            try:
+                resp = await self._call(self.stub.Heartbeat, pb.HeartbeatRequest(), wait_for_ready=True,
+                                        timeout=wait.left())
+                if wait.ready(resp):
+                    return resp
+            except PerfpilotError as exc:
+                wait.cause = exc
+        raise wait.error()
 
     async def cache_get(self, key: str) -> bytes | None:
         """The cached value, or None."""
-        r = await self.stub.CacheGet(pb.CacheGetRequest(key=key), timeout=self.timeout, metadata=self.metadata)
+        r = await self._call(self.stub.CacheGet, pb.CacheGetRequest(key=key))
         return r.value if r.found else None
 
     async def cache_put(self, key: str, value: bytes, *, ttl: float | None = None) -> None:
@@ -119,48 +158,53 @@ class AsyncAgentClient(_Base):
         req = pb.CachePutRequest(key=key, value=value)
         if ttl is not None:
             req.ttl.FromNanoseconds(int(ttl * 1e9))
-        await self.stub.CachePut(req, timeout=self.timeout, metadata=self.metadata)
+        await self._call(self.stub.CachePut, req)
 
     async def cache_invalidate(self, prefix: str = "") -> int:
         """Remove entries by key prefix; returns how many went."""
-        r = await self.stub.CacheInvalidate(pb.CacheInvalidateRequest(prefix=prefix), timeout=self.timeout,
-                                            metadata=self.metadata)
-        return int(r.removed)
+        return int((await self._call(self.stub.CacheInvalidate, pb.CacheInvalidateRequest(prefix=prefix))).removed)
 
     async def run_kernel(self, kernel: str, /, *, use_cache: bool = False, **inputs: Any) -> dict[str, Any]:
-        """Run a kernel: arrays become inputs, scalars params; returns NumPy arrays."""
+        """Run a kernel: arrays become inputs, scalars params; returns NumPy arrays (needs the
+        `perfpilot[client-kernels]` extra)."""
+        require_numpy()
+        from perfpilot_client import tensors
+
         segments = tensors.Segments(self.segment_pool)
         try:
             req = tensors.build_request(kernel, inputs, use_cache=use_cache,
                                         shm_threshold=self.shm_threshold, segments=segments)
-            resp = await self.stub.RunKernel(req, timeout=self.timeout, metadata=self.metadata)
+            resp = await self._call(self.stub.RunKernel, req)
         finally:
             segments.close()
         return tensors.decode_outputs(resp)
 
     # -- timings -------------------------------------------------------------------------------------
 
-    def measure(self, op: str) -> Measure:
-        """`with`/`async with agent.measure("op"):` — call from the loop the client runs on."""
-        if self._flusher is None:
-            self.stub  # noqa: B018 - bind to this loop
-            self._wake, self._full = asyncio.Event(), asyncio.Event()
-            self.timings.on_first = lambda: self._signal(self._wake)
-            self.timings.on_full = lambda: self._signal(self._full)
-            self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
-        return Measure(self.timings, op)
-
-    def _signal(self, event: asyncio.Event | None) -> None:
-        """Set an asyncio.Event from the loop thread or, safely, from any other thread."""
-        if event is None or self._loop is None:
-            return
-        if threading.get_ident() == self._loop_thread:
+    def _kick(self, event: asyncio.Event) -> None:
+        """Buffer signal (first observation / batch full): start the flusher on the client's loop if
+        needed, then set `event` there. From another thread it is handed over to the loop; before the
+        client's first use in a loop, observations wait for the next signal or close()."""
+        if threading.get_ident() == self._loop_thread or self._loop is None:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            self._start_flusher()
             event.set()
         else:
-            self._loop.call_soon_threadsafe(event.set)
+            try:
+                self._loop.call_soon_threadsafe(self._start_flusher)
+                self._loop.call_soon_threadsafe(event.set)
+            except RuntimeError:  # the loop is closed: nothing will send these any more
+                pass
+
+    def _start_flusher(self) -> None:
+        if self._flusher is None and not self._closed:
+            self.stub  # noqa: B018 - bind to this loop
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
 
     async def _flush_loop(self) -> None:
-        assert self._wake is not None and self._full is not None
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -177,13 +221,12 @@ class AsyncAgentClient(_Base):
                 self._wake.set()
 
     async def flush(self) -> None:
-        """Send buffered timings now."""
+        """Send buffered timings now (failures are counted in timings.failed, never raised)."""
         while (req := self.timings.drain()) is not None:
             n = sum(len(o.durations_seconds) for o in req.ops)
             try:
-                await self.stub.RecordTimings(req, timeout=self.timeout, metadata=self.metadata)
-                self.timings.sent += n
-            except grpc.RpcError:
+                self.timings.acknowledge(await self._call(self.stub.RecordTimings, req))
+            except PerfpilotError:
                 self.timings.failed += n
 
     # -- live config ---------------------------------------------------------------------------------
@@ -205,14 +248,14 @@ class AsyncAgentClient(_Base):
 
     async def refresh_config(self) -> AgentConfig:
         """Read the config now; fires callbacks if it changed."""
-        r = await self.stub.GetConfig(pb.GetConfigRequest(), timeout=self.timeout, metadata=self.metadata)
+        r = await self._call(self.stub.GetConfig, pb.GetConfigRequest())
         changed = self._adopt(r.generation, r.config)
         if changed is not None:
             await self._fire_async(changed)
         assert self._config is not None
         return self._config
 
-    async def on_config_change(self, callback: Callable[[AgentConfig], Any]) -> None:
+    async def on_config_change(self, callback: ConfigCallback) -> None:
         """Call `callback(config)` (sync or async) whenever a newer config is applied."""
         self._callbacks.append(callback)
         await self._ensure_watcher()
@@ -223,7 +266,7 @@ class AsyncAgentClient(_Base):
                 result = cb(cfg)
                 if inspect.isawaitable(result):
                     await result
-            except Exception:  # noqa: BLE001
+            except Exception:  # a broken callback must not stop the watcher
                 log.exception("config change callback failed")
 
     async def _ensure_watcher(self) -> None:
@@ -253,18 +296,26 @@ class AsyncAgentClient(_Base):
                         if changed is not None:
                             await self._fire_async(changed)
                 self._watching.clear()
-            except grpc.RpcError as exc:
+            except (grpc.RpcError, PerfpilotError) as exc:
                 self._watching.clear()
                 self._attempted.set()
-                if self._closed or exc.code() == grpc.StatusCode.CANCELLED:
+                if self._closed or (isinstance(exc, aio.AioRpcError) and exc.code() == grpc.StatusCode.CANCELLED):
                     return
                 log.debug("config watch interrupted: %s", exc)
             await asyncio.sleep(backoff)  # reconnect backoff, not synchronisation
             backoff = min(backoff * 2, 5.0)
 
-    def watch_events(
-        self, types: Sequence[int] = (), *, since: int = 0, max_batch: int = 0
-    ) -> aio.UnaryStreamCall[pb.WatchEventsRequest, pb.EventBatch]:
-        """Raw WatchEvents stream (the first batch arrives at once and may be empty)."""
-        req = pb.WatchEventsRequest(types=list(types), since_sequence=since, max_batch=max_batch)  # type: ignore[arg-type]
-        return self.stub.WatchEvents(req, metadata=self.metadata)
+    async def watch_events(
+        self, types: Sequence[pb.EventType.ValueType] = (), *, since: int = 0, max_batch: int = 0
+    ) -> AsyncIterator[pb.EventBatch]:
+        """Raw WatchEvents stream (the first batch arrives at once and may be empty); closing the
+        iterator cancels the call."""
+        req = pb.WatchEventsRequest(types=list(types), since_sequence=since, max_batch=max_batch)
+        call = self.stub.WatchEvents(req, metadata=self.metadata)
+        try:
+            async for batch in call:
+                yield batch
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, "WatchEvents") from exc
+        finally:
+            call.cancel()

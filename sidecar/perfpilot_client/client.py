@@ -3,88 +3,34 @@
 One gRPC channel per client, kept open (warm) for its lifetime. Timings go through a background
 thread; config changes arrive through a WatchEvents stream on another background thread, which
 reconnects with backoff and re-reads the config after every reconnect so no change is missed.
-Callbacks run on that watcher thread: keep them short.
+Callbacks run on that watcher thread: keep them short. Failed calls raise PerfpilotError
+subclasses (errors.py), never grpc's; idempotent calls are retried on UNAVAILABLE (channel.py).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, Self, TypeVar
 
 import grpc
 
 from perfpilot.v1 import agent_pb2 as pb
 from perfpilot.v1 import agent_pb2_grpc as pb_grpc
-from perfpilot_client import tensors
-from perfpilot_client.config import AgentConfig, Pools, is_local, normalize_target
-from perfpilot_client.measure import Measure, ThreadFlusher, TimingBuffer
+from perfpilot_client.base import ClientBase, ConfigCallback, ReadyWait, require_numpy, rpc_name
+from perfpilot_client.config import AgentConfig
+from perfpilot_client.errors import PerfpilotError, from_rpc_error
+from perfpilot_client.timings import ThreadFlusher
 
 log = logging.getLogger(__name__)
-ConfigCallback = Callable[[AgentConfig], None]
-DEFAULT_SHM_THRESHOLD = 1 << 20
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
 
 
-class _Base:
-    """Target/token handling shared by the sync and async clients."""
-
-    def __init__(
-        self,
-        target: str | None,
-        *,
-        token: str | None,
-        timeout: float,
-        shm_threshold: int | None,
-        batch_size: int | None,
-        batch_wait: float | None,
-        max_message_bytes: int,
-    ) -> None:
-        self.target = normalize_target(target)
-        token = token if token is not None else os.environ.get("PERFPILOT_TOKEN") or None
-        self.metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
-        self.timeout = timeout
-        if shm_threshold is None and is_local(self.target):
-            shm_threshold = DEFAULT_SHM_THRESHOLD
-        self.shm_threshold = shm_threshold if is_local(self.target) else None
-        defaults = Pools()  # the contract's defaults until the live config arrives
-        self.timings = TimingBuffer(batch_size=batch_size or defaults.batch_size,
-                                    batch_wait=defaults.batch_wait if batch_wait is None else batch_wait)
-        self.segment_pool = tensors.SegmentPool()
-        self._batch_fixed = batch_size is not None, batch_wait is not None
-        self.channel_options = [
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-        ]
-        self._config: AgentConfig | None = None
-        self._callbacks: list[ConfigCallback] = []
-        self._lock = threading.Lock()
-
-    def _adopt(self, generation: int, msg: pb.AgentConfig) -> AgentConfig | None:
-        """Store a config if newer; returns it when it changed (callbacks are then due)."""
-        cfg = AgentConfig.from_proto(generation, msg)
-        with self._lock:
-            old = self._config
-            if old is not None and generation < old.generation:
-                return None
-            self._config = cfg
-        if not self._batch_fixed[0]:
-            self.timings.batch_size = cfg.pools.batch_size
-        if not self._batch_fixed[1]:
-            self.timings.batch_wait = cfg.pools.batch_wait
-        return cfg if old is not None and old != cfg else None  # the first load is not a change
-
-    def _fire(self, cfg: AgentConfig) -> None:
-        for cb in list(self._callbacks):
-            try:
-                cb(cfg)
-            except Exception:  # noqa: BLE001 - a broken callback must not stop the watcher
-                log.exception("config change callback failed")
-
-
-class AgentClient(_Base):
-    """Synchronous client. Use as a context manager or call close()."""
+class AgentClient(ClientBase):
+    """Synchronous client. `AgentClient.connect()` waits for the sidecar; use as a context manager
+    or call close()."""
 
     def __init__(
         self,
@@ -102,13 +48,27 @@ class AgentClient(_Base):
         self.channel = grpc.insecure_channel(self.target, options=self.channel_options)
         self.stub = pb_grpc.AgentStub(self.channel)
         self._flusher: ThreadFlusher | None = None
+        self.timings.on_first = self.timings.on_full = self._start_flusher
         self._watcher: threading.Thread | None = None
-        self._watch_call: Any = None
+        self._watch_call: grpc.Call | None = None
         self._closed = threading.Event()
         self._watching = threading.Event()  # a subscription is live
         self._attempted = threading.Event()  # the first subscription attempt finished
 
-    def __enter__(self) -> AgentClient:
+    @classmethod
+    def connect(cls, target: str | None = None, *, wait: float = 10.0, warm: bool = True, **kwargs: Any) -> AgentClient:
+        """A client whose sidecar answered within `wait` seconds (see wait_ready), else
+        SidecarUnavailable. The first client connected becomes the default for `measure("op")`."""
+        client = cls(target, **kwargs)
+        try:
+            client.wait_ready(wait, warm=warm)
+        except BaseException:
+            client.close()
+            raise
+        client._set_default_if_none()
+        return client
+
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -125,31 +85,48 @@ class AgentClient(_Base):
             self._watcher.join(5)
         self.channel.close()
         self.segment_pool.close()
+        self._forget_default()
+
+    def _call(self, method: grpc.UnaryUnaryMultiCallable[Req, Resp], request: Req, **kwargs: Any) -> Resp:
+        """One unary call with the client's deadline and token; grpc errors become PerfpilotError."""
+        try:
+            return method(request, timeout=kwargs.pop("timeout", self.timeout), metadata=self.metadata, **kwargs)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, rpc_name(request)) from exc
 
     # -- plain calls -------------------------------------------------------------------------------
 
     def heartbeat(self, sequence: int = 0) -> pb.HeartbeatResponse:
         """One Heartbeat."""
-        return self.stub.Heartbeat(pb.HeartbeatRequest(sequence=sequence), timeout=self.timeout, metadata=self.metadata)
+        return self._call(self.stub.Heartbeat, pb.HeartbeatRequest(sequence=sequence))
 
     def stats(self) -> pb.GetStatsResponse:
         """GetStats snapshot."""
-        return self.stub.GetStats(pb.GetStatsRequest(), timeout=self.timeout, metadata=self.metadata)
+        return self._call(self.stub.GetStats, pb.GetStatsRequest())
 
     def configure(self, generation: int, config: pb.AgentConfig) -> pb.ConfigureResponse:
         """Push a config (the operator's job; useful for tools and tests)."""
-        return self.stub.Configure(pb.ConfigureRequest(generation=generation, config=config),
-                                   timeout=self.timeout, metadata=self.metadata)
+        return self._call(self.stub.Configure, pb.ConfigureRequest(generation=generation, config=config))
 
-    def wait_for_ready(self, timeout: float = 30.0) -> None:
-        """Block until the channel connects (the agent may still be warming kernels)."""
-        grpc.channel_ready_future(self.channel).result(timeout=timeout)
+    def wait_ready(self, timeout: float = 10.0, *, warm: bool = True) -> pb.HeartbeatResponse:
+        """Block until the sidecar answers (and, with warm=True, has compiled its warm kernels), at
+        most `timeout` seconds; then SidecarUnavailable saying what it saw last."""
+        wait = ReadyWait(self.target, timeout, warm)
+        while True:
+            if self._closed.wait(wait.pause()):
+                raise wait.error()
+            try:
+                resp = self._call(self.stub.Heartbeat, pb.HeartbeatRequest(), wait_for_ready=True, timeout=wait.left())
+                if wait.ready(resp):
+                    return resp
+            except PerfpilotError as exc:
+                wait.cause = exc
 
     # -- cache ---------------------------------------------------------------------------------------
 
     def cache_get(self, key: str) -> bytes | None:
         """The cached value, or None."""
-        r = self.stub.CacheGet(pb.CacheGetRequest(key=key), timeout=self.timeout, metadata=self.metadata)
+        r = self._call(self.stub.CacheGet, pb.CacheGetRequest(key=key))
         return r.value if r.found else None
 
     def cache_put(self, key: str, value: bytes, *, ttl: float | None = None) -> None:
@@ -157,12 +134,11 @@ class AgentClient(_Base):
         req = pb.CachePutRequest(key=key, value=value)
         if ttl is not None:
             req.ttl.FromNanoseconds(int(ttl * 1e9))
-        self.stub.CachePut(req, timeout=self.timeout, metadata=self.metadata)
+        self._call(self.stub.CachePut, req)
 
     def cache_invalidate(self, prefix: str = "") -> int:
         """Remove entries by key prefix; returns how many went."""
-        r = self.stub.CacheInvalidate(pb.CacheInvalidateRequest(prefix=prefix), timeout=self.timeout, metadata=self.metadata)
-        return int(r.removed)
+        return int(self._call(self.stub.CacheInvalidate, pb.CacheInvalidateRequest(prefix=prefix)).removed)
 
     # -- kernels -------------------------------------------------------------------------------------
 
@@ -170,33 +146,37 @@ class AgentClient(_Base):
         """Run a kernel: arrays become inputs, scalars become params; returns NumPy arrays.
 
         Arrays of at least shm_threshold bytes travel through shared memory on a Unix socket.
+        Needs NumPy (`pip install "perfpilot[client-kernels]"`).
         """
+        require_numpy()
+        from perfpilot_client import tensors
+
         segments = tensors.Segments(self.segment_pool)
         try:
             req = tensors.build_request(kernel, inputs, use_cache=use_cache,
                                         shm_threshold=self.shm_threshold, segments=segments)
-            resp = self.stub.RunKernel(req, timeout=self.timeout, metadata=self.metadata)
+            resp = self._call(self.stub.RunKernel, req)
         finally:
             segments.close()
         return tensors.decode_outputs(resp)
 
     # -- timings -------------------------------------------------------------------------------------
 
-    def measure(self, op: str) -> Measure:
-        """`with agent.measure("op"):` times the block; batches go to RecordTimings in the background."""
-        if self._flusher is None:
-            with self._lock:
-                if self._flusher is None:
-                    self._flusher = ThreadFlusher(self.timings, self._send_timings)
-        return Measure(self.timings, op)
+    def _start_flusher(self) -> None:
+        """First observation: start the flusher thread (it then takes over the buffer's signals)."""
+        with self._lock:
+            if self._flusher is None and not self._closed.is_set():
+                self._flusher = ThreadFlusher(self.timings, self._send_timings)
+        if self._flusher is not None:
+            self._flusher.buffer.on_first()
 
     def flush(self) -> None:
         """Send buffered timings now (blocking)."""
         if self._flusher is not None:
             self._flusher.flush()
 
-    def _send_timings(self, req: pb.RecordTimingsRequest) -> None:
-        self.stub.RecordTimings(req, timeout=self.timeout, metadata=self.metadata)
+    def _send_timings(self, req: pb.RecordTimingsRequest) -> pb.RecordTimingsResponse:
+        return self._call(self.stub.RecordTimings, req)
 
     # -- live config ---------------------------------------------------------------------------------
 
@@ -214,7 +194,7 @@ class AgentClient(_Base):
 
     def refresh_config(self) -> AgentConfig:
         """Read the config now (GetConfig); fires callbacks if it changed."""
-        r = self.stub.GetConfig(pb.GetConfigRequest(), timeout=self.timeout, metadata=self.metadata)
+        r = self._call(self.stub.GetConfig, pb.GetConfigRequest())
         changed = self._adopt(r.generation, r.config)
         if changed is not None:
             self._fire(changed)
@@ -225,6 +205,13 @@ class AgentClient(_Base):
         """Call `callback(config)` on the watcher thread whenever a newer config is applied."""
         self._callbacks.append(callback)
         self._ensure_watcher()
+
+    def _fire(self, cfg: AgentConfig) -> None:
+        for cb in list(self._callbacks):
+            try:
+                cb(cfg)
+            except Exception:  # a broken callback must not stop the watcher
+                log.exception("config change callback failed")
 
     def _ensure_watcher(self) -> None:
         if self._watcher is not None:
@@ -256,10 +243,10 @@ class AgentClient(_Base):
                         if changed is not None:
                             self._fire(changed)
                 self._watching.clear()  # the agent ended the stream (draining)
-            except grpc.RpcError as exc:
+            except (grpc.RpcError, PerfpilotError) as exc:
                 self._watching.clear()
                 self._attempted.set()
-                if self._closed.is_set() or exc.code() == grpc.StatusCode.CANCELLED:
+                if self._closed.is_set() or (isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.CANCELLED):
                     return
                 log.debug("config watch interrupted: %s", exc)
             if self._closed.wait(backoff):
@@ -269,9 +256,15 @@ class AgentClient(_Base):
     # -- events --------------------------------------------------------------------------------------
 
     def watch_events(
-        self, types: Sequence[int] = (), *, since: int = 0, max_batch: int = 0
+        self, types: Sequence[pb.EventType.ValueType] = (), *, since: int = 0, max_batch: int = 0
     ) -> Iterator[pb.EventBatch]:
-        """Raw WatchEvents stream (the first batch arrives at once and may be empty)."""
-        req = pb.WatchEventsRequest(types=list(types), since_sequence=since, max_batch=max_batch)  # type: ignore[arg-type]
-        return self.stub.WatchEvents(req, metadata=self.metadata)
-
+        """Raw WatchEvents stream (the first batch arrives at once and may be empty); closing the
+        iterator cancels the call."""
+        req = pb.WatchEventsRequest(types=list(types), since_sequence=since, max_batch=max_batch)
+        call = self.stub.WatchEvents(req, metadata=self.metadata)
+        try:
+            yield from call
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, "WatchEvents") from exc
+        finally:
+            call.cancel()

@@ -522,8 +522,10 @@ def test_probes_use_kopfs_health_endpoint(default: list[dict[str, Any]]) -> None
     health = int(env["PERFPILOT_HEALTH_PORT"])
     assert {"name": "health", "containerPort": health, "protocol": "TCP"} in c["ports"]
     assert env["PERFPILOT_HEALTH_HOST"] == "0.0.0.0"   # the kubelet probes the pod IP
-    for probe in ("livenessProbe", "readinessProbe"):
-        assert c[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    # Ready when the webhook server listens (what the Service routes to), not the liveness probe
+    # again (kube-score: container-probes-identical, tests/peers/test_kube_score.py).
+    assert c["readinessProbe"]["tcpSocket"] == {"port": "webhook"}
 
 
 # ------------------------------------------------------------------------------------ security

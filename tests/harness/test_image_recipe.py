@@ -78,7 +78,7 @@ def test_every_extra_an_image_installs_exists_in_pyproject() -> None:
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     for image in spec.SPECS.values():
         assert set(image.extras) <= set(extras), image.name
-    numpy = {r for e in ("sidecar", "client") for r in extras[e] if r.startswith("numpy")}
+    numpy = {r for e in ("sidecar", "client-kernels") for r in extras[e] if r.startswith("numpy")}
     assert len(numpy) == 1, f"the sidecar and the client must pin the same numpy: {numpy}"
 
 

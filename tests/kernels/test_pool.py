@@ -59,8 +59,8 @@ def own_children() -> set[int]:
 
 def leaked(p: KernelPool) -> list[str]:
     """Segments of this pool in /dev/shm that are neither recycled spares nor shared arrays."""
-    spare = {seg.name for seg in p._spare}
-    return [n for n in shm.list_segments(p._prefix) if n not in spare and "_sh" not in n[len(p._prefix) - 1 :]]
+    spare = {seg.name for seg in p.staging.spare}
+    return [n for n in shm.list_segments(p.staging.prefix) if n not in spare and "_sh" not in n[len(p.staging.prefix) - 1 :]]
 
 
 async def until(cond) -> None:
@@ -113,7 +113,7 @@ async def test_results_equal_numpy_through_both_transports(pool, rng, threshold,
     finally:
         pool.shm_threshold_bytes = 1 << 20
     assert leaked(pool) == []  # every call released its segments (spares are reused, bounded)
-    assert sum(seg.size for seg in pool._spare) <= pool.spare_segment_bytes
+    assert sum(seg.size for seg in pool.staging.spare) <= pool.staging.spare_segment_bytes
 
 
 async def test_shared_array_is_sent_without_copy(pool, rng):
@@ -125,7 +125,7 @@ async def test_shared_array_is_sent_without_copy(pool, rng):
     assert_close("weighted_mean", got, {"values": src, "weights": weights}, {})
     got = await pool.run("weighted_mean", {"values": arr[100:200], "weights": weights[:100]}, {})
     assert_close("weighted_mean", got, {"values": src[100:200], "weights": weights[:100]}, {})
-    name = pool._shared.ref_for(arr).name
+    name = pool.staging.shared.ref_for(arr).name
     assert name in shm.list_segments()
 
     def mapped_in_workers() -> bool:
@@ -143,14 +143,14 @@ async def test_recycled_input_segments_stay_mapped_until_freed(pool, rng):
     """Copies of large inline inputs go to recycled segments whose mapping the worker keeps; a
     segment dropped from the spares is unmapped by the workers' next calls (no leak)."""
     pool.shm_threshold_bytes = 0
-    old_spare = pool.spare_segment_bytes
+    old_spare = pool.staging.spare_segment_bytes
     try:
         a = rng.standard_normal((4000, 16)).astype(np.float32)
         w = rng.random(4000)
         for scale in (1.0, 2.0):  # the same recycled segment carries each call's own data
             got = await pool.run("weighted_mean", {"values": a * scale, "weights": w}, {})
             assert_close("weighted_mean", got, {"values": a * scale, "weights": w}, {})
-        names = [seg.name for seg in pool._spare]
+        names = [seg.name for seg in pool.staging.spare]
         assert names
 
         def mapped() -> set[str]:
@@ -158,7 +158,7 @@ async def test_recycled_input_segments_stay_mapped_until_freed(pool, rng):
             return {n for n in names if n in maps}
 
         assert mapped()  # kept between calls
-        pool.spare_segment_bytes = 0  # the next release frees every spare segment
+        pool.staging.spare_segment_bytes = 0  # the next release frees every spare segment
         small = {"values": a[:10], "weights": w[:10]}
         await asyncio.gather(*(pool.run("weighted_mean", small, {}) for _ in range(8)))
         await asyncio.gather(*(pool.run("weighted_mean", small, {}) for _ in range(8)))
@@ -166,7 +166,7 @@ async def test_recycled_input_segments_stay_mapped_until_freed(pool, rng):
         assert not mapped()
     finally:
         pool.shm_threshold_bytes = 1 << 20
-        pool.spare_segment_bytes = old_spare
+        pool.staging.spare_segment_bytes = old_spare
     assert leaked(pool) == []
 
 
@@ -308,7 +308,7 @@ async def test_close_leaves_no_children_and_no_segments(rng):
     await until(lambda: p.stats().busy >= 1)
     await p.close()
     assert own_children() == before
-    assert shm.list_segments(p._prefix) == []
+    assert shm.list_segments(p.staging.prefix) == []
     outcomes = await asyncio.gather(*futs, return_exceptions=True)
     assert all(isinstance(o, dict) or isinstance(o, PoolClosed) for o in outcomes)
     assert any(isinstance(o, PoolClosed) for o in outcomes)

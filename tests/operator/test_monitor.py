@@ -3,7 +3,7 @@ import math
 from perfpilot_operator.logic import monitor as mon
 from perfpilot_operator.logic.alerting import AlertState, Phase, Transition
 from perfpilot_operator.logic.histograms import Histogram
-from perfpilot_operator.logic.stats import Snapshot, delta, profile_metrics
+from perfpilot_operator.logic.stats import Snapshot, delta, first_sight, profile_metrics
 
 SPEC = {
     "target": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "agent"},
@@ -79,3 +79,23 @@ def test_deltas_merge_across_pods_and_restarts_start_from_zero() -> None:
     assert m["pool_utilization"] == 0.5
     assert 0.1 < m["app_latency_p99_seconds"] <= 1.0
     assert math.isnan(m["memory_utilization"]) and math.isnan(m["cache_hit_ratio"])
+
+
+def test_first_sight_is_a_baseline_not_new_traffic() -> None:
+    """After an operator start every sidecar is seen for the first time: its cumulative history
+    was already acted on (issue 11: each restart added a scale-up step with no traffic)."""
+    old = _snap(3600, (0, 0, 9000, 0), errors=900, queue=3)
+    d = first_sight(old, since_last_look=None)
+    assert d.app is not None and d.app.count == 0 and d.app_errors == 0
+    assert d.queue_depth == 3      # gauges are now, not history
+    m = profile_metrics([d], memory_limit_bytes=None)
+    assert math.isnan(m["app_latency_p99_seconds"]) and math.isnan(m["app_error_ratio"])
+    assert m["queue_depth"] == 3
+    # Later passes: the second snapshot diffs against the baseline (no traffic: nothing new).
+    later = delta(old, _snap(3615, (0, 0, 9000, 0), errors=900))
+    assert later.app is not None and later.app.count == 0
+    # Seen after a previous look, a long-running sidecar is still history...
+    assert first_sight(old, since_last_look=15).app_errors == 0
+    # ... but one that started since that look has only new traffic.
+    young = _snap(10, (0, 5, 0, 0), errors=1)
+    assert first_sight(young, since_last_look=15) == young

@@ -3,7 +3,7 @@
 from hypothesis import given, strategies as st
 
 from perfpilot_operator.logic.scaling import (
-    AutoscalingSpec, Policy, ScalerState, decide, raw_recommendation,
+    AutoscalingSpec, Policy, ScalerState, decide, parse_time, raw_recommendation,
 )
 
 SPEC = AutoscalingSpec(min_replicas=1, max_replicas=10, target=50, tolerance=0.1,
@@ -85,3 +85,23 @@ def test_missing_metrics_policies() -> None:
                                on_missing_metrics=policy)
         d = decide(ScalerState(), now=0, current=3, metric=float("nan"), spec=spec)
         assert (d.replicas, d.reason, d.scaling_active) == (expected, "MissingMetrics", False)
+
+
+def test_a_resumed_scaler_waits_a_whole_up_window_too() -> None:
+    """Recovered from status after a restart, the up-window's history is unknown: no scale-up
+    before one whole up-window of fresh recommendations (never a shorter window)."""
+    spec = AutoscalingSpec(min_replicas=1, max_replicas=10, target=50,
+                           scale_up=Policy(60, 4), scale_down=Policy(300, 1))
+    state = ScalerState(resumed=True)
+    d = decide(state, now=1000, current=5, metric=100, spec=spec)
+    assert (d.replicas, d.reason) == (5, "StabilizingUp")
+    assert decide(state, now=1059, current=5, metric=100, spec=spec).replicas == 5
+    d = decide(state, now=1061, current=5, metric=100, spec=spec)
+    assert (d.replicas, d.reason) == (9, "ScaledUp")
+    # A scaler that never ran before (a new profile) scales up at once, as HPA does.
+    assert decide(ScalerState(), now=1000, current=5, metric=100, spec=spec).replicas == 9
+
+
+def test_status_times_parse() -> None:
+    assert parse_time("1970-01-01T00:01:40Z") == 100.0
+    assert parse_time(None) is None and parse_time("yesterday") is None

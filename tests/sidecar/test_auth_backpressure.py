@@ -7,6 +7,7 @@ import asyncio
 import grpc
 import numpy as np
 import pytest
+from google.protobuf import duration_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from perfpilot.v1 import agent_pb2 as pb
@@ -67,6 +68,31 @@ async def test_tcp_with_token_and_unix_without(agent: Agent) -> None:
     stream.cancel()
     # the Unix socket is trusted: no metadata needed
     assert (await agent.stub.GetStats(pb.GetStatsRequest())).generation == 2
+
+
+def cache(max_entries: int) -> pb.CacheConfig:
+    return pb.CacheConfig(ttl=duration_pb2.Duration(seconds=30), max_entries=max_entries)
+
+
+async def test_operator_configure_over_tcp_wins_over_a_generation_pushed_ahead(agent: Agent) -> None:
+    """Anything in the pod can Configure over the socket, e.g. generation 2**62; the operator
+    (authenticated TCP) must still bring the sidecar back to its profile's generation."""
+    ahead = await agent.stub.Configure(pb.ConfigureRequest(
+        generation=2**62, config=pb.AgentConfig(cache=cache(max_entries=3))))
+    assert (ahead.applied_generation, ahead.applied) == (2**62, True)
+    # the socket keeps the out-of-order rule: lower generations are ignored there
+    r = await agent.stub.Configure(pb.ConfigureRequest(generation=6))
+    assert (r.applied_generation, r.applied) == (2**62, False)
+    operator = agent.tcp_stub(TOKEN)
+    r = await operator.Configure(pb.ConfigureRequest(
+        generation=6, config=pb.AgentConfig(cache=cache(max_entries=9))))
+    assert (r.applied_generation, r.applied) == (6, True) and r.config.cache.max_entries == 9
+    assert agent.app.cache.max_entries == 9
+    # a repeat of the applied generation stays a no-op, from the operator too
+    r = await operator.Configure(pb.ConfigureRequest(
+        generation=6, config=pb.AgentConfig(cache=cache(max_entries=4))))
+    assert (r.applied_generation, r.applied) == (6, False) and agent.app.cache.max_entries == 9
+    assert (await operator.GetConfig(pb.GetConfigRequest())).generation == 6
 
 
 async def test_no_token_configured_refuses_tcp_control(make_agent: MakeAgent) -> None:

@@ -13,7 +13,7 @@ import pytest
 from perfpilot.v1 import agent_pb2 as pb
 from perfpilot_agent.kernels import registry
 from perfpilot_client import AgentClient, AgentConfig, AsyncAgentClient
-from perfpilot_client.measure import TimingBuffer
+from perfpilot_client.timings import TimingBuffer
 from tests.sidecar.conftest import TOKEN, Agent, MakeAgent
 
 
@@ -50,11 +50,11 @@ async def test_sync_flusher_sends_full_batches_without_explicit_flush(agent: Age
     got = asyncio.get_running_loop().create_future()
     real = agent.app.monitor.record_timings
 
-    def spy(req: pb.RecordTimingsRequest) -> int:
-        n = real(req)
+    def spy(req: pb.RecordTimingsRequest) -> pb.RecordTimingsResponse:
+        resp = real(req)
         if not got.done():
-            got.set_result(n)
-        return n
+            got.set_result(resp.accepted)
+        return resp
 
     agent.app.monitor.record_timings = spy  # type: ignore[method-assign]
     client = AgentClient(agent.app.socket_path, batch_size=10, batch_wait=3600.0)
@@ -201,12 +201,13 @@ async def test_clients_over_tcp_with_token(agent: Agent) -> None:
         assert out["scores"].shape == (3,)
 
 
-def test_client_never_imports_the_agent_or_numba() -> None:
+def test_client_never_imports_the_agent_numba_or_numpy() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, perfpilot_client; c = perfpilot_client.AgentClient('/nonexistent.sock'); c.close();"
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('numba', 'perfpilot_agent', 'llvmlite')];"
+    code = ("import sys, perfpilot_client, perfpilot_client.asgi; c = perfpilot_client.AgentClient('/nonexistent.sock');"
+            "c.measure('op')(lambda: None)(); c.close();"
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('numba', 'perfpilot_agent', 'llvmlite', 'numpy', 'psutil')];"
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -41,7 +41,9 @@ Q = np.array([[1.0, 0.0, 0.0]], dtype=np.float32)
 M = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.5, 0.5, 0.0]], dtype=np.float32)
 # Bytes that are not a valid message of any request type: a truncated varint, an invalid wire type
 # (7), a length prefix past the end, a string field (kernel / key / op) holding invalid UTF-8.
-GARBAGE = [b"\xff\xff\xff", b"\x0f", b"\x0a\x05ab", b"\x0a\x02\xc3\x28", b"\x08\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80"]
+# Also: 5000 nested groups, and a length prefix of 4 GiB on a 6-byte body.
+GARBAGE = [b"\xff\xff\xff", b"\x0f", b"\x0a\x05ab", b"\x0a\x02\xc3\x28", b"\x08\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80",
+           b"\x0b" * 5000, b"\x12\xff\xff\xff\xff\x0f"]
 
 
 def tensor(a: np.ndarray) -> pb.Tensor:
@@ -314,7 +316,7 @@ async def test_many_bad_calls_with_good_calls_and_cancellations(make_agent: Make
     name = make_segment(shm_names, M)
     ch = agent.channel
     bad: list[Any] = []
-    for i in range(60):
+    for i in range(70):
         method = AGENT + UNARY[i % len(UNARY)]
         bad.append(raw_call(ch, method, GARBAGE[i % len(GARBAGE)]))
     bad += [agent.stub.RunKernel(shm_run("pp_missing_" + str(i)), timeout=10) for i in range(20)]
@@ -322,9 +324,9 @@ async def test_many_bad_calls_with_good_calls_and_cancellations(make_agent: Make
     good += [agent.stub.RunKernel(shm_run(name), timeout=10) for _ in range(10)]
     beats = [agent.stub.Heartbeat(pb.HeartbeatRequest(sequence=i), timeout=10) for i in range(20)]
     results = await asyncio.gather(*bad, *good, *beats, return_exceptions=True)
-    codes = Counter(r.code() if isinstance(r, aio.AioRpcError) else r for r in results[:80])
+    codes = Counter(r.code() if isinstance(r, aio.AioRpcError) else r for r in results[:90])
     assert set(codes) <= DELIBERATE | {grpc.StatusCode.OK}, codes
-    assert all(not isinstance(r, BaseException) for r in results[80:]), results[80:]
+    assert all(not isinstance(r, BaseException) for r in results[90:]), results[90:]
     # cancel calls mid-way: while held in the pool, and right after sending
     agent.pools.gate.clear()
     held = [agent.stub.RunKernel(shm_run(name), timeout=30) for _ in range(5)]
@@ -523,3 +525,67 @@ def test_sidecar_process_survives_its_own_segments_being_truncated(sock_dir: str
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_running_out_of_file_descriptors_is_resource_exhausted(monkeypatch: pytest.MonkeyPatch,
+                                                              shm_names: list[str]) -> None:
+    import errno
+
+    from perfpilot_agent.errors import ResourceExhausted
+    from perfpilot_agent.runtime import tensors
+
+    name = make_segment(shm_names, M)
+
+    def emfile(*args: Any, **kwargs: Any) -> int:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(tensors.os, "open", emfile)
+    with pytest.raises(ResourceExhausted, match="too many open files"):
+        tensors.Inputs({"matrix": pb.Tensor(dtype=pb.DTYPE_FLOAT32, shape=[3, 3], shm=pb.SharedMemoryRef(name=name))},
+                       max_bytes=1 << 20)
+
+
+async def test_a_call_cancelled_during_its_segment_copy_keeps_the_fd_until_the_copy_ends(
+        make_agent: MakeAgent, shm_names: list[str]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    agent = await make_agent()
+    big = np.ones((1024, 512), dtype=np.float32)  # 2 MiB: copied on a thread
+    name = make_segment(shm_names, big)
+    path = os.path.join(SHM_DIR, name)
+    gate = threading.Event()
+    blocked = ThreadPoolExecutor(1)
+    blocked.submit(gate.wait)  # the copy waits behind this
+    agent.app.runner.executor = blocked
+
+    def open_fds() -> int:
+        n = 0
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                n += os.readlink(f"/proc/self/fd/{fd}") == path
+            except OSError:
+                pass
+        return n
+
+    async def until(cond: Any) -> None:
+        for _ in range(400):
+            if cond():
+                return
+            await asyncio.sleep(0.025)
+        raise AssertionError("condition not reached")
+
+    req = pb.RunKernelRequest(kernel="cosine_topk", params={"k": 1}, inputs={
+        "query": tensor(np.ones((1, 512), dtype=np.float32)),
+        "matrix": pb.Tensor(dtype=pb.DTYPE_FLOAT32, shape=[1024, 512], shm=pb.SharedMemoryRef(name=name))})
+    try:
+        call = agent.stub.RunKernel(req, timeout=30)
+        await until(lambda: open_fds() == 1)  # opened, copy queued on the blocked thread
+        call.cancel()
+        await until(lambda: agent.app.runner.admission.in_flight == 0)  # the agent saw the cancellation
+        assert open_fds() == 1  # the thread will still read it: not closed under it
+        gate.set()
+        await until(lambda: open_fds() == 0)  # closed once the copy ended
+    finally:
+        gate.set()
+        blocked.shutdown()
+    await still_serving(agent)

@@ -11,7 +11,8 @@ import pytest
 
 from perfpilot.v1 import agent_pb2 as pb
 from perfpilot_agent.runtime.tensors import OutputSegments, open_segment, read_segment
-from perfpilot_client.tensors import decode, new_segment
+from perfpilot_client.shm import new_segment
+from perfpilot_client.tensors import decode
 
 OTHER_UID = 65532
 

@@ -2,14 +2,14 @@
 
 Level-triggered: the same pass runs on create/resume, on every spec change (at once) and in the
 operator-level resync loop (late pods, recovered sidecars, stats, alerts, autoscaling). Which
-sidecar holds which generation lives in the profile's state (profile_state); the sidecars themselves are the source of truth (Configure answers with the
-applied generation), so a restarted operator simply re-sends to everyone, harmlessly.
+generation each sidecar runs is read back from it every pass (GetStats in the resync, Configure's
+answer), never remembered: a pass without GetStats (a spec change, a start) sends to everyone,
+harmlessly (a repeat of the applied generation is a no-op).
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import types
@@ -27,6 +27,7 @@ from perfpilot_operator.logic.conditions import (
 )
 from perfpilot_operator.logic.desired import configure_request
 from perfpilot_operator.logic.injection import selector_matches
+from perfpilot_operator.logic.readback import to_configure, with_reports
 from perfpilot_operator.logic.resize import resize_patch
 from perfpilot_operator.runtime import Runtime
 
@@ -57,14 +58,15 @@ async def sync(*, rt: Runtime, memo: Any, namespace: str, name: str, generation:
                observe: Any = None, refusals: list[Refusal] | None = None) -> dict[str, Any]:
     """One pass; returns the new status. `observe(token)`, when given, runs the monitoring
     half (stats, alerts, autoscaling) and returns a monitoring.Outcome."""
-    applied: dict[str, int] = getattr(memo, "applied", None) or {}
-    memo.applied = applied
+    # Channels to sidecars whose pods are gone are closed (housekeeping only: which config a
+    # sidecar runs is never remembered, see logic/readback).
+    port = rt.settings.sidecar.grpc_port
+    addresses: set[str] = getattr(memo, "addresses", None) or set()
+    live = {f"{p.ip}:{port}" for p in pods if p.running and p.ip}
+    for address in addresses - live:
+        await rt.agents.forget(address)
+    memo.addresses = live
     failures: dict[str, str] = {}
-    live = {f"{p.name}@{p.ip}" for p in pods if p.running and p.ip}
-    for key in list(applied):
-        if key not in live:
-            del applied[key]
-            await rt.agents.forget(f"{key.split('@', 1)[1]}:{rt.settings.sidecar.grpc_port}")
 
     # The sidecars read this Secret at start (a required env var): create it before any pod.
     try:
@@ -73,11 +75,15 @@ async def sync(*, rt: Runtime, memo: Any, namespace: str, name: str, generation:
         if e.status == 403 and "being terminated" in str(e.body):
             return dict(status)      # the namespace is going away with the profile: nothing to do
         raise
-    async def configure(todo: list[PodView]) -> None:
-        if not todo:
-            return
+    # What each sidecar reports running (GetStats, then Configure's answer) is the truth, not
+    # what this operator sent it earlier: a restarted sidecar container is back at its
+    # admission-time config, a sidecar pushed ahead from inside the pod is not the profile's.
+    outcome = await observe(token) if observe is not None else None
+    unreachable = dict(outcome.unreachable) if outcome is not None else {}
+    reported: dict[str, int] = dict(outcome.generations) if outcome is not None else {}
+    todo = to_configure(pods, reported, generation, unreachable)
+    if todo:
         request = configure_request(spec, generation)
-        port = rt.settings.sidecar.grpc_port
 
         def call(p: PodView) -> Any:
             target = Target(p.ip or "", port, token)
@@ -86,41 +92,28 @@ async def sync(*, rt: Runtime, memo: Any, namespace: str, name: str, generation:
         results = await bounded_gather([call(p) for p in todo],
                                        limit=rt.settings.rollout_concurrency)
         for p, r in zip(todo, results):
-            key = f"{p.name}@{p.ip}"
             code = prom.rpc_result(r)
             prom.CONFIGURE_CALLS.labels(namespace, name, code).inc()
             if isinstance(r, BaseException):
                 detail = r.details() if isinstance(r, grpc.aio.AioRpcError) else str(r)
                 failures[p.name] = f"{code}: {detail}"
-            else:
-                failures.pop(p.name, None)
-                applied[key] = r.applied_generation
+                reported.pop(p.name, None)
+                continue
+            if p.name in reported:
+                logger.info(f"sidecar of {p.name} reported generation {reported[p.name]} "
+                            f"(restarted, or configured from inside the pod): configured")
+            reported[p.name] = r.applied_generation
+            if r.applied_generation != generation:
+                failures[p.name] = (f"sidecar kept generation {r.applied_generation} instead of "
+                                    f"{generation} (an older agent image?)")
         if failures:
             logger.warning(f"Configure failed for {len(failures)} pod(s): "
                            + "; ".join(f"{k}: {v}" for k, v in sorted(failures.items())[:5]))
         done = len(todo) - len(failures)
         if done:
             logger.info(f"configured {done} sidecar(s) at generation {generation}")
-
-    await configure([p for p in pods if p.running and p.injected and p.ip
-                     and applied.get(f"{p.name}@{p.ip}", 0) < generation])
     resized, stale = await _resize(rt, namespace, spec, pods, logger)
-    outcome = await observe(token) if observe is not None else None
-    unreachable = dict(outcome.unreachable) if outcome is not None else {}
-    # What each sidecar reports running is the truth, not what this operator sent it: a sidecar
-    # container restarted by the kubelet (same pod, same IP) is back at its admission-time config
-    # and is configured again in this same pass.
-    reported = dict(outcome.generations) if outcome is not None else {}
-    behind = [p for p in pods if p.running and p.injected and p.ip and p.name in reported
-              and reported[p.name] < min(generation, applied.get(f"{p.name}@{p.ip}", 0))]
-    for p in behind:
-        logger.info(f"sidecar of {p.name} reports generation {reported[p.name]}, had "
-                    f"{applied.get(f'{p.name}@{p.ip}', 0)} (container restarted?): configuring")
-        applied.pop(f"{p.name}@{p.ip}", None)
-    await configure(behind)
-    views = [dataclasses.replace(p, configured_generation=applied.get(f"{p.name}@{p.ip}", 0),
-                                 healthy=p.name not in failures and p.name not in unreachable)
-             for p in pods]
+    views = with_reports(pods, reported, set(failures) | set(unreachable))
     counts = count_pods(views, generation)
     conds = list(status.get("conditions") or [])
 
@@ -285,7 +278,7 @@ async def _refusal_event(rt: Runtime, body: kopf.Body, old: dict[str, Any], new:
 
 
 def profile_state(rt: Runtime, namespace: str, name: str) -> Any:
-    """The profile's memory (generations applied per pod, alert and scaler state, the pass
+    """The profile's memory (open sidecar channels, stats baselines, alert and scaler state, the pass
     lock), shared by the spec handlers and the resync loop: kopf's per-object memo is not
     reachable from an operator-level task."""
     state = rt.profiles.get((namespace, name))

@@ -38,7 +38,7 @@ class PodView:
     ip: str | None
     running: bool
     injected: bool
-    configured_generation: int = 0    # as last reported by its sidecar
+    configured_generation: int = 0    # as its sidecar reported in this pass (0: no answer)
     healthy: bool = True
     # {"spec": {"containers": [{name, resources}], "initContainers": [...]}}: what a resize
     # decision needs, nothing more (the index holds one per pod).
@@ -65,7 +65,8 @@ def count_pods(pods: list[PodView], generation: int) -> PodCounts:
     return PodCounts(
         selected=len(running),
         injected=len(injected),
-        configured=sum(1 for p in injected if p.configured_generation >= generation),
+        # Ahead counts as not configured: that config is not the profile's.
+        configured=sum(1 for p in injected if p.configured_generation == generation),
         unhealthy=sum(1 for p in injected if not p.healthy),
         uninjected=tuple(sorted(p.name for p in running if not p.injected)),
     )

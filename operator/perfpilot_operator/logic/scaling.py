@@ -8,6 +8,7 @@ size and says why. Pure: the caller keeps the returned state and passes it back.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from dataclasses import dataclass, field
 
@@ -55,6 +56,20 @@ class ScalerState:
     recommendations: list[tuple[float, int]] = field(default_factory=list)
     started: float | None = None
     initial: int | None = None
+    # Resumed from a profile's status (an operator restart or a leader change): the up-window's
+    # history is lost too, so scaling up also waits a whole up-window, as scaling down does; a
+    # restart lengthens a window at most, never shortens it.
+    resumed: bool = False
+
+
+def parse_time(value: object) -> float | None:
+    """Epoch seconds of an RFC 3339 status time ("2026-01-02T03:04:05Z"); None if absent/bad."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def raw_recommendation(current: int, metric: float, target: float, tolerance: float) -> int:
@@ -110,7 +125,11 @@ def decide(
     desired, reason = current, "WithinTolerance"
     if recommended > current:
         # Scale up no further than the lowest recommendation of the up-window.
-        desired = max(current, min(within(spec.scale_up.stabilization_window)))
+        seen = within(spec.scale_up.stabilization_window)
+        if (state.resumed and state.initial
+                and now - state.started < spec.scale_up.stabilization_window):
+            seen.append(state.initial)
+        desired = max(current, min(seen))
         desired = min(desired, current + spec.scale_up.max_step)
         reason = "ScaledUp" if desired > current else "StabilizingUp"
     elif recommended < current:

@@ -2,7 +2,8 @@
 
 Sidecars report cumulative counters; alerts and autoscaling need what happened *recently*, so
 each pass diffs a pod's snapshot against its previous one (a restarted sidecar, seen as a
-smaller uptime, starts from zero). Deltas are merged across pods by adding histogram buckets,
+smaller uptime, starts from zero). A pod seen for the first time (every pod, after an operator
+start or a leader change) only sets the baseline: its history was already acted on. Deltas are merged across pods by adding histogram buckets,
 then read as quantiles — exact merging, unlike averaging per-pod percentiles.
 """
 
@@ -86,6 +87,22 @@ def delta(prev: Snapshot | None, cur: Snapshot) -> Snapshot:
         cache_hits=max(0, cur.cache_hits - prev.cache_hits),
         cache_misses=max(0, cur.cache_misses - prev.cache_misses),
     )
+
+
+def _zero(h: Histogram | None) -> Histogram | None:
+    return None if h is None else Histogram(h.bounds, (0,) * len(h.counts), 0.0)
+
+
+def first_sight(cur: Snapshot, *, since_last_look: float | None) -> Snapshot:
+    """The delta of a pod seen for the first time: its gauges, and its counters only when the
+    sidecar started after this operator's previous look (`since_last_look` seconds ago; None
+    when this is the first look since the operator started), so all it has is new. Otherwise
+    its cumulative counters are history (acted on by a previous operator, before a restart)
+    and count as nothing: a restart must not scale or alert on old traffic."""
+    if since_last_look is not None and cur.uptime <= since_last_look:
+        return cur
+    return replace(cur, heartbeat=_zero(cur.heartbeat), app=_zero(cur.app), app_errors=0,
+                   kernels=_zero(cur.kernels), cache_hits=0, cache_misses=0)
 
 
 def _q(h: Histogram | None, q: float) -> float:

@@ -379,7 +379,9 @@ class ConfigureResponse(_message.Message):
     APPLIED_FIELD_NUMBER: _builtins.int
     CONFIG_FIELD_NUMBER: _builtins.int
     applied_generation: _builtins.int
-    """The generation applied after this call (the request's, or a newer one already applied)."""
+    """The generation applied after this call (the request's, or a newer one already applied when the
+    request came over the Unix socket).
+    """
     applied: _builtins.bool
     """True when this request changed the applied config; false when it was stale or a repeat."""
     @_builtins.property
@@ -873,6 +875,7 @@ class GetStatsResponse(_message.Message):
     CPU_PERCENT_FIELD_NUMBER: _builtins.int
     RSS_BYTES_FIELD_NUMBER: _builtins.int
     CPU_COUNT_FIELD_NUMBER: _builtins.int
+    REFUSED_OP_OBSERVATIONS_FIELD_NUMBER: _builtins.int
     time_unix_nano: _builtins.int
     """Wall clock at the agent, nanoseconds since the Unix epoch."""
     uptime_seconds: _builtins.float
@@ -885,6 +888,8 @@ class GetStatsResponse(_message.Message):
     """Resident memory of the agent and its workers together, bytes."""
     cpu_count: _builtins.int
     """Logical CPUs visible to the agent."""
+    refused_op_observations: _builtins.int
+    """Observations not recorded because their op name was refused at the op-name limit (--max-ops)."""
     @_builtins.property
     def ops(self) -> _containers.RepeatedCompositeFieldContainer[Global___OpStats]:
         """Per-op app latency."""
@@ -934,10 +939,11 @@ class GetStatsResponse(_message.Message):
         cpu_percent: _builtins.float = ...,
         rss_bytes: _builtins.int = ...,
         cpu_count: _builtins.int = ...,
+        refused_op_observations: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["app_total", b"app_total", "cache", b"cache", "heartbeat_latency", b"heartbeat_latency", "heartbeat_quantiles", b"heartbeat_quantiles", "pool", b"pool"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_total", b"app_total", "cache", b"cache", "cpu_count", b"cpu_count", "cpu_percent", b"cpu_percent", "generation", b"generation", "heartbeat_latency", b"heartbeat_latency", "heartbeat_quantiles", b"heartbeat_quantiles", "kernels", b"kernels", "ops", b"ops", "pool", b"pool", "rejected", b"rejected", "rss_bytes", b"rss_bytes", "time_unix_nano", b"time_unix_nano", "uptime_seconds", b"uptime_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_total", b"app_total", "cache", b"cache", "cpu_count", b"cpu_count", "cpu_percent", b"cpu_percent", "generation", b"generation", "heartbeat_latency", b"heartbeat_latency", "heartbeat_quantiles", b"heartbeat_quantiles", "kernels", b"kernels", "ops", b"ops", "pool", b"pool", "refused_op_observations", b"refused_op_observations", "rejected", b"rejected", "rss_bytes", b"rss_bytes", "time_unix_nano", b"time_unix_nano", "uptime_seconds", b"uptime_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1005,21 +1011,34 @@ Global___RecordTimingsRequest: _TypeAlias = RecordTimingsRequest  # noqa: Y015
 
 @_typing.final
 class RecordTimingsResponse(_message.Message):
-    """RecordTimingsResponse acknowledges a batch."""
+    """RecordTimingsResponse acknowledges a batch. Observations of known op names are always recorded;
+    when the agent's op-name limit (--max-ops) is reached, observations of new names are not, and
+    those names are listed in refused_ops (the call still succeeds).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCEPTED_FIELD_NUMBER: _builtins.int
+    REFUSED_OPS_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
     accepted: _builtins.int
     """Observations recorded."""
+    refused: _builtins.int
+    """Observations not recorded (those of refused_ops)."""
+    @_builtins.property
+    def refused_ops(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """New op names whose observations were not recorded because the op-name limit is reached."""
+
     def __init__(
         self,
         *,
         accepted: _builtins.int = ...,
+        refused_ops: _abc.Iterable[_builtins.str] | None = ...,
+        refused: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "refused", b"refused", "refused_ops", b"refused_ops"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -99,7 +99,9 @@ class AgentServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Configure(self, request, context):
-        """Configure applies a live config; stale generations are ignored (idempotent, out-of-order safe).
+        """Configure applies a live config; over the Unix socket stale generations are ignored (idempotent,
+        out-of-order safe); over authenticated TCP (the operator) any other generation applies, lower
+        ones too, so a sidecar pushed ahead of its profile is brought back. A repeat is a no-op.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

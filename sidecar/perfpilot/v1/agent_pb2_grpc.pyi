@@ -41,7 +41,10 @@ class AgentStub:
     Heartbeat: _grpc.UnaryUnaryMultiCallable[_agent_pb2.HeartbeatRequest, _agent_pb2.HeartbeatResponse]
     """Heartbeat returns a cheap, non-blocking sample of the agent's health (sub-millisecond budget)."""
     Configure: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ConfigureRequest, _agent_pb2.ConfigureResponse]
-    """Configure applies a live config; stale generations are ignored (idempotent, out-of-order safe)."""
+    """Configure applies a live config; over the Unix socket stale generations are ignored (idempotent,
+    out-of-order safe); over authenticated TCP (the operator) any other generation applies, lower
+    ones too, so a sidecar pushed ahead of its profile is brought back. A repeat is a no-op.
+    """
     GetConfig: _grpc.UnaryUnaryMultiCallable[_agent_pb2.GetConfigRequest, _agent_pb2.GetConfigResponse]
     """GetConfig returns the config currently applied."""
     GetStats: _grpc.UnaryUnaryMultiCallable[_agent_pb2.GetStatsRequest, _agent_pb2.GetStatsResponse]
@@ -67,7 +70,10 @@ class AgentAsyncStub(AgentStub):
     Heartbeat: _aio.UnaryUnaryMultiCallable[_agent_pb2.HeartbeatRequest, _agent_pb2.HeartbeatResponse]  # type: ignore[assignment]
     """Heartbeat returns a cheap, non-blocking sample of the agent's health (sub-millisecond budget)."""
     Configure: _aio.UnaryUnaryMultiCallable[_agent_pb2.ConfigureRequest, _agent_pb2.ConfigureResponse]  # type: ignore[assignment]
-    """Configure applies a live config; stale generations are ignored (idempotent, out-of-order safe)."""
+    """Configure applies a live config; over the Unix socket stale generations are ignored (idempotent,
+    out-of-order safe); over authenticated TCP (the operator) any other generation applies, lower
+    ones too, so a sidecar pushed ahead of its profile is brought back. A repeat is a no-op.
+    """
     GetConfig: _aio.UnaryUnaryMultiCallable[_agent_pb2.GetConfigRequest, _agent_pb2.GetConfigResponse]  # type: ignore[assignment]
     """GetConfig returns the config currently applied."""
     GetStats: _aio.UnaryUnaryMultiCallable[_agent_pb2.GetStatsRequest, _agent_pb2.GetStatsResponse]  # type: ignore[assignment]
@@ -102,7 +108,10 @@ class AgentServicer(metaclass=_abc_1.ABCMeta):
         request: _agent_pb2.ConfigureRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_agent_pb2.ConfigureResponse, _abc.Awaitable[_agent_pb2.ConfigureResponse]]:
-        """Configure applies a live config; stale generations are ignored (idempotent, out-of-order safe)."""
+        """Configure applies a live config; over the Unix socket stale generations are ignored (idempotent,
+        out-of-order safe); over authenticated TCP (the operator) any other generation applies, lower
+        ones too, so a sidecar pushed ahead of its profile is brought back. A repeat is a no-op.
+        """
 
     @_abc_1.abstractmethod
     def GetConfig(

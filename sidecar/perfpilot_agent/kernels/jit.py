@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from .cpus import available_cpus
 

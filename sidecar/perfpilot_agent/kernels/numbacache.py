@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -31,30 +32,28 @@ _READ_ONLY_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
 _warned: list[str] = []
 
 
-class ReadOnlyCacheLocator(UserProvidedCacheLocator):  # type: ignore[misc]
+class ReadOnlyCacheLocator(UserProvidedCacheLocator):
     """``NUMBA_CACHE_DIR`` as is: loading needs neither a new directory nor write access."""
 
     def ensure_cache_path(self) -> None:
         return None
 
 
-class _MissTolerantCache(FunctionCache):  # type: ignore[misc]
+class _MissTolerantCache(FunctionCache):
     """A FunctionCache whose save is skipped when the directory cannot be written."""
 
     def save_overload(self, sig: Any, data: Any) -> None:
         try:
-            super().save_overload(sig, data)
+            super().save_overload(sig, data)  # type: ignore[no-untyped-call]
         except OSError as exc:
             if exc.errno not in _READ_ONLY_ERRNOS:
                 raise
             if not _warned:
-                from numba.core import config
-
                 log.warning(
                     "numba cache %s is read-only and has no entry for this CPU (%s): %s and the kernels it "
                     "calls were compiled in memory, not loaded. The image's kernels were compiled on another "
                     "CPU model; build the image on the nodes' CPU model or mount a writable volume at "
-                    "NUMBA_CACHE_DIR", config.CACHE_DIR, _cpu_name(), self._name)
+                    "NUMBA_CACHE_DIR", os.environ.get("NUMBA_CACHE_DIR"), _cpu_name(), self._name)
             _warned.append(self._name)
 
 
@@ -69,7 +68,7 @@ def tolerate_misses(objects: Iterable[Any]) -> int:
     n = 0
     for obj in objects:
         if isinstance(obj, Dispatcher) and isinstance(getattr(obj, "_cache", None), FunctionCache):
-            obj._cache = _MissTolerantCache(obj.py_func)
+            setattr(obj, "_cache", _MissTolerantCache(obj.py_func))  # type: ignore[no-untyped-call]  # noqa: B010
             n += 1
     return n
 

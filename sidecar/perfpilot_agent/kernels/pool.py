@@ -15,34 +15,35 @@ Design (details in docs/kernels.md):
   it. Queued calls are not lost; they run on the remaining/replacement workers.
 * Resize: growing spawns and warms new workers before they take work; shrinking marks workers
   as retiring (idle ones first); a retiring worker finishes its current call, then stops.
-* Shared memory: inputs above ``shm_threshold_bytes`` are copied into a segment the parent owns
-  and sent as a descriptor; arrays made by ``shared_array()`` are sent as a descriptor without any
-  copy; outputs above the threshold come back through a parent-allocated segment (read with
-  pread: the parent never maps a staging segment, so a truncated one cannot SIGBUS it).
+* Shared memory (staging.py): inputs above ``shm_threshold_bytes`` are copied into a segment the
+  parent owns and sent as a descriptor; arrays made by ``shared_array()`` are sent as a descriptor
+  without any copy; outputs above the threshold come back through a parent-allocated segment (read
+  with pread: the parent never maps a staging segment, so a truncated one cannot SIGBUS it).
   The parent frees every segment of a call when the call ends, however it ends.
+
+This module is the supervision: the pool's and workers' lifecycles (``PoolState``, ``Phase``),
+dispatch, death and replacement; process.py starts and talks to one worker process.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextlib
+import enum
 import itertools
 import logging
 import multiprocessing
-import os
-import signal
-import threading
-from dataclasses import dataclass
-from multiprocessing import spawn as mp_spawn
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
-from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from . import errors, registry, shm, worker
+from . import errors, registry, shm
 from .cpus import available_cpus
 from .errors import KernelError, PoolClosed, PoolSaturated, WorkerDied
+from .process import Phase, Worker, describe_exit, roundtrip
+from .process import start as start_process
+from .staging import CallSegments, Staging, Transport
 
 log = logging.getLogger(__name__)
 
@@ -63,89 +64,34 @@ class PoolStats:
     warm: tuple[str, ...]
 
 
-class _Job:
-    __slots__ = ("op", "kernel", "inputs", "params", "future", "segments", "outs", "via")
+class PoolState(enum.Enum):
+    """The pool's lifecycle."""
 
-    def __init__(
-        self,
-        op: str,
-        kernel: str,
-        inputs: dict[str, np.ndarray],
-        params: dict[str, Any],
-        future: asyncio.Future[Any],
-        via: str = "auto",
-    ) -> None:
-        self.op = op
-        self.kernel = kernel
-        self.inputs = inputs
-        self.params = params
-        self.future = future
-        self.segments: list[shm.Segment] = []
-        self.outs: dict[str, tuple[shm.Segment, tuple[int, ...], np.dtype]] = {}
-        self.via = via  # "auto" | "shm" | "pickle" (the latter two for benchmarks)
+    NEW = "new"
+    STARTING = "starting"
+    RUNNING = "running"
+    CLOSING = "closing"
+    CLOSED = "closed"
 
 
-class _Worker:
-    def __init__(self, wid: int, process: Any, conn: Any) -> None:
-        self.wid = wid
-        self.process = process
-        self.pid: int = process.pid
-        self.conn = conn
-        self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"perfpilot-kernel-{wid}")
-        self.task: asyncio.Task[None] | None = None
-        self.current: _Job | None = None
-        self.active = False  # taking work
-        self.retiring = False
-        self.dead = False
-        self.stopping = False
-        self.reaping = False
-        self.waiting = False  # blocked in queue.get(): the only state in which we cancel its task
-        self.done = asyncio.Event()
-        self.forgot = 0  # how much of the pool's unlinked-names list this worker has been told
+class JobKind(enum.Enum):
+    """RUN a kernel, or PROBE: ship arrays to a worker that touches every page (benchmarks)."""
+
+    RUN = "run"
+    PROBE = "probe"
 
 
-_spawn_lock = threading.Lock()
+@dataclass(eq=False)
+class Job:
+    """One accepted call, from the queue to its result."""
 
-
-@contextlib.contextmanager
-def _without_main_module() -> Iterator[None]:
-    """Spawn workers without re-importing the parent's ``__main__`` in them.
-
-    multiprocessing's spawn re-runs the parent's main module in every child (so a script without
-    an ``if __name__ == "__main__"`` guard would recurse, and the sidecar's workers would import
-    the whole gRPC server). Workers only need ``perfpilot_agent.kernels.worker``, so the
-    preparation data is stripped of the main-module entries while our processes start.
-    """
-    original = mp_spawn.get_preparation_data
-
-    def prep(name: str) -> dict[str, Any]:
-        d = original(name)
-        d.pop("init_main_from_name", None)
-        d.pop("init_main_from_path", None)
-        return d
-
-    with _spawn_lock:
-        mp_spawn.get_preparation_data = prep
-        try:
-            yield
-        finally:
-            mp_spawn.get_preparation_data = original
-
-
-def _roundtrip(conn: Any, msg: Any) -> Any:
-    conn.send(msg)
-    return conn.recv()
-
-
-def _describe_exit(code: int | None) -> str:
-    if code is None:
-        return "exit status unknown"
-    if code < 0:
-        try:
-            return f"killed by signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"
+    kind: JobKind
+    kernel: str
+    inputs: dict[str, np.ndarray]
+    params: dict[str, Any]
+    future: asyncio.Future[Any]
+    transport: Transport = Transport.AUTO
+    held: CallSegments = field(default_factory=CallSegments)
 
 
 class KernelPool:
@@ -167,30 +113,21 @@ class KernelPool:
             raise ValueError(f"max_queue must be >= 1, got {max_queue}")
         self._target = int(workers)
         self._max_queue = int(max_queue)
-        self.shm_threshold_bytes = int(shm_threshold_bytes)
         self.parallel = bool(parallel)
         self.on_event = on_event
         self._ctx = multiprocessing.get_context(start_method)
         self._id = next(_pool_ids)
-        self._tag = f"{self._id}_"  # segment names: pp_<pid>_<pool id>_...
-        self._prefix = f"{shm.PREFIX}{os.getpid()}_{self._tag}"
+        self.staging = Staging(f"{self._id}_", threshold=shm_threshold_bytes)  # pp_<pid>_<pool id>_...
         self._cpus = available_cpus()
-        self._state = "new"
+        self._state = PoolState.NEW
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._queue: asyncio.Queue[_Job] | None = None
-        self._workers: list[_Worker] = []  # every worker with a live serving task
-        self._starting: set[_Worker] = set()
+        self._queue: asyncio.Queue[Job] | None = None
+        self._workers: list[Worker] = []  # every worker with a live serving task
+        self._starting: set[Worker] = set()
         self._outstanding: set[asyncio.Future[Any]] = set()
         self._bg: set[asyncio.Task[Any]] = set()
         self._resize_lock: asyncio.Lock | None = None
         self._wids = itertools.count(1)
-        # Recycled per-call input segments: fresh tmpfs pages cost a fault + zeroing each (~4 ms per
-        # 10 MB); reusing already-faulted segments leaves just the memcpy. Bounded by bytes.
-        self._spare: list[shm.Segment] = []
-        self._spare_lock = threading.Lock()
-        self.spare_segment_bytes = 512 << 20
-        self._unlinked: list[str] = []  # long-lived segments unlinked so far (workers drop mappings)
-        self._shared = shm.SharedArrays(tag=self._tag + "sh", on_unlink=self._unlinked.append)
         self._warm: tuple[str, ...] = ()
         self._completed = 0
         self._failed = 0
@@ -201,8 +138,8 @@ class KernelPool:
 
     async def start(self, warm: Sequence[str] = ()) -> None:
         """Spawn the workers; returns once every worker has compiled/loaded ``warm`` kernels."""
-        if self._state != "new":
-            raise PoolClosed(f"pool cannot be started: it is {self._state}")
+        if self._state is not PoolState.NEW:
+            raise PoolClosed(f"pool cannot be started: it is {self._state.value}")
         names = tuple(dict.fromkeys(warm))
         for name in names:
             registry.spec(name)  # UnknownKernel for a bad name
@@ -210,21 +147,21 @@ class KernelPool:
         self._loop = asyncio.get_running_loop()
         self._queue = asyncio.Queue()
         self._resize_lock = asyncio.Lock()
-        self._state = "starting"
+        self._state = PoolState.STARTING
         results = await asyncio.gather(*(self._spawn() for _ in range(self._target)), return_exceptions=True)
         failures = [r for r in results if isinstance(r, BaseException)]
-        if failures or self._state != "starting":
+        if failures or self._state is not PoolState.STARTING:
             for r in results:
-                if isinstance(r, _Worker):
+                if isinstance(r, Worker):
                     self._activate(r)
-            self._state = "running"
+            self._state = PoolState.RUNNING
             await self.close()
             if failures:
                 raise KernelError(f"kernel pool failed to start: {failures[0]}") from failures[0]
             raise PoolClosed("pool was closed while starting")
-        self._state = "running"
+        self._state = PoolState.RUNNING
         for w in results:
-            assert isinstance(w, _Worker)
+            assert isinstance(w, Worker)
             self._activate(w)
 
     def submit(
@@ -234,15 +171,6 @@ class KernelPool:
         params: Mapping[str, float | int] | None = None,
     ) -> asyncio.Future[dict[str, np.ndarray]]:
         """Validate and enqueue a call; returns a future. Raises at once on bad input or a full queue."""
-        return self._submit(kernel, inputs, params, "auto")
-
-    def _submit(
-        self,
-        kernel: str,
-        inputs: Mapping[str, np.ndarray],
-        params: Mapping[str, float | int] | None,
-        via: str,
-    ) -> asyncio.Future[dict[str, np.ndarray]]:
         params = dict(params or {})
         self._check_running()
         registry.validate_inputs(kernel, inputs, params, check_values=False)
@@ -250,7 +178,7 @@ class KernelPool:
             params["k"] = int(params["k"])
         self._check_capacity()
         coerced = registry.coerce_inputs(kernel, inputs)
-        return self._enqueue(_Job("run", kernel, coerced, params, self._new_future(), via=via))
+        return self._enqueue(Job(JobKind.RUN, kernel, coerced, params, self._new_future()))
 
     async def run(
         self,
@@ -277,8 +205,8 @@ class KernelPool:
                     *(self._spawn() for _ in range(workers - old - pending)), return_exceptions=True
                 )
                 for r in results:
-                    if isinstance(r, _Worker):
-                        if self._state == "running" and self._live_count() < self._target:
+                    if isinstance(r, Worker):
+                        if self._state is PoolState.RUNNING and self._live_count() < self._target:
                             self._activate(r)
                         else:
                             await self._reap(r)
@@ -286,7 +214,7 @@ class KernelPool:
                 if failures:
                     raise KernelError(f"resize to {workers} workers failed: {failures[0]}") from failures[0]
             elif workers < old:
-                live = [w for w in self._workers if w.active and not w.retiring and not w.dead]
+                live = [w for w in self._workers if w.live]
                 live.sort(key=lambda w: w.current is not None)  # idle first
                 retiring = live[: old - workers]
                 for w in retiring:
@@ -302,11 +230,20 @@ class KernelPool:
         self._max_queue = int(n)
 
     @property
+    def shm_threshold_bytes(self) -> int:
+        """Inputs and outputs larger than this travel through shared memory."""
+        return self.staging.threshold
+
+    @shm_threshold_bytes.setter
+    def shm_threshold_bytes(self, n: int) -> None:
+        self.staging.threshold = int(n)
+
+    @property
     def max_queue(self) -> int:
         return self._max_queue
 
     def stats(self) -> PoolStats:
-        busy = sum(1 for w in self._workers if w.current is not None and not w.dead)
+        busy = sum(1 for w in self._workers if w.current is not None and w.phase is not Phase.DEAD)
         running = sum(
             1 for w in self._workers if w.current is not None and not w.current.future.done()
         )
@@ -322,7 +259,7 @@ class KernelPool:
         )
 
     def worker_pids(self) -> list[int]:
-        return [w.pid for w in self._workers if w.active and not w.retiring and not w.dead]
+        return [w.pid for w in self._workers if w.live]
 
     def shared_array(self, shape: tuple[int, ...] | int, dtype: Any = np.float32) -> np.ndarray:
         """A writable ndarray allocated in shared memory: passing it to ``run`` copies nothing.
@@ -330,10 +267,10 @@ class KernelPool:
         Its segment is unlinked when the array and all its views are garbage-collected, by
         ``free_shared(arr)``, or at ``close()``.
         """
-        return self._shared.new(shape, dtype)
+        return self.staging.shared.new(shape, dtype)
 
     def free_shared(self, arr: np.ndarray) -> None:
-        self._shared.free(arr)
+        self.staging.shared.free(arr)
 
     async def settle(self) -> None:
         """Wait until background replacements of dead workers have finished (for tests/tools)."""
@@ -343,19 +280,20 @@ class KernelPool:
     async def close(self, grace: float = 5.0) -> None:
         """Fail queued calls with PoolClosed, let running ones finish for up to ``grace`` seconds,
         stop every worker (killing stragglers) and free all shared memory."""
-        if self._state in ("closing", "closed"):
+        if self._state in (PoolState.CLOSING, PoolState.CLOSED):
             await self._closed.wait()
             return
-        if self._state == "new":
-            self._state = "closed"
+        if self._state is PoolState.NEW:
+            self._state = PoolState.CLOSED
             self._closed.set()
             return
-        self._state = "closing"
+        self._state = PoolState.CLOSING
+        self.staging.recycling = False  # segments of calls ending from now on are freed
         assert self._queue is not None
         while not self._queue.empty():
             job = self._queue.get_nowait()
             self._fail(job, PoolClosed("kernel pool closed before the call ran"))
-            self._release(job)
+            self.staging.release(job.held)
         inflight = [w.current.future for w in self._workers if w.current is not None]
         if inflight:
             await asyncio.wait(inflight, timeout=grace)
@@ -364,42 +302,31 @@ class KernelPool:
         await asyncio.gather(*list(self._bg), return_exceptions=True)
         workers = list(self._workers) + list(self._starting)
         for w in workers:
-            w.retiring = True
+            w.advance(Phase.RETIRING)
             if w.current is not None and w.process.is_alive():
-                w.stopping = True
+                w.advance(Phase.STOPPING)
                 w.process.kill()
             if w.task is not None and w.waiting:
                 w.task.cancel()
         await asyncio.gather(*(self._wait_gone(w) for w in workers), return_exceptions=True)
-        with self._spare_lock:
-            spare, self._spare = self._spare, []
-        for seg in spare:
-            seg.free()
-        self._shared.close()
-        shm.sweep(self._prefix)
-        self._state = "closed"
+        self.staging.close()
+        self._state = PoolState.CLOSED
         self._closed.set()
 
     # ------------------------------------------------------------------ benchmarks' hooks
 
-    def _submit_probe(self, arrays: Mapping[str, np.ndarray], via: str) -> asyncio.Future[Any]:
+    def _submit_probe(self, arrays: Mapping[str, np.ndarray], via: Transport | str) -> asyncio.Future[Any]:
         """Ship arrays to a worker that touches every page and answers its byte count (no kernel)."""
         self._check_running()
         self._check_capacity()
         inputs = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
-        return self._enqueue(_Job("probe", "", inputs, {}, self._new_future(), via=via))
-
-    def _submit_via(
-        self, kernel: str, inputs: Mapping[str, np.ndarray], params: Mapping[str, Any], via: str
-    ) -> asyncio.Future[Any]:
-        """Like submit, forcing the transport: via="shm" or via="pickle"."""
-        return self._submit(kernel, inputs, params, via)
+        return self._enqueue(Job(JobKind.PROBE, "", inputs, {}, self._new_future(), Transport(via)))
 
     # ------------------------------------------------------------------ internals
 
     def _check_running(self) -> None:
-        if self._state != "running":
-            raise PoolClosed(f"kernel pool is {self._state}")
+        if self._state is not PoolState.RUNNING:
+            raise PoolClosed(f"kernel pool is {self._state.value}")
 
     def _check_capacity(self) -> None:
         n = len(self._outstanding)
@@ -416,13 +343,13 @@ class KernelPool:
         fut.add_done_callback(self._outstanding.discard)
         return fut
 
-    def _enqueue(self, job: _Job) -> asyncio.Future[Any]:
+    def _enqueue(self, job: Job) -> asyncio.Future[Any]:
         assert self._queue is not None
         self._queue.put_nowait(job)
         return job.future
 
     def _live_count(self) -> int:
-        return sum(1 for w in self._workers if w.active and not w.retiring and not w.dead)
+        return sum(1 for w in self._workers if w.live)
 
     def _emit(self, kind: str, detail: dict[str, Any]) -> None:
         hook = self.on_event
@@ -441,36 +368,24 @@ class KernelPool:
             return 1
         return max(1, self._cpus // max(1, self._live_count()))
 
-    async def _spawn(self) -> _Worker:
+    async def _spawn(self) -> Worker:
         assert self._loop is not None
         loop = self._loop
-        parent_conn, child_conn = self._ctx.Pipe(duplex=True)
         wid = next(self._wids)
-        proc = self._ctx.Process(  # type: ignore[attr-defined]  # typeshed: BaseContext; every real context has it
-            target=worker.main,
-            args=(child_conn, self._cpus),
-            name=f"perfpilot-kernel-{self._id}.{wid}",
-            daemon=True,
-        )
-        if self._ctx.get_start_method() == "spawn":
-            with _without_main_module():
-                proc.start()
-        else:
-            proc.start()
-        child_conn.close()  # so the parent sees EOF when the worker dies
-        w = _Worker(wid, proc, parent_conn)
-        w.forgot = len(self._unlinked)
+        w = start_process(self._ctx, wid, name=f"perfpilot-kernel-{self._id}.{wid}", cpus=self._cpus)
+        proc = w.process
+        w.forgot = len(self.staging.unlinked)
         self._starting.add(w)
         loop.add_reader(proc.sentinel, self._on_sentinel, w)
         try:
             reply = await loop.run_in_executor(
-                w.executor, _roundtrip, w.conn, ("warm", self._warm, self._variants())
+                w.executor, roundtrip, w.conn, ("warm", self._warm, self._variants())
             )
         except (EOFError, OSError) as e:
             self._starting.discard(w)
-            w.dead = True
+            w.advance(Phase.DEAD)
             proc.join(timeout=1.0)
-            how = _describe_exit(proc.exitcode)
+            how = describe_exit(proc.exitcode)
             await self._reap(w)
             raise WorkerDied(f"kernel worker pid {w.pid} died during warm-up ({how})") from e
         except BaseException:
@@ -483,18 +398,18 @@ class KernelPool:
             raise KernelError(f"kernel worker pid {w.pid} failed to warm up: {reply[-1]}")
         return w
 
-    def _activate(self, w: _Worker) -> None:
+    def _activate(self, w: Worker) -> None:
         assert self._loop is not None
-        w.active = True
+        w.advance(Phase.ACTIVE)
         self._workers.append(w)
         w.task = self._loop.create_task(self._lifecycle(w), name=f"perfpilot-kernel-worker-{w.wid}")
 
-    def _retire(self, w: _Worker) -> None:
-        w.retiring = True
+    def _retire(self, w: Worker) -> None:
+        w.advance(Phase.RETIRING)
         if w.waiting and w.task is not None:
             w.task.cancel()  # idle: it is waiting on the queue, where cancelling loses nothing
 
-    async def _lifecycle(self, w: _Worker) -> None:
+    async def _lifecycle(self, w: Worker) -> None:
         try:
             await self._serve(w)
         except asyncio.CancelledError:
@@ -503,7 +418,7 @@ class KernelPool:
             # shielded: a second cancel must not abandon the process half-stopped
             await asyncio.shield(self._reap(w))
 
-    async def _wait_gone(self, w: _Worker) -> None:
+    async def _wait_gone(self, w: Worker) -> None:
         """Wait for a worker's serving task to end and its process to be reaped.
 
         (A task cancelled before its first step never runs its ``finally``, hence the explicit reap.)
@@ -512,84 +427,59 @@ class KernelPool:
             await asyncio.gather(w.task, return_exceptions=True)
         await self._reap(w)
 
-    async def _serve(self, w: _Worker) -> None:
+    async def _serve(self, w: Worker) -> None:
         assert self._queue is not None and self._loop is not None
         queue, loop = self._queue, self._loop
-        while not (w.retiring or w.dead or self._state != "running"):
+        while w.live and self._state is PoolState.RUNNING:
             w.waiting = True
             try:
                 job = await queue.get()
             finally:
                 w.waiting = False
             if job.future.done():  # cancelled by its caller while queued
-                self._release(job)
+                self.staging.release(job.held)
                 continue
             w.current = job
             try:
                 reply = await loop.run_in_executor(w.executor, self._call, w, job, self._threads_per_call())
             except (EOFError, OSError) as e:
                 self._on_death(w, e)
-                self._release(job)
+                self.staging.release(job.held)
                 w.current = None
                 return
             except asyncio.CancelledError:
                 # Only close() cancels a busy worker (after killing it); the call cannot complete.
                 self._fail(job, PoolClosed("kernel pool closed while the call was running"))
-                self._release(job)
+                self.staging.release(job.held)
                 w.current = None
                 raise
             except Exception as e:  # e.g. an input that cannot be pickled
                 self._fail(job, KernelError(f"{job.kernel}: could not send call to worker: {e}"))
-                self._release(job)
+                self.staging.release(job.held)
                 w.current = None
                 continue
             w.current = None
             self._finish(job, reply)
 
-    def _call(self, w: _Worker, job: _Job, threads: int) -> Any:
-        """Runs on the worker's own thread: put big arrays in shm, send, wait for the answer."""
-        arrays: dict[str, Any] = {}
-        for key, arr in job.inputs.items():
-            ref = self._shared.ref_for(arr) if job.via != "pickle" else None
-            if ref is not None:
-                arrays[key] = ref
-            elif job.via == "shm" or (job.via == "auto" and arr.nbytes > self.shm_threshold_bytes):
-                seg = self._take_segment(arr.nbytes)
-                job.segments.append(seg)
-                seg.write(np.ascontiguousarray(arr))  # pwrite: a truncated segment cannot SIGBUS us
-                # keep=True: the segment is recycled for later calls, so the worker keeps its
-                # mapping (populating the page tables of a 100 MB mapping costs ~10 ms per call);
-                # _recycle tells the workers to drop it when the segment is freed.
-                arrays[key] = shm.ShmRef(seg.name, arr.dtype.str, tuple(int(x) for x in arr.shape), 0,
-                                         keep=True)
-            else:
-                arrays[key] = arr
-        forget = self._unlinked[w.forgot :]
+    def _call(self, w: Worker, job: Job, threads: int) -> Any:
+        """Runs on the worker's own thread: stage big arrays in shm, send, wait for the answer."""
+        staging = self.staging
+        arrays = staging.inputs(job.inputs, job.transport, job.held)
+        forget = staging.forget_since(w.forgot)
         w.forgot += len(forget)
-        if job.op == "probe":
-            return _roundtrip(w.conn, ("probe", arrays, forget))
-        outs: dict[str, shm.ShmRef] = {}
-        if job.via != "pickle":
-            for key, (shape, dtype) in registry.output_spec(job.kernel, job.inputs, job.params).items():
-                nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-                if nbytes > self.shm_threshold_bytes:
-                    seg = shm.Segment(nbytes, tag=self._tag, mapped=False)
-                    job.outs[key] = (seg, shape, dtype)
-                    outs[key] = shm.ShmRef(seg.name, dtype.str, shape, 0)
+        if job.kind is JobKind.PROBE:
+            return roundtrip(w.conn, ("probe", arrays, forget))
+        outs = staging.outputs(job.kernel, job.inputs, job.params, job.transport, job.held)
         parallel = self.parallel and threads > 1
-        reply = _roundtrip(w.conn, ("run", job.kernel, arrays, job.params, outs, threads, parallel, forget))
-        if reply[0] != "ok" or not job.outs:
+        reply = roundtrip(w.conn, ("run", job.kernel, arrays, job.params, outs, threads, parallel, forget))
+        if reply[0] != "ok" or not job.held.outputs:
             return reply
-        result = dict(reply[1])
-        try:  # outputs the worker wrote to shared memory: copied out with pread, never mapped here
-            for key, (seg, shape, dtype) in job.outs.items():
-                if key in result and result[key] is None:
-                    result[key] = seg.read(shape, dtype)
+        try:
+            return ("ok", staging.collect(dict(reply[1]), job.held))
         except shm.SegmentTruncated as e:
             return ("err", "SegmentLost", f"{job.kernel}: {e}")
-        return ("ok", result)
 
-    def _finish(self, job: _Job, reply: Any) -> None:
+    def _finish(self, job: Job, reply: Any) -> None:
         try:
             if reply[0] == "ok":
                 result = dict(reply[1])
@@ -600,73 +490,42 @@ class KernelPool:
                 cls = errors.BY_NAME.get(reply[1], KernelError)
                 self._fail(job, cls(reply[2]))
         finally:
-            self._release(job)
+            self.staging.release(job.held)
 
-    def _fail(self, job: _Job, exc: BaseException) -> None:
+    def _fail(self, job: Job, exc: BaseException) -> None:
         if not job.future.done():
             job.future.set_exception(exc)
             self._failed += 1
 
-    def _take_segment(self, nbytes: int) -> shm.Segment:
-        """A segment of at least ``nbytes`` (at most 2x): a recycled one if possible. Any thread."""
-        with self._spare_lock:
-            for i, seg in enumerate(self._spare):
-                if nbytes <= seg.size <= 2 * max(nbytes, 1 << 16):
-                    return self._spare.pop(i)
-        return shm.Segment(nbytes, tag=self._tag, mapped=False)
-
-    def _recycle(self, seg: shm.Segment) -> None:
-        with self._spare_lock:
-            if self._state == "running" and seg.usable:
-                self._spare.append(seg)
-                total = sum(s.size for s in self._spare)
-                while total > self.spare_segment_bytes and self._spare:
-                    old = self._spare.pop(0)
-                    total -= old.size
-                    self._unlinked.append(old.name)  # workers unmap it with their next call
-                    old.free()
-                return
-        self._unlinked.append(seg.name)
-        seg.free()
-
-    def _release(self, job: _Job) -> None:
-        for seg in job.segments:
-            self._recycle(seg)
-        job.segments.clear()
-        for seg, _shape, _dtype in job.outs.values():
-            seg.unlink()
-            seg.close()  # deferred by the GC if a result view is alive
-        job.outs.clear()
-
-    def _on_sentinel(self, w: _Worker) -> None:
+    def _on_sentinel(self, w: Worker) -> None:
         if self._loop is not None:
             try:
                 self._loop.remove_reader(w.process.sentinel)
             except (ValueError, OSError):
                 pass
-        if w.stopping or w.dead:
+        if w.phase in (Phase.STOPPING, Phase.DEAD):
             return
         self._on_death(w, None)
 
-    def _on_death(self, w: _Worker, cause: BaseException | None) -> None:
-        if w.dead:
+    def _on_death(self, w: Worker, cause: BaseException | None) -> None:
+        was = w.advance(Phase.DEAD)
+        if was is Phase.DEAD:
             return
-        w.dead = True
         w.process.join(timeout=1.0)  # the sentinel fired: the process is exiting/exited
         code = w.process.exitcode
-        how = _describe_exit(code)
+        how = describe_exit(code)
         job = w.current
         if job is not None:
-            if self._state == "running":
+            if self._state is PoolState.RUNNING:
                 exc: KernelError = WorkerDied(
-                    f"kernel worker pid {w.pid} died ({how}) while running {job.kernel or job.op}"
+                    f"kernel worker pid {w.pid} died ({how}) while running {job.kernel or job.kind.value}"
                 )
             else:
                 exc = PoolClosed("kernel pool closed while the call was running")
             self._fail(job, exc)
-        if not w.active:  # still warming up: _spawn reports it
+        if was is Phase.STARTING:  # still warming up: _spawn reports it
             return
-        if w.stopping:
+        if was is Phase.STOPPING:
             return
         log.warning("kernel worker pid %s died (%s)", w.pid, how)
         self._emit(
@@ -675,7 +534,7 @@ class KernelPool:
         )
         if w.waiting and w.task is not None:
             w.task.cancel()
-        if self._state == "running" and not w.retiring:
+        if self._state is PoolState.RUNNING and was is Phase.ACTIVE:
             self._restarts += 1
             assert self._loop is not None
             t = self._loop.create_task(self._replace())
@@ -685,7 +544,7 @@ class KernelPool:
     async def _replace(self) -> None:
         delay = 0.1
         for attempt in range(5):
-            if self._state != "running" or self._live_count() + len(self._starting) >= self._target:
+            if self._state is not PoolState.RUNNING or self._live_count() + len(self._starting) >= self._target:
                 return
             try:
                 w = await self._spawn()
@@ -696,49 +555,23 @@ class KernelPool:
                 await asyncio.sleep(delay)
                 delay = min(5.0, delay * 2)
                 continue
-            if self._state == "running" and self._live_count() < self._target:
+            if self._state is PoolState.RUNNING and self._live_count() < self._target:
                 self._activate(w)
             else:
                 await self._reap(w)
             return
         self._emit("worker_died", {"detail": "replacement failed 5 times; pool is degraded"})
 
-    async def _reap(self, w: _Worker) -> None:
+    async def _reap(self, w: Worker) -> None:
         """Stop a worker's process (gracefully if it is alive and idle) and free its resources."""
         if w.reaping:
             await w.done.wait()
             return
         w.reaping = True
         try:
-            await self._reap_now(w)
+            assert self._loop is not None
+            await w.stop(self._loop)
         finally:
             if w in self._workers:
                 self._workers.remove(w)
             w.done.set()
-
-    async def _reap_now(self, w: _Worker) -> None:
-        assert self._loop is not None
-        loop = self._loop
-        w.stopping = True
-        try:
-            loop.remove_reader(w.process.sentinel)
-        except (ValueError, OSError):
-            pass
-        if w.process.is_alive() and not w.dead:
-            try:
-                fut = loop.run_in_executor(w.executor, _roundtrip, w.conn, ("stop",))
-                await asyncio.wait_for(fut, timeout=5.0)
-            except BaseException:
-                pass
-            await loop.run_in_executor(None, w.process.join, 5.0)
-        if w.process.is_alive():
-            w.process.kill()
-            await loop.run_in_executor(None, w.process.join, 5.0)
-        else:
-            w.process.join(timeout=0)
-        w.executor.submit(w.conn.close)
-        w.executor.shutdown(wait=False)
-        try:
-            w.process.close()
-        except ValueError:
-            pass

@@ -22,8 +22,8 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -251,10 +251,6 @@ def output_spec(
         return {"mean": ((inputs["values"].shape[1],), np.dtype(np.float64))}
     spec(name)
     raise AssertionError(name)  # pragma: no cover
-
-
-def input_bytes(name: str, inputs: Mapping[str, np.ndarray]) -> int:
-    return int(sum(inputs[k].nbytes for k in spec(name).inputs))
 
 
 # ---------------------------------------------------------------------------------------------

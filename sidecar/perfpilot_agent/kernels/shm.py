@@ -177,16 +177,6 @@ class Segment:
         return f"Segment({self.name!r}, size={self.size})"
 
 
-def put_array(arr: np.ndarray, *, tag: str = "", track: bool = True) -> tuple[Segment, ShmRef]:
-    """Copy ``arr`` into a new segment; returns the segment (caller owns it) and its description."""
-    arr = np.asarray(arr)
-    seg = Segment(arr.nbytes, tag=tag, track=track)
-    view = seg.ndarray(arr.shape, arr.dtype)
-    np.copyto(view, arr, casting="no")
-    del view
-    return seg, ShmRef(seg.name, arr.dtype.str, tuple(int(s) for s in arr.shape), 0)
-
-
 class Attachment:
     """A mapping of somebody else's segment in this process; ``close()`` unmaps it."""
 
@@ -215,15 +205,6 @@ class Attachment:
         """Drop our view; the mapping goes when no other view of it is alive."""
         self.array = None
         self._mmap = None  # see Segment.close: unmapped when the last view is gone
-
-
-def attach(ref: ShmRef, *, writable: bool = False) -> np.ndarray:
-    """Convenience: a view of ``ref`` whose mapping lives as long as the view (no explicit close)."""
-    att = Attachment(ref, writable=writable)
-    arr = att.array
-    assert arr is not None
-    att.close()  # the array's .base keeps the mmap alive; it is unmapped with the array
-    return arr
 
 
 class SharedArrays:

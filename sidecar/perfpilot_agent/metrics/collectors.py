@@ -1,4 +1,4 @@
-"""One custom Collector that reads the agent's own counters at scrape time.
+"""One custom Collector that turns the agent's snapshot() into Prometheus families at scrape time.
 
 Hot paths only bump plain ints and bucket counts; the Prometheus objects are built per scrape.
 psutil samples come from the cached ProcessSampler (no extra /proc reads within its interval).
@@ -8,8 +8,7 @@ a scrape that races an update sees one side of it, which is fine for monitoring.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -18,9 +17,7 @@ from prometheus_client.registry import Collector
 from perfpilot.v1 import agent_pb2 as pb
 from perfpilot_agent.metrics.definitions import METRICS, full_name
 from perfpilot_agent.runtime.histogram import BOUNDS, PROMETHEUS_BOUND_INDEXES, Histogram
-
-if TYPE_CHECKING:
-    from perfpilot_agent.app import AgentApp
+from perfpilot_agent.runtime.snapshot import Snapshot
 
 QUANTILES = (("0.5", 0.5), ("0.95", 0.95), ("0.99", 0.99))
 
@@ -50,10 +47,10 @@ def _buckets(h: Histogram) -> list[tuple[str, float]]:
 
 
 class AgentCollector(Collector):
-    """Exposes every metric in METRICS from a running AgentApp."""
+    """Exposes every metric in METRICS from the agent's snapshot() (read once per scrape)."""
 
-    def __init__(self, app: AgentApp, *, registry: CollectorRegistry | None = None) -> None:
-        self.app = app
+    def __init__(self, snapshot: Callable[[], Snapshot], *, registry: CollectorRegistry | None = None) -> None:
+        self.snapshot = snapshot
         if registry is not None:
             registry.register(self)
 
@@ -62,7 +59,7 @@ class AgentCollector(Collector):
         return []
 
     def collect(self) -> Iterator[Metric]:
-        app = self.app
+        s = self.snapshot()
         f = {name: _family(name) for name in METRICS}
 
         def g(name: str, value: float, labels: list[str] | None = None) -> None:
@@ -71,65 +68,62 @@ class AgentCollector(Collector):
         def hist(name: str, h: Histogram, labels: list[str] | None = None) -> None:
             f[name].add_metric(labels or [], _buckets(h), h.sum)  # type: ignore[attr-defined]
 
-        g("info", 1.0, [app.version])
-        g("ready", 1.0 if app.ready else 0.0)
-        g("uptime_seconds", app.uptime())
-        g("config_generation", float(app.generation))
-        try:
-            sample = app.sample()
-            g("process_cpu_percent", sample.agent.cpu_percent, ["agent"])
-            g("process_cpu_percent", sum(w.cpu_percent for w in sample.workers), ["workers"])
-            g("process_resident_memory_bytes", float(sample.agent.rss_bytes), ["agent"])
-            g("process_resident_memory_bytes", float(sum(w.rss_bytes for w in sample.workers)), ["workers"])
-        except OSError:
-            pass
-        g("cpu_count", float(app.sampler.cpu_count))
-        ps = app.pool_stats()
+        g("info", 1.0, [s.version])
+        g("ready", 1.0 if s.ready else 0.0)
+        g("uptime_seconds", s.uptime_seconds)
+        g("config_generation", float(s.generation))
+        if s.sample is not None:
+            g("process_cpu_percent", s.sample.agent.cpu_percent, ["agent"])
+            g("process_cpu_percent", sum(w.cpu_percent for w in s.sample.workers), ["workers"])
+            g("process_resident_memory_bytes", float(s.sample.agent.rss_bytes), ["agent"])
+            g("process_resident_memory_bytes", float(sum(w.rss_bytes for w in s.sample.workers)), ["workers"])
+        g("cpu_count", float(s.cpu_count))
+        ps = s.pool
         g("workers", float(ps.workers))
         g("busy_workers", float(ps.busy))
         g("pool_utilization_ratio", ps.busy / ps.workers if ps.workers else 0.0)
         g("queue_depth", float(ps.queue_depth))
-        g("kernels_in_flight", float(app.runner.admission.in_flight))
-        g("max_queue", float(app.runner.admission.limit))
+        g("kernels_in_flight", float(s.kernels_in_flight))
+        g("max_queue", float(s.max_queue))
         g("worker_restarts_total", float(ps.restarts))
-        g("rejected_total", float(app.runner.admission.rejected), ["kernel"])
-        g("rejected_total", float(app.watchers.rejected), ["events"])
-        g("auth_failures_total", float(app.auth.rejected))
-        for (method, code), n in sorted(app.rpc_stats.calls.items()):
+        for cls, n in sorted(s.rejected.items()):
+            g("rejected_total", float(n), [cls])
+        g("auth_failures_total", float(s.auth_failures))
+        for (method, code), n in sorted(s.rpc_calls.items()):
             g("rpc_total", float(n), [method, code])
-        for method, h in sorted(app.rpc_stats.latency.items()):
+        for method, h in sorted(s.rpc_latency.items()):
             hist("rpc_duration_seconds", h, [method])
-        mon = app.monitor
-        hist("heartbeat_duration_seconds", mon.heartbeat)
+        g("app_refused_observations_total", float(s.refused_op_observations))
+        hist("heartbeat_duration_seconds", s.heartbeat)
         for label, q in QUANTILES:
-            g("heartbeat_quantile_seconds", mon.heartbeat.quantile(q), [label])
-            g("app_total_latency_quantile_seconds", mon.app_total.latency.quantile(q), [label])
-        for op, rec in sorted(mon.ops.items()):
+            g("heartbeat_quantile_seconds", s.heartbeat.quantile(q), [label])
+            g("app_total_latency_quantile_seconds", s.app_total.latency.quantile(q), [label])
+        for op, rec in sorted(s.ops.items()):
             hist("app_latency_seconds", rec.latency, [op])
             g("app_errors_total", float(rec.errors), [op])
             for label, q in QUANTILES:
                 g("app_latency_quantile_seconds", rec.latency.quantile(q), [op, label])
-        for kernel, rec in sorted(mon.kernels.items()):
+        for kernel, rec in sorted(s.kernels.items()):
             hist("kernel_duration_seconds", rec.latency, [kernel])
             g("kernel_errors_total", float(rec.errors), [kernel])
             g("kernel_cache_hits_total", float(rec.cache_hits), [kernel])
             for label, q in QUANTILES:
                 g("kernel_quantile_seconds", rec.latency.quantile(q), [kernel, label])
-        c = app.cache.counters
+        c = s.cache
         g("cache_hits_total", float(c.hits))
         g("cache_misses_total", float(c.misses))
         g("cache_evictions_total", float(c.evictions))
         g("cache_expirations_total", float(c.expirations))
         g("cache_invalidations_total", float(c.invalidations))
-        g("cache_entries", float(len(app.cache)))
-        g("cache_max_entries", float(app.cache.max_entries))
-        g("cache_bytes", float(app.cache.bytes))
+        g("cache_entries", float(s.cache_entries))
+        g("cache_max_entries", float(s.cache_max_entries))
+        g("cache_bytes", float(s.cache_bytes))
         reads = c.hits + c.misses
         g("cache_hit_ratio", c.hits / reads if reads else 0.0)
-        for type_, n in sorted(app.events.published.items()):
+        for type_, n in sorted(s.events_published.items()):
             g("events_published_total", float(n), [_event_label(type_)])
-        g("events_dropped_total", float(app.events.dropped_total))
-        g("event_watchers", float(len(app.events.subscribers)))
+        g("events_dropped_total", float(s.events_dropped))
+        g("event_watchers", float(s.event_watchers))
         for family in f.values():
             if family.samples:  # labelled families with no series yet are left out
                 yield family

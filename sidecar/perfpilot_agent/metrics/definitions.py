@@ -37,6 +37,7 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "heartbeat_duration_seconds": ("histogram", (), "Time spent answering Heartbeat."),
     "heartbeat_quantile_seconds": ("gauge", ("quantile",), "p50/p95/p99 of heartbeat_duration_seconds (from buckets, <= 18.9% error)."),
     "app_latency_seconds": ("histogram", ("op",), "Latency the app recorded with measure(), by op."),
+    "app_refused_observations_total": ("counter", (), "Observations not recorded because their op name was refused at the --max-ops limit (each name is logged once)."),
     "app_latency_quantile_seconds": ("gauge", ("op", "quantile"), "p50/p95/p99 of app latency by op (from buckets, <= 18.9% error)."),
     "app_total_latency_quantile_seconds": ("gauge", ("quantile",), "p50/p95/p99 of app latency over all ops."),
     "app_errors_total": ("counter", ("op",), "Observations the app marked as errors, by op."),

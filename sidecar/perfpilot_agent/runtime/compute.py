@@ -24,7 +24,7 @@ from perfpilot_agent.liveconfig import LiveConfig
 from perfpilot_agent.runtime.admission import Admission
 from perfpilot_agent.runtime.cache import TTLCache
 from perfpilot_agent.runtime.monitor import Monitor
-from perfpilot_agent.server.events import EventBus
+from perfpilot_agent.runtime.events import EventBus
 
 log = logging.getLogger(__name__)
 KERNEL_KEY_PREFIX = "kernel/"
@@ -248,6 +248,7 @@ class KernelRunner:
         inputs: dict[str, Any] = {}
         try:
             batch = t.Inputs(req.inputs, max_bytes=self.settings.max_tensor_bytes)
+            reading: asyncio.Future[None] | None = None
             try:
                 staged = batch.shm_bytes
                 if self._staged + staged > self.staging_limit:
@@ -259,11 +260,15 @@ class KernelRunner:
                     )
                 self._staged += staged
                 if staged >= _DIGEST_IN_THREAD_BYTES:
-                    await asyncio.get_running_loop().run_in_executor(self.executor, batch.read)
+                    reading = asyncio.get_running_loop().run_in_executor(self.executor, batch.read)
+                    await asyncio.shield(reading)  # a cancelled call must not close fds the thread still reads
                 else:
                     batch.read()
             finally:
-                batch.close()
+                if reading is not None and not reading.done():
+                    reading.add_done_callback(lambda _: batch.close())
+                else:
+                    batch.close()
             inputs = batch.arrays()
             params = t.decode_params(req.params)
             errors = importlib.import_module("perfpilot_agent.kernels.errors")

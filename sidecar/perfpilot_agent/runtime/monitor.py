@@ -1,21 +1,27 @@
 """Performance monitor: the app's op timings, kernel latencies and heartbeat latency.
 
-Validation is all-or-nothing per RecordTimings batch (a bad batch changes nothing), and the number
-of distinct op names is capped so a buggy app cannot blow up memory or Prometheus label cardinality.
+Validation is all-or-nothing per RecordTimings batch (a malformed batch changes nothing). The number
+of distinct op names is capped so a buggy app cannot blow up memory or Prometheus label cardinality;
+once the cap is reached, known ops are still recorded and new names are refused by name (returned to
+the client and logged once each), so one stray name never costs the known ops their observations.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 
 from perfpilot.v1 import agent_pb2 as pb
-from perfpilot_agent.errors import InvalidArgument, ResourceExhausted
-from perfpilot_agent.runtime.histogram import Histogram, quantiles_proto
+from perfpilot_agent.errors import InvalidArgument
+from perfpilot_agent.runtime.histogram import Histogram
 
 OP_RE = re.compile(r"[A-Za-z0-9_.:/-]{1,128}")
 MAX_DURATION_SECONDS = 86400.0
 MAX_OBSERVATIONS_PER_CALL = 100_000
+# Refused op names remembered for log-once; beyond this many, further names are not logged.
+MAX_REFUSED_NAMES_LOGGED = 1000
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -36,11 +42,13 @@ class Monitor:
         self.app_total = OpRecord()
         self.kernels: dict[str, OpRecord] = {}
         self.heartbeat = Histogram()
+        self.refused_logged: set[str] = set()
+        self.refused_observations = 0
 
-    def record_timings(self, request: pb.RecordTimingsRequest) -> int:
-        """Validate and record a batch; returns the number of observations recorded."""
+    def record_timings(self, request: pb.RecordTimingsRequest) -> pb.RecordTimingsResponse:
+        """Validate and record a batch: malformed -> InvalidArgument and nothing recorded; past the
+        op-name cap -> the known ops are recorded and the new names listed in `refused_ops`."""
         total = 0
-        new_ops: set[str] = set()
         for i, entry in enumerate(request.ops):
             path = f"ops[{i}]"
             if not OP_RE.fullmatch(entry.op):  # fullmatch: "$" would accept a trailing newline
@@ -60,22 +68,40 @@ class Monitor:
                     raise InvalidArgument(
                         f"{path}.durationsSeconds[{j}] must be finite and within [0, {MAX_DURATION_SECONDS:g}], got {v}"
                     )
-            if entry.op not in self.ops:
-                new_ops.add(entry.op)
-        if len(self.ops) + len(new_ops) > self.max_ops:
-            raise ResourceExhausted(
-                f"too many distinct op names: {len(self.ops)} known + {len(new_ops)} new exceeds the limit "
-                f"{self.max_ops} (--max-ops); use a bounded set of op names"
-            )
+        accepted = refused = 0
+        refused_ops: list[str] = []
         for entry in request.ops:
             rec = self.ops.get(entry.op)
             if rec is None:
+                if len(self.ops) >= self.max_ops:
+                    if entry.op not in refused_ops:
+                        refused_ops.append(entry.op)
+                    refused += len(entry.durations_seconds)
+                    continue
                 rec = self.ops[entry.op] = OpRecord()
             rec.latency.observe_many(entry.durations_seconds)
             rec.errors += entry.errors
             self.app_total.latency.observe_many(entry.durations_seconds)
             self.app_total.errors += entry.errors
-        return total
+            accepted += len(entry.durations_seconds)
+        if refused_ops:
+            self.refused_observations += refused
+            self._log_refused(refused_ops)
+        return pb.RecordTimingsResponse(accepted=accepted, refused_ops=refused_ops, refused=refused)
+
+    def _log_refused(self, names: list[str]) -> None:
+        """One warning per refused name (bounded: an app inventing names cannot flood the log)."""
+        for name in names:
+            if name in self.refused_logged or len(self.refused_logged) > MAX_REFUSED_NAMES_LOGGED:
+                continue
+            self.refused_logged.add(name)
+            if len(self.refused_logged) > MAX_REFUSED_NAMES_LOGGED:
+                log.warning("more op names refused; not logging further names")
+                continue
+            log.warning(
+                "op name %r refused: %d distinct op names tracked, the limit (--max-ops); its observations are "
+                "not recorded. Use a bounded set of op names (route templates, not raw paths).", name, self.max_ops,
+            )
 
     def record_kernel(self, kernel: str, seconds: float, *, error: bool, cache_hit: bool) -> None:
         """One kernel call (kernel names are bounded by the registry)."""
@@ -85,23 +111,6 @@ class Monitor:
         rec.latency.observe(max(seconds, 0.0))
         rec.errors += int(error)
         rec.cache_hits += int(cache_hit)
-
-    def op_stats(self, name: str, rec: OpRecord) -> pb.OpStats:
-        """OpStats message for one op."""
-        return pb.OpStats(op=name, latency=rec.latency.to_proto(), errors=rec.errors,
-                          quantiles=quantiles_proto(rec.latency))
-
-    def fill_stats(self, out: pb.GetStatsResponse) -> None:
-        """Write the monitor's part of GetStats into `out`."""
-        out.ops.extend(self.op_stats(name, rec) for name, rec in sorted(self.ops.items()))
-        out.app_total.CopyFrom(self.op_stats("", self.app_total))
-        out.heartbeat_latency.CopyFrom(self.heartbeat.to_proto())
-        out.heartbeat_quantiles.CopyFrom(quantiles_proto(self.heartbeat))
-        out.kernels.extend(
-            pb.KernelStats(kernel=name, latency=rec.latency.to_proto(), errors=rec.errors,
-                           cache_hits=rec.cache_hits, quantiles=quantiles_proto(rec.latency))
-            for name, rec in sorted(self.kernels.items())
-        )
 
 
 class RpcStats:

@@ -14,6 +14,7 @@ Imported lazily (first RunKernel), so a heartbeat-only agent never loads NumPy.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import re
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from perfpilot.v1 import agent_pb2 as pb
-from perfpilot_agent.errors import InvalidArgument
+from perfpilot_agent.errors import InvalidArgument, ResourceExhausted
 from perfpilot_contract import dtypes
 
 DTYPES: dict[int, np.dtype[Any]] = {d.code: np.dtype(d.numpy) for d in dtypes.DTYPES}
@@ -106,6 +107,8 @@ def open_segment(path: str, ref: pb.SharedMemoryRef, need: int) -> int:
     except FileNotFoundError:
         raise InvalidArgument(f"{path}.shm: shared memory segment {name!r} does not exist") from None
     except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):  # our limit, not the caller's mistake
+            raise ResourceExhausted(f"{path}.shm: the agent has too many open files; retry later") from None
         raise InvalidArgument(f"{path}.shm: cannot open segment {name!r}: {exc.strerror}") from None
     try:
         st = os.fstat(fd)

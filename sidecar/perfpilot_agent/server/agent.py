@@ -11,21 +11,25 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from grpc import aio
 
 from perfpilot.v1 import agent_pb2 as pb
 from perfpilot.v1 import agent_pb2_grpc as pb_grpc
+from perfpilot_agent.config import Settings
 from perfpilot_agent.errors import AgentError, InvalidArgument
-from perfpilot_agent.liveconfig import to_proto
-from perfpilot_agent.runtime.compute import KERNEL_KEY_PREFIX
+from perfpilot_agent.liveconfig import LiveConfig, to_proto
+from perfpilot_agent.runtime.admission import Admission
+from perfpilot_agent.runtime.cache import TTLCache
+from perfpilot_agent.runtime.compute import KERNEL_KEY_PREFIX, KernelRunner
+from perfpilot_agent.runtime.events import EventBus
+from perfpilot_agent.runtime.monitor import Monitor, RpcStats
+from perfpilot_agent.runtime.snapshot import Snapshot, stats_proto
 from perfpilot_contract.limits import CACHE_PUT_TTL
 from perfpilot_contract.liveconfig import ConfigError, check_duration
 
-if TYPE_CHECKING:
-    from perfpilot_agent.app import AgentApp
 
 log = logging.getLogger(__name__)
 Req = TypeVar("Req")
@@ -84,11 +88,30 @@ def _check_key(key: str) -> None:
         raise InvalidArgument(f"keys starting with {KERNEL_KEY_PREFIX!r} are reserved for kernel results")
 
 
-class AgentServicer(pb_grpc.AgentServicer):
-    """perfpilot.v1.Agent backed by an AgentApp."""
+class AgentCore(Protocol):
+    """What the handlers use of the agent (AgentApp provides it; the server does not import the app)."""
 
-    def __init__(self, app: AgentApp) -> None:
+    settings: Settings
+    config: LiveConfig
+    generation: int
+    monitor: Monitor
+    rpc_stats: RpcStats
+    runner: KernelRunner
+    cache: TTLCache
+    events: EventBus
+    watchers: Admission
+
+    def heartbeat(self, sequence: int) -> pb.HeartbeatResponse: ...
+    def configure(self, generation: int, msg: pb.AgentConfig, *, operator: bool = False) -> bool: ...
+    def snapshot(self) -> Snapshot: ...
+
+
+class AgentServicer(pb_grpc.AgentServicer):
+    """perfpilot.v1.Agent backed by an AgentCore (the AgentApp)."""
+
+    def __init__(self, app: AgentCore, *, operator: bool = False) -> None:
         self.app = app
+        self.operator = operator      # served on the authenticated TCP listener
 
     @_rpc("Heartbeat")
     async def Heartbeat(self, request: pb.HeartbeatRequest, context: aio.ServicerContext[Any, Any]) -> pb.HeartbeatResponse:
@@ -101,7 +124,7 @@ class AgentServicer(pb_grpc.AgentServicer):
     async def Configure(self, request: pb.ConfigureRequest, context: aio.ServicerContext[Any, Any]) -> pb.ConfigureResponse:
         if request.generation <= 0:
             raise InvalidArgument(f"generation must be > 0, got {request.generation}")
-        applied = self.app.configure(request.generation, request.config)
+        applied = self.app.configure(request.generation, request.config, operator=self.operator)
         return pb.ConfigureResponse(
             applied_generation=self.app.generation, applied=applied, config=to_proto(self.app.config)
         )
@@ -112,13 +135,13 @@ class AgentServicer(pb_grpc.AgentServicer):
 
     @_rpc("GetStats")
     async def GetStats(self, request: pb.GetStatsRequest, context: aio.ServicerContext[Any, Any]) -> pb.GetStatsResponse:
-        return self.app.stats()
+        return stats_proto(self.app.snapshot())
 
     @_rpc("RecordTimings")
     async def RecordTimings(
         self, request: pb.RecordTimingsRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.RecordTimingsResponse:
-        return pb.RecordTimingsResponse(accepted=self.app.monitor.record_timings(request))
+        return self.app.monitor.record_timings(request)
 
     @_rpc("RunKernel")
     async def RunKernel(self, request: pb.RunKernelRequest, context: aio.ServicerContext[Any, Any]) -> pb.RunKernelResponse:
