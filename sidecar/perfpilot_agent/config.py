@@ -11,22 +11,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from perfpilot_contract.paths import default_socket_path
+
 DEFAULT_PORT = 50051
 DEFAULT_METRICS_PORT = 9464
-POD_SOCKET_DIR = "/var/run/perfpilot"
-
-
-def default_socket_path() -> str:
-    """/var/run/perfpilot/agent.sock when that directory is writable (the pod's emptyDir), else $TMPDIR."""
-    if os.access(POD_SOCKET_DIR, os.W_OK):
-        return os.path.join(POD_SOCKET_DIR, "agent.sock")
-    return os.path.join(tempfile.gettempdir(), f"perfpilot-{os.getuid()}", "agent.sock")
 
 
 @dataclass

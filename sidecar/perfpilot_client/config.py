@@ -7,16 +7,15 @@ sections and defaults come from perfpilot_contract, which imports neither NumPy 
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 
 from perfpilot.v1 import agent_pb2 as pb
 from perfpilot_contract.liveconfig import Cache, Heartbeat, Kernels, Pools, read_proto
+from perfpilot_contract.paths import default_socket_path
 
 __all__ = ["AgentConfig", "Cache", "Heartbeat", "Kernels", "Pools", "default_target", "is_local",
            "normalize_target"]
 
-POD_SOCKET = "/var/run/perfpilot/agent.sock"
 
 
 def default_target() -> str:
@@ -27,9 +26,7 @@ def default_target() -> str:
     socket = os.environ.get("PERFPILOT_SOCKET")
     if socket:
         return f"unix:{socket}"
-    if os.access(os.path.dirname(POD_SOCKET), os.W_OK) or os.path.exists(POD_SOCKET):
-        return f"unix:{POD_SOCKET}"
-    return f"unix:{os.path.join(tempfile.gettempdir(), f'perfpilot-{os.getuid()}', 'agent.sock')}"
+    return f"unix:{default_socket_path()}"
 
 
 def normalize_target(target: str | None) -> str:

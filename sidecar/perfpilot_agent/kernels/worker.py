@@ -31,15 +31,32 @@ import numpy as np
 from . import shm
 
 
+def _attach(ref: shm.ShmRef, *, writable: bool, populate: bool = True) -> shm.Attachment:
+    """Map a segment of this call. The segments are the pool's own, written by the parent just
+    before: failing to open or map one (gone, emptied between fstat and mmap) means another
+    process tampered with it, so the call fails as SegmentLost (UNAVAILABLE), never INTERNAL."""
+    try:
+        return shm.Attachment(ref, writable=writable, populate=populate)
+    except shm.SegmentTruncated:
+        raise
+    except (OSError, ValueError) as e:
+        raise shm.SegmentTruncated(f"shared memory segment {ref.name!r} cannot be mapped: {e}") from None
+
+
 def _resolve(
     arrays: dict[str, Any], attachments: list[shm.Attachment], cache: shm.MappingCache
 ) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for key, val in arrays.items():
         if isinstance(val, shm.ShmRef) and val.keep:
-            out[key] = cache.view(val)
+            try:
+                out[key] = cache.view(val)
+            except shm.SegmentTruncated:
+                raise
+            except (OSError, ValueError) as e:
+                raise shm.SegmentTruncated(f"shared memory segment {val.name!r} cannot be mapped: {e}") from None
         elif isinstance(val, shm.ShmRef):
-            att = shm.Attachment(val, writable=False)
+            att = _attach(val, writable=False)
             attachments.append(att)
             assert att.array is not None
             out[key] = att.array
@@ -110,7 +127,7 @@ def main(conn: Any, max_threads: int) -> None:
                     for key, val in result.items():
                         ref = outs.get(key) if outs else None
                         if ref is not None:
-                            att = shm.Attachment(ref, writable=True, populate=False)
+                            att = _attach(ref, writable=True, populate=False)
                             attachments.append(att)
                             assert att.array is not None
                             att.array[...] = val
