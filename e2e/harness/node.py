@@ -411,6 +411,8 @@ class RealNode:
         for d in dirs:
             try:
                 d.rmdir()
+            except FileNotFoundError:
+                pass    # co-mounted hierarchies (cpu,cpuacct) list one directory twice
             except OSError as exc:
                 _log(f"warning: could not remove cgroup {d}: {exc}")
         return bool(dirs)
