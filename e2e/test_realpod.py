@@ -13,6 +13,7 @@ container (`kubectl exec`), so nothing here needs the host's view of the node.
 from __future__ import annotations
 
 import json
+import threading
 import time
 import urllib.request
 import uuid
@@ -430,3 +431,198 @@ def agent_generation(cluster: LocalCluster, ns: str, pod: str) -> int:
     out = cluster.kubectl("exec", "-n", ns, pod, "-c", "app", "--", "python3", "-c", script,
                           check=False)
     return int(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip() else -1
+
+
+def scaling_profile(name: str, app: str) -> str:
+    """A profile with an alert on the app's p99 and autoscaling on the same metric, fast enough
+    for a test: the alert fires on the first slow pass, scale-up has no window, scale-down a
+    short one, and at most 2 replicas (the real node is a small machine)."""
+    return json.dumps({
+        "apiVersion": "perfpilot.io/v1alpha1", "kind": "PerfProfile", "metadata": {"name": name},
+        "spec": {
+            "selector": {"matchLabels": {"app": app}},
+            "target": {"apiVersion": "apps/v1", "kind": "Deployment", "name": app},
+            "resources": {"app": {"container": "app",
+                                  "requests": {"cpu": "100m", "memory": "256Mi"},
+                                  "limits": {"cpu": "1", "memory": "1Gi"}}},
+            "alerts": [{"name": "ExampleSlow", "metric": "app_latency_p99_seconds", "op": ">",
+                        "threshold": 0.2, "for": "0s", "severity": "warning"}],
+            "autoscaling": {"minReplicas": 1, "maxReplicas": 2,
+                            "metric": "app_latency_p99_seconds", "target": 0.1,
+                            "interval": "1s",
+                            "scaleUp": {"stabilizationWindow": "0s", "maxStep": 1},
+                            "scaleDown": {"stabilizationWindow": "5s", "maxStep": 1}},
+        },
+    })
+
+
+def quantity(q: str) -> float:
+    """A CPU (cores) or memory (bytes) quantity as a number."""
+    if q.endswith("m"):
+        return int(q[:-1]) / 1000
+    return float(parse_mi(q)) if q[-2:] in ("Ki", "Mi", "Gi") else float(q)
+
+
+def node_room(cluster: LocalCluster, node: str) -> dict[str, float]:
+    """The node's allocatable less what its live pods request, per resource (what the
+    scheduler checks a new pod against)."""
+    alloc = kubectl_json(cluster, "get", "node", node)["status"]["allocatable"]
+    room = {r: quantity(alloc[r]) for r in ("cpu", "memory")}
+    for pod in kubectl_json(cluster, "get", "pods", "-A", "--field-selector",
+                            f"spec.nodeName={node}")["items"]:
+        if pod["status"].get("phase") in ("Succeeded", "Failed"):
+            continue
+        for c in pod["spec"]["containers"] + pod["spec"].get("initContainers", []):
+            for r in room:
+                room[r] -= quantity(c.get("resources", {}).get("requests", {}).get(r, "0"))
+    return room
+
+
+def pod_requests(pod: dict[str, Any]) -> dict[str, float]:
+    """A pod's requests as the scheduler sums them (native sidecars run beside the app)."""
+    out = {"cpu": 0.0, "memory": 0.0}
+    for c in pod["spec"]["containers"] + pod["spec"].get("initContainers", []):
+        for r in out:
+            out[r] += quantity(c.get("resources", {}).get("requests", {}).get(r, "0"))
+    return out
+
+
+def operator_logs(cluster: LocalCluster, ns: str) -> str:
+    out = cluster.kubectl("logs", "-n", ns, "-l", "app.kubernetes.io/component=operator",
+                          "--tail=60", check=False)
+    return f"{out.stdout}{out.stderr}"
+
+
+def test_alert_fires_and_the_operator_scales_the_deployment_on_the_real_node(
+        cluster: LocalCluster, chart: str, images: Images, namespace: str,
+        placement: dict[str, Any]) -> None:
+    """The example app's slow ops (GET /work with a cache miss of 300 ms) raise its p99: the
+    chart's operator fires the alert (Alerting=True, a Warning Event) and scales the Deployment
+    1 -> 2 through its scale subresource; the new pod is scheduled on the real node, injected
+    and Ready. Fast ops (cache hits) then resolve the alert and, after the 5 s down-window,
+    bring the Deployment back to 1."""
+    restricted(cluster, namespace)
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=scaling_profile("scaled", "scaled"))
+    cluster.kubectl("apply", "-n", namespace, "-f", "-",
+                    input=example_app(images.app, "scaled", placement))
+    first = running_pod(cluster, namespace, "scaled")
+    base = f"http://{first['status']['podIP']}:8000"
+    # The load goes to this pod: scale-down must remove the other one.
+    cluster.kubectl("annotate", "pod", first["metadata"]["name"], "-n", namespace,
+                    "controller.kubernetes.io/pod-deletion-cost=100")
+    if placement:
+        node = node_name(cluster)
+        assert first["spec"]["nodeName"] == node
+        need, room = pod_requests(first), node_room(cluster, node)
+        assert all(room[r] >= need[r] for r in need), \
+            f"the real node has no room for a second replica: needs {need}, free {room}"
+
+    def diagnose(what: str) -> str:
+        st = status(cluster, namespace, "scaled")
+        ev = cluster.kubectl("get", "events", "-n", namespace, "--sort-by=.lastTimestamp",
+                             check=False).stdout
+        return (f"{what}\nprofile status: {json.dumps(st)}\nevents:\n{ev[-3000:]}\n"
+                f"operator log:\n{operator_logs(cluster, chart)[-4000:]}")
+
+    def until(predicate: Any, what: str, timeout: float) -> Any:
+        try:
+            return wait(predicate, what, timeout)
+        except TimeoutError as exc:
+            raise AssertionError(diagnose(str(exc))) from None
+
+    def deployment() -> dict[str, Any]:
+        return dict(kubectl_json(cluster, "get", "deployment", "scaled", "-n", namespace))
+
+    # Before any traffic: the autoscaler holds (no value of the metric), nothing fires.
+    st = until(lambda: (s := status(cluster, namespace, "scaled")).get("replicas") and s,
+               "the autoscaler's first decision", timeout=60)
+    assert cond(st, "ScalingActive")["reason"] == "MissingMetrics", st
+    assert cond(st, "Alerting")["status"] == "False", st
+
+    slow = [True]
+    stop = threading.Event()
+    errors: list[str] = []
+
+    def load() -> None:
+        """The app's clients: slow ops (a cache miss each) while slow[0], else cache hits."""
+        n = 0
+        while not stop.is_set():
+            n += 1
+            url = (f"{base}/work?key=slow-{n}&sleep_ms=300" if slow[0]
+                   else f"{base}/work?key=fast&sleep_ms=1")
+            try:
+                http(url, timeout=30)
+            except OSError as exc:
+                errors.append(f"{url}: {exc}")
+                stop.wait(0.5)
+
+    thread = threading.Thread(target=load, daemon=True)
+    t0 = time.monotonic()
+    thread.start()
+    try:
+        st = until(lambda: cond(s := status(cluster, namespace, "scaled"), "Alerting")
+                   .get("status") == "True" and s, "the alert to fire", timeout=90)
+        t_fired = time.monotonic() - t0
+        [alert] = st["activeAlerts"]
+        assert alert["name"] == "ExampleSlow" and alert["state"] == "firing", alert
+        assert alert["value"] > 0.2, alert
+        warning = until(lambda: [e for e in kubectl_json(
+            cluster, "get", "events", "-n", namespace, "--field-selector",
+            "involvedObject.name=scaled,reason=AlertFiring")["items"]],
+            "an AlertFiring event", timeout=30)
+        assert warning[0]["type"] == "Warning", warning[0]
+
+        until(lambda: deployment()["spec"]["replicas"] == 2, "the operator scaling 1 -> 2",
+              timeout=90)
+        t_scaled = time.monotonic() - t0
+        st = status(cluster, namespace, "scaled")
+        assert "ScaledUp 1 -> 2" in st["replicas"]["reason"], st["replicas"]
+        assert st["replicas"]["desired"] == 2, st["replicas"]
+        scaled = [e["message"] for e in kubectl_json(
+            cluster, "get", "events", "-n", namespace, "--field-selector",
+            "involvedObject.name=scaled,reason=Scaled")["items"]]
+        assert any("1 -> 2" in m for m in scaled), scaled
+
+        def second_ready() -> dict[str, Any] | None:
+            for pod in kubectl_json(cluster, "get", "pods", "-n", namespace, "-l",
+                                    "app=scaled")["items"]:
+                ready = {c["type"]: c["status"] for c in pod["status"].get("conditions", [])}
+                if pod["metadata"]["name"] != first["metadata"]["name"] \
+                        and ready.get("Ready") == "True":
+                    return dict(pod)
+            return None
+
+        try:
+            new = wait(second_ready, "the new replica Ready", timeout=240)
+        except TimeoutError:
+            out = cluster.kubectl("describe", "pods", "-n", namespace, "-l", "app=scaled",
+                                  check=False).stdout
+            raise AssertionError(diagnose(f"the new replica never became Ready\n{out[-4000:]}")
+                                 ) from None
+        t_new_ready = time.monotonic() - t0
+        if placement:
+            assert new["spec"]["nodeName"] == node_name(cluster), new["spec"].get("nodeName")
+        assert sidecar_status(new)["started"] is True
+        assert SIDECAR in [c["name"] for c in new["spec"]["initContainers"]]
+        print(f"\n[realpod] slow ops from t=0: alert firing at {t_fired:.1f}s, scaled 1 -> 2 at "
+              f"{t_scaled:.1f}s, the new replica Ready on the real node at {t_new_ready:.1f}s")
+
+        # Fast ops: the alert resolves; after the down-window the Deployment is back to 1.
+        slow[0] = False
+        t1 = time.monotonic()
+        until(lambda: cond(status(cluster, namespace, "scaled"), "Alerting")
+              .get("status") == "False", "the alert to resolve", timeout=90)
+        t_resolved = time.monotonic() - t1
+        assert kubectl_json(cluster, "get", "events", "-n", namespace, "--field-selector",
+                            "involvedObject.name=scaled,reason=AlertResolved")["items"]
+        until(lambda: deployment()["spec"]["replicas"] == 1, "the operator scaling 2 -> 1",
+              timeout=90)
+        st = status(cluster, namespace, "scaled")
+        assert "ScaledDown 2 -> 1" in st["replicas"]["reason"], st["replicas"]
+        assert st.get("activeAlerts") == [], st
+        print(f"[realpod] fast ops: alert resolved after {t_resolved:.1f}s, scaled 2 -> 1 "
+              f"after {time.monotonic() - t1:.1f}s")
+    finally:
+        stop.set()
+        thread.join(35)
+    assert not errors, errors[:5]
