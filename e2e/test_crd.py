@@ -337,7 +337,7 @@ def test_example_is_accepted_with_defaults(crd: LocalCluster, namespace: str, pa
     sidecar = spec["resources"]["sidecar"]
     written_sidecar = written["spec"].get("resources", {}).get("sidecar", {})
     assert sidecar["requests"] == written_sidecar.get("requests", {"cpu": "50m", "memory": "192Mi"})
-    assert sidecar["limits"] == written_sidecar.get("limits", {"cpu": "500m", "memory": "640Mi"})
+    assert sidecar["limits"] == written_sidecar.get("limits", {"cpu": "1", "memory": "640Mi"})
     for i, alert in enumerate(spec.get("alerts", [])):
         w = written["spec"]["alerts"][i]
         assert alert["severity"] == w.get("severity", "warning")

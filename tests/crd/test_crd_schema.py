@@ -278,7 +278,7 @@ def test_minimal_example_defaults() -> None:
     assert doc["spec"] == {
         "selector": {"matchLabels": {"app": "agent"}},
         "resources": {"sidecar": {"requests": {"cpu": "50m", "memory": "192Mi"},
-                                  "limits": {"cpu": "500m", "memory": "640Mi"}},
+                                  "limits": {"cpu": "1", "memory": "640Mi"}},
                       "sharedMemory": "1Gi"},
         # No schema default for the pairs' members (heartbeat, maxQueue/batchSize): the API server
         # defaults before CEL, so a default would take part in the pair's check; the contract's
