@@ -227,8 +227,26 @@ def build(name: str) -> ImageRef:
         meta.write_text(json.dumps({k: v for k, v in asdict(result).items()
                                     if k not in ("tar", "build_s", "cached")} | {"first_build_s": result.build_s}))
         rootfs.remove_tree(work)
+        pruned = prune(name)
+        if pruned:
+            log(f"{name}: removed {len(pruned)} older tarball(s) of this image from the cache")
         log(f"{name}: {ref} built in {result.build_s:.0f}s ({result.raw_mb:.0f} MB raw, {result.gz_mb:.0f} MB gzipped)")
         return result
+
+
+KEEP = 3
+"""Tarballs kept per image: a source change makes a new tag (~150 MB gzipped each), so without a
+bound the cache grows with every edit; other checkouts on older sources rebuild theirs if needed."""
+
+
+def prune(name: str, keep: int = KEEP) -> list[Path]:
+    """Remove all but the `keep` newest tarballs (and their .json) of image `name`."""
+    tars = sorted(IMAGES.glob(f"{name}-*.tar"), key=lambda p: p.stat().st_mtime, reverse=True)
+    old = [t for t in tars if t.stem.removeprefix(f"{name}-").isalnum()][keep:]
+    for tar in old:
+        tar.unlink(missing_ok=True)
+        tar.with_suffix(".json").unlink(missing_ok=True)
+    return old
 
 
 def build_all(names: Iterable[str] = tuple(spec.SPECS)) -> dict[str, ImageRef]:

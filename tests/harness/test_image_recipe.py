@@ -124,3 +124,20 @@ def test_debian_mirror_comes_from_the_machines_apt_config(tmp_path: Path) -> Non
     (tmp_path / "sources.list").write_text("deb http://other.invalid/debian trixie main\n")
     with pytest.raises(rootfs.BuildError, match="no apt source for Debian bookworm"):
         rootfs.debian_mirror(tmp_path)
+
+
+def test_prune_keeps_the_newest_tarballs_of_one_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    monkeypatch.setattr(images, "IMAGES", tmp_path)
+    for i, tag in enumerate(["aaaaaaaaaaa1", "aaaaaaaaaaa2", "aaaaaaaaaaa3", "aaaaaaaaaaa4"]):
+        for suffix in (".tar", ".json"):
+            f = tmp_path / f"sidecar-{tag}{suffix}"
+            f.write_text("x")
+            os.utime(f, (1000 + i, 1000 + i))
+    (tmp_path / "operator-bbbbbbbbbbb1.tar").write_text("x")   # another image: untouched
+    removed = images.prune("sidecar", keep=2)
+    assert sorted(p.name for p in removed) == ["sidecar-aaaaaaaaaaa1.tar", "sidecar-aaaaaaaaaaa2.tar"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "operator-bbbbbbbbbbb1.tar", "sidecar-aaaaaaaaaaa3.json", "sidecar-aaaaaaaaaaa3.tar",
+        "sidecar-aaaaaaaaaaa4.json", "sidecar-aaaaaaaaaaa4.tar"]
