@@ -27,6 +27,7 @@ from pathlib import Path
 from e2e.harness import node as real_node
 from e2e.harness.pki import Pki, ensure_pki, issue_client_cert
 from e2e.harness.procs import pid_alive as _pid_alive
+from e2e.harness.procs import read_pid, start_logged
 from e2e.harness.procs import tail as _tail
 from e2e.harness.procs import terminate as _terminate
 
@@ -449,20 +450,12 @@ class LocalCluster:
 
     # ---------------------------------------------------------------- processes
     def _start(self, name: str, args: list[str]) -> None:
-        log = (self.logs / f"{name}.log").open("ab")
-        proc = subprocess.Popen(
-            [self.binary(name), *args],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, cwd=self.state,
-        )
-        (self.pids / f"{name}.pid").write_text(str(proc.pid))
-        _log(f"started {name} (pid {proc.pid}, log {self.logs / (name + '.log')})")
+        pid = start_logged([self.binary(name), *args], name=name, logs=self.logs, pids=self.pids,
+                           cwd=self.state)
+        _log(f"started {name} (pid {pid}, log {self.logs / (name + '.log')})")
 
     def _pid(self, name: str) -> int | None:
-        try:
-            return int((self.pids / f"{name}.pid").read_text())
-        except (OSError, ValueError):
-            return None
+        return read_pid(self.pids, name)
 
     def _alive(self, name: str) -> bool:
         pid = self._pid(name)

@@ -35,7 +35,7 @@ from typing import Any
 
 from e2e.harness import node_images, oci
 from e2e.harness.pki import Pki, issue_client_cert, issue_serving_cert
-from e2e.harness.procs import pid_alive, tail, terminate
+from e2e.harness.procs import pid_alive, read_pid, start_logged, tail, terminate
 
 REAL_NODE_NAME = "real-node"
 NODE_KIND_LABEL = "perfpilot.io/node-kind"
@@ -598,17 +598,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 
     # ------------------------------------------------------------------ processes
     def _start(self, name: str, argv: list[str]) -> None:
-        log = (self.logs / f"{name}.log").open("ab")
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.dir)
-        (self.pids / f"{name}.pid").write_text(str(proc.pid))
-        _log(f"started {name} (pid {proc.pid}, log {self.logs / (name + '.log')})")
+        pid = start_logged(argv, name=name, logs=self.logs, pids=self.pids, cwd=self.dir)
+        _log(f"started {name} (pid {pid}, log {self.logs / (name + '.log')})")
 
     def _pid(self, name: str) -> int | None:
-        try:
-            return int((self.pids / f"{name}.pid").read_text())
-        except (OSError, ValueError):
-            return None
+        return read_pid(self.pids, name)
 
     def _alive(self, name: str) -> bool:
         pid = self._pid(name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -52,3 +53,21 @@ def tail(path: Path, lines: int = 25) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return f"(no log at {path})"
+
+
+def start_logged(argv: list[str], *, name: str, logs: Path, pids: Path, cwd: Path) -> int:
+    """Start a daemon in its own session, output appended to logs/<name>.log, pid in
+    pids/<name>.pid (how the cluster and the real node find their processes again); its pid."""
+    with (logs / f"{name}.log").open("ab") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, cwd=cwd)
+    (pids / f"{name}.pid").write_text(str(proc.pid))
+    return proc.pid
+
+
+def read_pid(pids: Path, name: str) -> int | None:
+    """The pid recorded by start_logged, or None."""
+    try:
+        return int((pids / f"{name}.pid").read_text())
+    except (OSError, ValueError):
+        return None
