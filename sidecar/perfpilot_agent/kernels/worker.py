@@ -21,9 +21,11 @@ parent has unlinked since its previous message to this worker (drop their cached
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -31,16 +33,18 @@ import numpy as np
 from . import shm
 
 
-def _attach(ref: shm.ShmRef, *, writable: bool, populate: bool = True) -> shm.Attachment:
-    """Map a segment of this call. The segments are the pool's own, written by the parent just
-    before: failing to open or map one (gone, emptied between fstat and mmap) means another
-    process tampered with it, so the call fails as SegmentLost (UNAVAILABLE), never INTERNAL."""
+@contextlib.contextmanager
+def _mapping(name: str) -> Iterator[None]:
+    """Around opening and mapping a segment of this call. The segments are the pool's own, written
+    by the parent just before: failing to open or map one (gone, emptied between fstat and mmap)
+    means another process tampered with it, so the call fails as SegmentLost (UNAVAILABLE), not
+    as an internal error."""
     try:
-        return shm.Attachment(ref, writable=writable, populate=populate)
+        yield
     except shm.SegmentTruncated:
         raise
     except (OSError, ValueError) as e:
-        raise shm.SegmentTruncated(f"shared memory segment {ref.name!r} cannot be mapped: {e}") from None
+        raise shm.SegmentTruncated(f"shared memory segment {name!r} cannot be mapped: {e}") from None
 
 
 def _resolve(
@@ -48,20 +52,17 @@ def _resolve(
 ) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for key, val in arrays.items():
-        if isinstance(val, shm.ShmRef) and val.keep:
-            try:
-                out[key] = cache.view(val)
-            except shm.SegmentTruncated:
-                raise
-            except (OSError, ValueError) as e:
-                raise shm.SegmentTruncated(f"shared memory segment {val.name!r} cannot be mapped: {e}") from None
-        elif isinstance(val, shm.ShmRef):
-            att = _attach(val, writable=False)
-            attachments.append(att)
-            assert att.array is not None
-            out[key] = att.array
-        else:
+        if not isinstance(val, shm.ShmRef):
             out[key] = val
+            continue
+        with _mapping(val.name):
+            if val.keep:
+                out[key] = cache.view(val)
+                continue
+            att = shm.Attachment(val, writable=False)
+        attachments.append(att)
+        assert att.array is not None
+        out[key] = att.array
     return out
 
 
@@ -127,7 +128,8 @@ def main(conn: Any, max_threads: int) -> None:
                     for key, val in result.items():
                         ref = outs.get(key) if outs else None
                         if ref is not None:
-                            att = _attach(ref, writable=True, populate=False)
+                            with _mapping(ref.name):
+                                att = shm.Attachment(ref, writable=True, populate=False)
                             attachments.append(att)
                             assert att.array is not None
                             att.array[...] = val
