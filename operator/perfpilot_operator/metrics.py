@@ -26,6 +26,17 @@ GETSTATS_CALLS = Counter("perfpilot_operator_getstats_calls", "GetStats calls to
                          "(OK, or the gRPC status code)", ["namespace", "profile", "result"],
                          registry=REGISTRY)
 
+LEADER = Gauge("perfpilot_operator_leader", "1 on the replica that holds the leader Lease and "
+               "runs the control loops, 0 on the others (they serve webhooks only)", ["pod"],
+               registry=REGISTRY)
+WEBHOOK_CONFIGURATION_PRESENT = Gauge(
+    "perfpilot_operator_webhook_configuration_present", "1 while the named webhook configuration "
+    "exists, 0 after it was deleted (set by the leader every resync)", ["name"],
+    registry=REGISTRY)
+WEBHOOK_CONFIGURATION_RESTORES = Counter(
+    "perfpilot_operator_webhook_configuration_restores", "Webhook configurations patched back "
+    "(drift) or re-created (deleted) by the operator", ["name", "action"], registry=REGISTRY)
+
 
 def rpc_result(outcome: object) -> str:
     """The result label of an RPC outcome: OK, a gRPC status code name, or the exception's type."""

@@ -20,6 +20,8 @@ class Runtime:
     prometheus_rules: bool = False        # monitoring.coreos.com/v1 PrometheusRule is served
     prometheus_rules_checked: float | None = None   # monotonic time of the last discovery
     ca_bundle: bytes = b""
+    certs: Any = None                     # an object with ca_bundle() (certs.py), read per pass
+    leadership: Any = None                # perfpilot_operator.leader.Leadership
     # kopf's index of ReplicaSets whose pods the API server refuses (handlers/indexes.py).
     refusals: Any = None
     tokens: dict[str, str] = field(default_factory=dict)   # namespace -> agent token

@@ -14,6 +14,17 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
 
 
+def _labels(text: str) -> dict[str, str]:
+    """`k=v,k2=v2` -> {k: v, k2: v2}; a pair without `=` is refused naming it."""
+    out: dict[str, str] = {}
+    for pair in (p.strip() for p in text.split(",") if p.strip()):
+        key, eq, value = pair.partition("=")
+        if not eq or not key:
+            raise ValueError(f"PERFPILOT_WEBHOOK_NAMESPACE_LABELS: {pair!r} is not key=value")
+        out[key.strip()] = value.strip()
+    return out
+
+
 @dataclass(frozen=True)
 class Settings:
     namespace: str = "perfpilot-system"
@@ -23,12 +34,26 @@ class Settings:
     webhook_port: int = 9443
     webhook_url_host: str = "127.0.0.1"
     """Host the API server uses to reach the webhook when registering by URL (out-of-cluster)."""
+    webhook_url_port: int = 0
+    """Port the API server calls when registering by URL (a load balancer's); 0: webhook_port."""
     webhook_service: str = ""
     """'namespace/name' of the webhook Service when in-cluster; empty registers by URL."""
     cert_dir: Path = Path.home() / ".cache" / "perfpilot" / "operator-certs"
     """Serving cert, key and CA for the webhook; generated when absent."""
     register_webhooks: bool = True
-    """Whether the operator keeps its webhook configurations in sync (the chart may own them)."""
+    """Whether the leader keeps its webhook configurations as rendered (patches them back,
+    re-creates them where RBAC allows)."""
+    mutating_webhook: str = "perfpilot-pod-injector"
+    validating_webhook: str = "perfpilot-profile-validator"
+    """The names of the two configurations (the chart: <fullname>-pod-injector/-profile-validator)."""
+    namespace_labels: dict[str, str] = field(default_factory=dict)
+    """Only namespaces with these labels are sent to the webhooks (empty: every namespace)."""
+    leader_election: bool = True
+    """Whether replicas elect a leader by Lease (off: this process always acts; one replica only)."""
+    leader_lease: str = "perfpilot-operator"
+    """The Lease's name, in `namespace`."""
+    leader_identity: str = ""
+    """This replica's identity in the Lease (the chart: the pod's name); empty: host:webhook port."""
     exclude_namespaces: tuple[str, ...] = ()
     """Namespaces the pod webhook never sees, besides the operator's own (kube-system, ...)."""
     failure_policy: str = "Fail"
@@ -56,9 +81,16 @@ class Settings:
             webhook_host=_env("PERFPILOT_WEBHOOK_HOST", d.webhook_host),
             webhook_port=int(_env("PERFPILOT_WEBHOOK_PORT", str(d.webhook_port))),
             webhook_url_host=_env("PERFPILOT_WEBHOOK_URL_HOST", d.webhook_url_host),
+            webhook_url_port=int(_env("PERFPILOT_WEBHOOK_URL_PORT", "0")),
             webhook_service=_env("PERFPILOT_WEBHOOK_SERVICE", d.webhook_service),
             cert_dir=Path(_env("PERFPILOT_CERT_DIR", str(d.cert_dir))),
             register_webhooks=_env("PERFPILOT_REGISTER_WEBHOOKS", "true") == "true",
+            mutating_webhook=_env("PERFPILOT_MUTATING_WEBHOOK", d.mutating_webhook),
+            validating_webhook=_env("PERFPILOT_VALIDATING_WEBHOOK", d.validating_webhook),
+            namespace_labels=_labels(_env("PERFPILOT_WEBHOOK_NAMESPACE_LABELS", "")),
+            leader_election=_env("PERFPILOT_LEADER_ELECTION", "true") == "true",
+            leader_lease=_env("PERFPILOT_LEADER_LEASE", d.leader_lease),
+            leader_identity=_env("PERFPILOT_LEADER_IDENTITY", ""),
             failure_policy=_env("PERFPILOT_WEBHOOK_FAILURE_POLICY", d.failure_policy),
             exclude_namespaces=tuple(n.strip() for n in _env(
                 "PERFPILOT_WEBHOOK_EXCLUDE_NAMESPACES", "").split(",") if n.strip()),

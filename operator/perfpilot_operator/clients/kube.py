@@ -168,27 +168,43 @@ class Kube:
             return token
         return await asyncio.to_thread(run)
 
-    async def apply_webhooks(self, mutating: dict[str, Any], validating: dict[str, Any]) -> None:
-        def upsert(read: Any, create: Any, replace: Any, body: dict[str, Any]) -> None:
-            name = body["metadata"]["name"]
-            try:
-                current = read(name)
-            except ApiException as e:
-                if e.status != 404:
-                    raise
-                create(body)
-                return
-            body = {**body, "metadata": {**body["metadata"],
-                                         "resourceVersion": current.metadata.resource_version}}
-            replace(name, body)
-
+    def _webhook_calls(self, kind: str) -> tuple[Any, Any, Any]:
+        """(read, create, patch) of a Mutating- or ValidatingWebhookConfiguration."""
         a = self.admission
-        await asyncio.to_thread(upsert, a.read_mutating_webhook_configuration,
-                                a.create_mutating_webhook_configuration,
-                                a.replace_mutating_webhook_configuration, mutating)
-        await asyncio.to_thread(upsert, a.read_validating_webhook_configuration,
-                                a.create_validating_webhook_configuration,
-                                a.replace_validating_webhook_configuration, validating)
+        if kind == "MutatingWebhookConfiguration":
+            return (a.read_mutating_webhook_configuration, a.create_mutating_webhook_configuration,
+                    a.patch_mutating_webhook_configuration)
+        return (a.read_validating_webhook_configuration, a.create_validating_webhook_configuration,
+                a.patch_validating_webhook_configuration)
+
+    async def read_webhook_configuration(self, kind: str, name: str) -> dict[str, Any] | None:
+        """The stored configuration as the API returns it (camelCase), None when absent."""
+        read = self._webhook_calls(kind)[0]
+
+        def run() -> dict[str, Any] | None:
+            try:
+                obj = read(name)
+            except ApiException as e:
+                if e.status == 404:
+                    return None
+                raise
+            return cast(dict[str, Any], self.api.sanitize_for_serialization(obj))
+        return await asyncio.to_thread(run)
+
+    async def create_webhook_configuration(self, body: dict[str, Any]) -> None:
+        """Only where RBAC allows it (local mode, admin credentials): the chart grants no
+        create on webhook configurations, since RBAC cannot limit create by name."""
+        model = (client.V1MutatingWebhookConfiguration if body["kind"] ==
+                 "MutatingWebhookConfiguration" else client.V1ValidatingWebhookConfiguration)
+        await asyncio.to_thread(self._webhook_calls(body["kind"])[1], model.from_dict(body))
+
+    async def patch_webhook_configuration(self, kind: str, name: str,
+                                          json_patch: list[dict[str, Any]]) -> None:
+        patch = self._webhook_calls(kind)[2]
+
+        def run() -> None:
+            patch(name, json_patch, _content_type="application/json-patch+json")
+        await asyncio.to_thread(run)
 
 
 _APPS_KINDS = {"Deployment": "deployment", "StatefulSet": "stateful_set",

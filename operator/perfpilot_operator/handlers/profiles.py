@@ -287,13 +287,29 @@ def profile_state(rt: Runtime, namespace: str, name: str) -> Any:
     return state
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL, id="reconcile-resume")
-@kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile-create")
-@kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile-spec", field="spec")  # type: ignore[arg-type]  # kopf-kwargs
-async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: Any, namespace: str, name: str,
-                    logger: Any, pods_by_namespace: Any, **_: Any) -> None:
-    await _reconcile(body, patch, profile_state(memo.runtime, namespace, name), namespace, name,
-                     logger, pods_by_namespace)
+@kopf.on.event(GROUP, VERSION, PLURAL, id="reconcile-spec")  # type: ignore[arg-type]  # kopf-kwargs
+async def reconcile(event: kopf.RawEvent, body: kopf.Body, memo: Any, namespace: str, name: str,
+                    settings: kopf.OperatorSettings, pods_by_namespace: Any, **_: Any) -> None:
+    """A new generation of a profile, applied at once - by the leader only.
+
+    A watch-event handler, not kopf's on.create/on.update: those make kopf write progress and
+    diff-base annotations on every replica; an event handler writes nothing, so a replica that
+    does not lead touches no profile. The leader's resync loop (started when it is elected)
+    reconciles every profile anyway, so an event missed during a leader change is not lost."""
+    rt: Runtime | None = getattr(memo, "runtime", None)
+    if rt is None or rt.leadership is None:
+        return
+    if event.get("type") == "DELETED":
+        forget_profile_state(rt, namespace, name)
+        return
+    if not rt.leadership.is_leader:
+        return
+    state = profile_state(rt, namespace, name)
+    generation = int(body.get("metadata", {}).get("generation", 0))
+    if generation <= getattr(state, "seen_generation", 0):
+        return      # status/metadata writes (ours included), or a generation already applied
+    await _resync_one(rt, settings, dict(body), pods_by_namespace, None,
+                      logging.getLogger("perfpilot_operator.profiles"))
 
 
 async def resync_loop(rt: Runtime, settings: kopf.OperatorSettings, profiles_by_namespace: Any,
@@ -323,7 +339,7 @@ async def resync_loop(rt: Runtime, settings: kopf.OperatorSettings, profiles_by_
             items = [i for i in items if _key(i) in ours]
             live = {_key(i) for i in items}
             for key in set(rt.profiles) - live:   # deleted while no delete handler saw it
-                _forget(rt, *key)
+                forget_profile_state(rt, *key)
             for key in [k for k, t in passes.items() if t.done()]:
                 del passes[key]
             busy = 0
@@ -367,13 +383,9 @@ async def _resync_one(rt: Runtime, settings: kopf.OperatorSettings, item: dict[s
                       f"{rt.settings.resync_interval:g}s")
 
 
-def _forget(rt: Runtime, namespace: str, name: str) -> None:
+def forget_profile_state(rt: Runtime, namespace: str, name: str) -> None:
+    """Drop a profile's memory and metric series: when it is deleted (the watch event, or the
+    resync loop for deletions nobody saw), and for every profile when this replica stops
+    leading (the next leader exports them)."""
     rt.profiles.pop((namespace, name), None)
     prom.forget_profile(namespace, name)
-
-
-@kopf.on.delete(GROUP, VERSION, PLURAL, id="forget", optional=True)  # type: ignore[arg-type]  # kopf-kwargs
-async def forget(namespace: str, name: str, memo: Any, **_: Any) -> None:
-    """Drop the deleted profile's memory and metric series (the resync loop also does it for
-    profiles deleted while no handler saw the deletion)."""
-    _forget(memo.runtime, namespace, name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from typing import Any
 
 import kopf
@@ -13,9 +14,12 @@ from perfpilot_operator import metrics as prom
 from perfpilot_operator.clients import kube as kube_client
 from perfpilot_operator.clients.agents import AgentClients
 from perfpilot_operator.handlers import profiles
-from perfpilot_operator.logic import resize, webhooks
+from perfpilot_operator.leader import Leadership, LeaseElector, always_leader
+from perfpilot_operator.logic import resize
+from perfpilot_operator.logic.lease import LeaseTimings
 from perfpilot_operator.runtime import Runtime
 from perfpilot_operator.settings import Settings
+from perfpilot_operator.webhook_keeper import Keeper
 
 NATIVE_SIDECAR_MINOR = 29   # SidecarContainers is on by default from 1.29
 
@@ -63,34 +67,72 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Lo
     settings.admission.server = kopf.WebhookServer(
         addr=cfg.webhook_host, port=cfg.webhook_port, host=cfg.webhook_url_host,
         certfile=str(certs.cert), pkeyfile=str(certs.key), cafile=str(certs.ca))
-    settings.admission.managed = None   # we render the configurations (namespaceSelector)
-    if cfg.register_webhooks:
-        def client(path: str) -> dict[str, Any]:
-            return webhooks.client_config(path=path, ca_bundle=rt.ca_bundle,
-                                          url_host=cfg.webhook_url_host,
-                                          port=cfg.webhook_port, service=cfg.webhook_service)
-        await kube.apply_webhooks(
-            webhooks.mutating_configuration(operator_namespace=cfg.namespace,
-                                            failure_policy=cfg.failure_policy,
-                                            exclude_namespaces=cfg.exclude_namespaces,
-                                            client=client(webhooks.POD_HANDLER_ID)),
-            webhooks.validating_configuration(failure_policy=cfg.failure_policy,
-                                              client=client(webhooks.PROFILE_HANDLER_ID)))
-    # The periodic pass over every profile (kopf keeps the indexes current meanwhile).
-    memo.resync_task = asyncio.create_task(
-        profiles.resync_loop(rt, settings, profiles_by_namespace, pods_by_namespace,
-                             hpas_by_namespace),
-        name="perfpilot-resync")
+    settings.admission.managed = None   # the chart (or the leader, locally) renders them
+    rt.certs = certs
+    me = cfg.leader_identity or f"{socket.gethostname()}:{cfg.webhook_port}"
+    if cfg.leader_election:
+        rt.leadership = Leadership(identity=me, namespace=cfg.namespace, lease=cfg.leader_lease)
+        elector = LeaseElector(api, rt.leadership, LeaseTimings())
+        memo.elector = elector
+        memo.election_task = asyncio.create_task(elector.run(), name="perfpilot-election")
+    else:
+        rt.leadership = always_leader(me)
+    # Only the leader runs the periodic pass and keeps the webhook configurations; every
+    # replica serves the webhooks (kopf keeps the indexes current on all of them).
+    memo.leader_task = asyncio.create_task(
+        lead(rt, settings, profiles_by_namespace, pods_by_namespace, hpas_by_namespace),
+        name="perfpilot-leader")
     logger.info(f"perfpilot operator ready: Kubernetes 1.{minor}, native sidecars "
-                f"{'on' if native else 'off'}, in-place resize {'on' if rt.resize else 'off'}, webhooks on {cfg.webhook_host}:{cfg.webhook_port}")
+                f"{'on' if native else 'off'}, in-place resize {'on' if rt.resize else 'off'}, "
+                f"webhooks on {cfg.webhook_host}:{cfg.webhook_port}, leader election "
+                + (f"by lease {cfg.namespace}/{cfg.leader_lease} as {me}"
+                   if cfg.leader_election else "off"))
+
+
+async def lead(rt: Runtime, settings: kopf.OperatorSettings, profiles_by_namespace: Any,
+               pods_by_namespace: Any, hpas_by_namespace: Any) -> None:
+    """While this replica leads: the resync loop and the webhook keeper; stopped at once when
+    it stops leading. Level-triggered: a new leader's first pass reconciles every profile from
+    what the cluster and the sidecars say, so a spec change made while nobody led is not lost."""
+    ld: Leadership = rt.leadership
+    keeper = Keeper(rt)
+    while True:
+        await ld.elected.wait()
+        tasks = [asyncio.create_task(profiles.resync_loop(
+            rt, settings, profiles_by_namespace, pods_by_namespace, hpas_by_namespace),
+            name="perfpilot-resync")]
+        if rt.settings.register_webhooks:
+            tasks.append(asyncio.create_task(_keep_webhooks(keeper, rt.settings.resync_interval),
+                                             name="perfpilot-webhooks"))
+        try:
+            while ld.is_leader:
+                ld.changed.clear()
+                await ld.changed.wait()
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            # Nothing learnt while leading is trusted later: the next term starts from status.
+            for namespace, name in list(rt.profiles):
+                profiles.forget_profile_state(rt, namespace, name)
+
+
+async def _keep_webhooks(keeper: Keeper, interval: float) -> None:
+    while True:
+        await keeper.run_once()
+        await asyncio.sleep(interval)
 
 
 @kopf.on.cleanup(id="cleanup")
 async def cleanup(memo: Any, **_: Any) -> None:
-    task: asyncio.Task[None] | None = getattr(memo, "resync_task", None)
-    if task is not None:
+    tasks = [t for t in (getattr(memo, "leader_task", None), getattr(memo, "election_task", None))
+             if t is not None]
+    for task in tasks:
         task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+    await asyncio.gather(*tasks, return_exceptions=True)
+    elector: LeaseElector | None = getattr(memo, "elector", None)
+    if elector is not None:
+        await elector.release()     # the next replica takes over at its next poll
     rt: Runtime | None = getattr(memo, "runtime", None)
     if rt is not None:
         await rt.agents.close()

@@ -1,0 +1,182 @@
+"""Leader election: every replica serves the webhooks, exactly one (the Lease holder) acts.
+
+A coordination.k8s.io/v1 Lease in the operator's namespace, managed as client-go's
+leaderelection does (logic/lease.py holds the rules). Not kopf's peering: peers of the same
+priority both keep running (kopf only warns), and a paused kopf operator pauses every watch
+stream, its indexes included, which the webhooks of every replica read.
+
+`kubectl get lease -n <namespace>` shows the holder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from perfpilot_operator import metrics as prom
+from perfpilot_operator.logic.lease import (
+    Action, LeaseTimings, Record, decide, lease_spec, released_spec,
+)
+
+log = logging.getLogger("perfpilot_operator.leader")
+
+
+@dataclass
+class Leadership:
+    """Who leads, as this replica last saw it. `elected` is set while this replica leads;
+    `changed` is set on every change (whoever waits on it clears it)."""
+    identity: str
+    namespace: str = ""
+    lease: str = ""
+    is_leader: bool = False
+    holder: str = ""
+    elected: asyncio.Event = field(default_factory=asyncio.Event)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def set(self, leader: bool, holder: str) -> None:
+        if leader == self.is_leader and holder == self.holder:
+            return
+        was = self.is_leader
+        self.is_leader, self.holder = leader, holder
+        prom.LEADER.labels(self.identity).set(1 if leader else 0)
+        where = f"lease {self.namespace}/{self.lease}"
+        if leader and not was:
+            log.info(f"{self.identity} is now the leader ({where}): it runs rollout, stats, "
+                     f"alerts, autoscaling, the audit and the webhook configurations")
+            self.elected.set()
+        elif was and not leader:
+            log.warning(f"{self.identity} is no longer the leader ({where}, holder now "
+                        f"{holder or 'nobody'}): its control loops stop; webhooks keep serving")
+            self.elected.clear()
+        elif holder:
+            log.info(f"the leader is {holder} ({where}); {self.identity} serves webhooks only")
+        self.changed.set()
+
+
+def always_leader(identity: str) -> Leadership:
+    """Leader election off (PERFPILOT_LEADER_ELECTION=false): one replica that always acts."""
+    ld = Leadership(identity=identity)
+    ld.set(True, identity)
+    return ld
+
+
+class LeaseElector:
+    """Reads and writes the Lease every retry period (the official client, in a thread)."""
+
+    def __init__(self, api: client.ApiClient, leadership: Leadership,
+                 timings: LeaseTimings) -> None:
+        self.api = api
+        self.coord = client.CoordinationV1Api(api)
+        self.ld = leadership
+        self.timings = timings
+        self._observed: tuple[str, float] | None = None    # (resourceVersion, first seen)
+        self._renewed: float | None = None                 # monotonic time of our last write
+        self._record: Record | None = None
+        self._complained = False
+
+    def _read(self) -> dict[str, Any] | None:
+        try:
+            lease = self.coord.read_namespaced_lease(self.ld.lease, self.ld.namespace)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        return dict(self.api.sanitize_for_serialization(lease))
+
+    def _write(self, record: Record | None, spec: dict[str, Any]) -> Record:
+        body: dict[str, Any] = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                                "metadata": {"name": self.ld.lease,
+                                             "labels": {"app.kubernetes.io/part-of": "perfpilot"}},
+                                "spec": spec}
+        if record is not None:
+            body["metadata"]["resourceVersion"] = record.resource_version
+        lease = client.V1Lease.from_dict(body)
+        assert lease is not None
+        if record is None:
+            out = self.coord.create_namespaced_lease(self.ld.namespace, lease)
+        else:
+            out = self.coord.replace_namespaced_lease(self.ld.lease, self.ld.namespace, lease)
+        return Record.from_lease(dict(self.api.sanitize_for_serialization(out)))
+
+    def step(self) -> None:
+        """One attempt: read, decide, maybe write; updates the Leadership."""
+        now = time.monotonic()
+        raw = self._read()
+        record = Record.from_lease(raw) if raw is not None else None
+        if record is not None and (self._observed is None
+                                   or self._observed[0] != record.resource_version):
+            self._observed = (record.resource_version, now)
+        action = decide(record, self.ld.identity,
+                        self._observed[1] if self._observed else now, now)
+        if action is Action.WAIT:
+            assert record is not None
+            self._record = record
+            self.ld.set(False, record.holder)
+            return
+        spec = lease_spec(record, self.ld.identity, action, self.timings,
+                          dt.datetime.now(dt.UTC))
+        try:
+            self._record = self._write(record, spec)
+        except ApiException as e:
+            if e.status in (409, 422):   # another replica wrote first: read again next time
+                return
+            raise
+        self._renewed = time.monotonic()
+        self._observed = (self._record.resource_version, self._renewed)
+        self.ld.set(True, self.ld.identity)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.step)
+                self._complained = False
+            except ApiException as e:
+                self._report(f"{e.status} {e.reason}: {_message(e)}", e.status)
+            except Exception as e:  # noqa: BLE001 - the API server may be away; try again
+                self._report(str(e) or type(e).__name__, None)
+            if self.ld.is_leader and self._renewed is not None and \
+                    time.monotonic() - self._renewed > self.timings.renew_deadline:
+                # Another replica may take over soon: stop acting before it can start.
+                self.ld.set(False, "")
+            await asyncio.sleep(self.timings.retry)
+
+    def _report(self, what: str, status: int | None) -> None:
+        where = f"Lease {self.ld.namespace}/{self.ld.lease}"
+        if status == 404:
+            what += (f" - create the namespace {self.ld.namespace!r} (the chart does) or set "
+                     f"PERFPILOT_NAMESPACE to the operator's namespace")
+        elif status == 403:
+            what += (" - the ServiceAccount needs get/create/update on leases in its own "
+                     "namespace (the chart's Role)")
+        (log.error if not self._complained else log.debug)(
+            f"leader election: cannot read/write {where}: {what}")
+        self._complained = True
+
+    async def release(self) -> None:
+        """On a clean shutdown, hand the lease over at once (the others need not wait)."""
+        if not self.ld.is_leader or self._record is None:
+            return
+        self.ld.set(False, "")
+        record = self._record
+        try:
+            await asyncio.to_thread(self._write, record, released_spec(record))
+            log.info(f"released lease {self.ld.namespace}/{self.ld.lease}")
+        except Exception as e:  # noqa: BLE001 - it expires by itself anyway
+            log.warning(f"could not release lease {self.ld.namespace}/{self.ld.lease} "
+                        f"(it expires in {self.timings.duration:g}s): {e}")
+
+
+def _message(e: ApiException) -> str:
+    import json
+
+    try:
+        return str(json.loads(e.body or "").get("message", e.reason))
+    except (TypeError, ValueError):
+        return str(e.reason)
