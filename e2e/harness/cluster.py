@@ -139,8 +139,12 @@ class LocalCluster:
         return proc
 
     def apply_crds(self) -> None:
-        """Apply every CRD in crds/ and wait until each one is Established."""
+        """Apply every CRD in crds/ and wait until each one is Established; create the namespace
+        where a host-run operator keeps its leader Lease (settings.py: perfpilot-system)."""
         import yaml  # the operator extra's pyyaml; only the harness needs it here
+
+        self.kubectl("apply", "-f", "-", input="apiVersion: v1\nkind: Namespace\n"
+                                               "metadata: {name: perfpilot-system}\n")
 
         files = sorted(p for p in (ROOT / "crds").glob("*.yaml"))
         if not files:

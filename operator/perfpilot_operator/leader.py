@@ -134,18 +134,21 @@ class LeaseElector:
 
     async def run(self) -> None:
         while True:
-            try:
-                await asyncio.to_thread(self.step)
-                self._complained = False
-            except ApiException as e:
-                self._report(f"{e.status} {e.reason}: {_message(e)}", e.status)
-            except Exception as e:  # noqa: BLE001 - the API server may be away; try again
-                self._report(str(e) or type(e).__name__, None)
-            if self.ld.is_leader and self._renewed is not None and \
-                    time.monotonic() - self._renewed > self.timings.renew_deadline:
-                # Another replica may take over soon: stop acting before it can start.
-                self.ld.set(False, "")
+            await self.attempt()
             await asyncio.sleep(self.timings.retry)
+
+    async def attempt(self) -> None:
+        try:
+            await asyncio.to_thread(self.step)
+            self._complained = False
+        except ApiException as e:
+            self._report(f"{e.status} {e.reason}: {_message(e)}", e.status)
+        except Exception as e:  # noqa: BLE001 - the API server may be away; try again
+            self._report(str(e) or type(e).__name__, None)
+        if self.ld.is_leader and self._renewed is not None and \
+                time.monotonic() - self._renewed > self.timings.renew_deadline:
+            # Another replica may take over soon: stop acting before it can start.
+            self.ld.set(False, "")
 
     def _report(self, what: str, status: int | None) -> None:
         where = f"Lease {self.ld.namespace}/{self.ld.lease}"

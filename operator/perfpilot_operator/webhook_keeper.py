@@ -48,6 +48,7 @@ def desired(cfg: Settings, ca_bundle: bytes) -> list[dict[str, Any]]:
 @dataclass
 class Keeper:
     rt: Runtime
+    seen: set[str] = field(default_factory=set)          # found present at least once
     missing_since: dict[str, float] = field(default_factory=dict)
     reminded: dict[str, float] = field(default_factory=dict)
 
@@ -66,6 +67,7 @@ class Keeper:
             prom.WEBHOOK_CONFIGURATION_PRESENT.labels(name).set(0)
             await self._missing(body)
             return
+        self.seen.add(name)
         if name in self.missing_since:
             took = time.monotonic() - self.missing_since.pop(name)
             self.reminded.pop(name, None)
@@ -94,8 +96,12 @@ class Keeper:
             took = now - self.missing_since.pop(name)
             prom.WEBHOOK_CONFIGURATION_PRESENT.labels(name).set(1)
             prom.WEBHOOK_CONFIGURATION_RESTORES.labels(name, "created").inc()
-            log.warning(f"{kind} {name} was missing; created it (detected within one resync, "
-                        f"{took:.1f}s after first seen missing)")
+            if name in self.seen:
+                log.warning(f"{kind} {name} was deleted; re-created it {took:.1f}s after this "
+                            f"replica first saw it missing")
+            else:
+                log.info(f"{kind} {name} registered")
+            self.seen.add(name)
             return
         # Least privilege: this ServiceAccount may not create webhook configurations.
         message = (f"{kind} {name} was deleted: opted-in pods get no sidecar and PerfProfiles "

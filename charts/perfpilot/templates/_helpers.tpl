@@ -66,11 +66,21 @@ app.kubernetes.io/component: operator
 {{- end }}
 
 {{/*
-The webhook configurations the operator creates at run time (operator/perfpilot_operator/logic/webhooks.py,
-MUTATING_NAME and VALIDATING_NAME); the RBAC and the uninstall hook name them.
+The webhook configurations the chart renders (templates/webhookconfigurations.yaml) and the
+operator keeps (PERFPILOT_MUTATING_WEBHOOK / PERFPILOT_VALIDATING_WEBHOOK); the RBAC names them.
+Release "perfpilot": perfpilot-pod-injector and perfpilot-profile-validator, the names the
+operator uses out of cluster (logic/webhooks.py MUTATING_NAME, VALIDATING_NAME).
 */}}
-{{- define "perfpilot.mutatingWebhookName" -}}perfpilot-pod-injector{{- end }}
-{{- define "perfpilot.validatingWebhookName" -}}perfpilot-profile-validator{{- end }}
+{{- define "perfpilot.mutatingWebhookName" -}}{{ include "perfpilot.fullname" . | trunc 49 | trimSuffix "-" }}-pod-injector{{- end }}
+{{- define "perfpilot.validatingWebhookName" -}}{{ include "perfpilot.fullname" . | trunc 43 | trimSuffix "-" }}-profile-validator{{- end }}
+{{/* The leader election Lease in the release's namespace (PERFPILOT_LEADER_LEASE). */}}
+{{- define "perfpilot.leaseName" -}}{{ include "perfpilot.fullname" . | trunc 54 | trimSuffix "-" }}-operator{{- end }}
+{{/*
+The URL paths of the two webhooks (logic/webhooks.py POD_HANDLER_ID, PROFILE_HANDLER_ID): when no
+replica answers, the API server's refusal quotes the URL, so the path says what is down.
+*/}}
+{{- define "perfpilot.podWebhookPath" -}}/perfpilot-sidecar-injector-unavailable-check-operator-pods{{- end }}
+{{- define "perfpilot.profileWebhookPath" -}}/perfpilot-profile-validator-unavailable-check-operator-pods{{- end }}
 {{/* The per-namespace agent token Secret the operator creates (SidecarTemplate.token_secret). */}}
 {{- define "perfpilot.tokenSecretName" -}}perfpilot-agent-token{{- end }}
 {{/*
@@ -80,3 +90,9 @@ PodMonitor selects on both. tests/chart reads them from the operator's code.
 */}}
 {{- define "perfpilot.injectedPodLabel" -}}perfpilot.io/profile{{- end }}
 {{- define "perfpilot.sidecarMetricsPortName" -}}pp-metrics{{- end }}
+{{/* A map as k=v,k2=v2 (sorted), for PERFPILOT_WEBHOOK_NAMESPACE_LABELS. */}}
+{{- define "perfpilot.labelPairs" -}}
+{{- $pairs := list }}
+{{- range $k, $v := . }}{{ $pairs = append $pairs (printf "%s=%s" $k $v) }}{{ end }}
+{{- join "," $pairs }}
+{{- end }}

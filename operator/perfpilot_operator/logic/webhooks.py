@@ -116,13 +116,16 @@ def drift(current: dict[str, Any], desired: dict[str, Any]) -> list[str]:
             out.append(f"webhooks[{n}]: missing")
             continue
         for key in sorted(set(w) | set(have[n])):
-            if have[n].get(key) != w.get(key):
-                if key == "clientConfig" and have[n].get(key, {}).get("caBundle") != \
-                        w[key].get("caBundle"):
+            was, want_ = have[n].get(key), w.get(key)
+            if was == want_:
+                continue
+            if key == "clientConfig":
+                was, want_ = dict(was or {}), dict(want_ or {})
+                if was.pop("caBundle", None) != want_.pop("caBundle", None):
                     out.append(f"webhooks[{n}].clientConfig.caBundle: not the operator's CA")
-                    if {**have[n][key], "caBundle": None} == {**w[key], "caBundle": None}:
-                        continue
-                out.append(f"webhooks[{n}].{key}: {have[n].get(key)!r} -> {w.get(key)!r}")
+                if was == want_:
+                    continue
+            out.append(f"webhooks[{n}].{key}: {was!r} -> {want_!r}")
     return out
 
 

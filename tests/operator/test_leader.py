@@ -1,0 +1,203 @@
+"""Leader election (logic/lease.py, leader.py) against a fake Lease API with the API server's
+optimistic concurrency (resourceVersion), and the clock moved by hand."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import datetime as dt
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from perfpilot_operator import leader as leader_mod
+from perfpilot_operator import metrics as prom
+from perfpilot_operator.leader import Leadership, LeaseElector, always_leader
+from perfpilot_operator.logic.lease import (
+    Action, LeaseTimings, Record, decide, lease_spec, released_spec,
+)
+
+T = LeaseTimings()
+
+
+def test_decide_follows_client_go() -> None:
+    held = Record(holder="b", duration=10, transitions=3, resource_version="7")
+    assert decide(None, "a", 0, 0) is Action.CREATE
+    assert decide(held, "b", 0, 100) is Action.RENEW
+    # Another holder: alive until the record has stayed unchanged for the whole duration, by
+    # the candidate's own clock (never the holder's renewTime).
+    assert decide(held, "a", observed_at=50, now=59.9) is Action.WAIT
+    assert decide(held, "a", observed_at=50, now=60) is Action.ACQUIRE
+    released = Record(holder="", duration=1, transitions=3, resource_version="8")
+    assert decide(released, "a", observed_at=50, now=50) is Action.ACQUIRE
+
+
+def test_lease_spec_counts_transitions() -> None:
+    now = dt.datetime(2026, 1, 2, 3, 4, 5, 6000, tzinfo=dt.UTC)
+    held = Record(holder="b", duration=10, transitions=3, resource_version="7")
+    created = lease_spec(None, "a", Action.CREATE, T, now)
+    assert created == {"holderIdentity": "a", "leaseDurationSeconds": 10,
+                       "renewTime": "2026-01-02T03:04:05.006000Z",
+                       "acquireTime": "2026-01-02T03:04:05.006000Z", "leaseTransitions": 0}
+    assert lease_spec(held, "a", Action.ACQUIRE, T, now)["leaseTransitions"] == 4
+    renewed = lease_spec(held, "b", Action.RENEW, T, now)
+    assert renewed["leaseTransitions"] == 3 and "acquireTime" not in renewed
+    assert released_spec(held) == {"holderIdentity": None, "leaseDurationSeconds": 1,
+                                   "leaseTransitions": 3}
+
+
+def test_timings_are_checked() -> None:
+    with pytest.raises(ValueError, match="renew deadline"):
+        LeaseTimings(duration=5, renew_deadline=6, retry=1)
+
+
+class FakeLeases:
+    """read/create/replace of one Lease with resourceVersion checks (409 on a stale write)."""
+
+    def __init__(self) -> None:
+        self.obj: dict[str, Any] | None = None
+        self.rv = 0
+        self.down = False
+        self.api = client.ApiClient()
+
+    def _check(self) -> None:
+        if self.down:
+            raise ApiException(status=503, reason="Service Unavailable")
+
+    def read_namespaced_lease(self, name: str, namespace: str) -> client.V1Lease:
+        self._check()
+        if self.obj is None:
+            raise ApiException(status=404, reason="Not Found")
+        return client.V1Lease.from_dict(copy.deepcopy(self.obj))
+
+    def _store(self, lease: client.V1Lease) -> client.V1Lease:
+        self.rv += 1
+        body = self.api.sanitize_for_serialization(lease)
+        body["metadata"]["resourceVersion"] = str(self.rv)
+        self.obj = body
+        return client.V1Lease.from_dict(copy.deepcopy(body))
+
+    def create_namespaced_lease(self, namespace: str, lease: client.V1Lease) -> client.V1Lease:
+        self._check()
+        if self.obj is not None:
+            raise ApiException(status=409, reason="AlreadyExists")
+        return self._store(lease)
+
+    def replace_namespaced_lease(self, name: str, namespace: str, lease: client.V1Lease
+                                 ) -> client.V1Lease:
+        self._check()
+        assert self.obj is not None
+        if lease.metadata.resource_version != self.obj["metadata"]["resourceVersion"]:
+            raise ApiException(status=409, reason="Conflict")
+        return self._store(lease)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture()
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    c = Clock()
+    monkeypatch.setattr(leader_mod.time, "monotonic", c)
+    return c
+
+
+def elector(fake: FakeLeases, identity: str) -> LeaseElector:
+    ld = Leadership(identity=identity, namespace="perfpilot-system", lease="perfpilot-operator")
+    e = LeaseElector(client.ApiClient(), ld, T)
+    e.coord = fake  # type: ignore[assignment]
+    return e
+
+
+def test_one_leader_and_takeover_after_the_lease_expires(clock: Clock) -> None:
+    fake = FakeLeases()
+    a, b = elector(fake, "a"), elector(fake, "b")
+    a.step()
+    b.step()
+    assert (a.ld.is_leader, b.ld.is_leader) == (True, False)
+    assert b.ld.holder == "a" and fake.obj and fake.obj["spec"]["holderIdentity"] == "a"
+    for _ in range(10):           # a renews every retry period; b never takes over
+        clock.now += T.retry
+        a.step()
+        b.step()
+        assert (a.ld.is_leader, b.ld.is_leader) == (True, False)
+    # a dies: b waits out the duration from the last change it saw, then takes over.
+    takeover = None
+    for i in range(1, 20):
+        clock.now += T.retry
+        b.step()
+        if b.ld.is_leader:
+            takeover = i * T.retry
+            break
+    assert takeover is not None and T.duration <= takeover <= T.duration + T.retry
+    assert fake.obj and fake.obj["spec"]["holderIdentity"] == "b"
+    assert fake.obj["spec"]["leaseTransitions"] == 1
+    assert prom.LEADER.labels("b")._value.get() == 1   # noqa: SLF001
+
+
+def test_a_leader_that_cannot_renew_steps_down_before_the_lease_expires(clock: Clock) -> None:
+    fake = FakeLeases()
+    a = elector(fake, "a")
+    a.step()
+    assert a.ld.is_leader
+    fake.down = True
+
+    renewed = clock.now
+    while a.ld.is_leader:
+        clock.now += T.retry
+        asyncio.run(a.attempt())
+    took = clock.now - renewed
+    # It stops acting after the renew deadline, before anyone may take over (the duration).
+    assert T.renew_deadline < took <= T.renew_deadline + T.retry < T.duration
+    assert not a.ld.elected.is_set() and a.ld.holder == ""
+
+
+def test_release_hands_over_at_once(clock: Clock) -> None:
+    fake = FakeLeases()
+    a, b = elector(fake, "a"), elector(fake, "b")
+    a.step()
+    b.step()
+    asyncio.run(a.release())
+    assert not a.ld.is_leader
+    b.step()                       # no waiting for the duration
+    assert b.ld.is_leader
+
+
+def test_two_candidates_racing_for_a_free_lease_get_one_leader(clock: Clock) -> None:
+    fake = FakeLeases()
+    a, b = elector(fake, "a"), elector(fake, "b")
+    # Both read "no lease" before either writes: the second create gets 409 and stays out.
+    orig = fake.read_namespaced_lease
+    reads = {"n": 0}
+
+    def stale_read(name: str, namespace: str) -> client.V1Lease:
+        reads["n"] += 1
+        if reads["n"] <= 2:
+            raise ApiException(status=404, reason="Not Found")
+        return orig(name, namespace)
+
+    fake.read_namespaced_lease = stale_read  # type: ignore[method-assign]
+    a.step()
+    b.step()
+    assert (a.ld.is_leader, b.ld.is_leader) == (True, False)
+    b.step()
+    assert b.ld.holder == "a"
+
+
+def test_leadership_events_and_always_leader() -> None:
+    ld = Leadership(identity="me")
+    ld.set(True, "me")
+    assert ld.elected.is_set() and ld.changed.is_set()
+    ld.changed.clear()
+    ld.set(True, "me")             # no change, no event
+    assert not ld.changed.is_set()
+    ld.set(False, "other")
+    assert not ld.elected.is_set() and ld.changed.is_set() and ld.holder == "other"
+    assert always_leader("solo").is_leader
