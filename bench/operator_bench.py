@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Entry, entry, failed_entry, median, percentile
+from perfpilot_operator.logic.webhooks import POD_HANDLER_ID
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -886,7 +887,7 @@ def webhook_direct(h: Harness, ns: str, n: int) -> list[float]:
             }
             body = json.dumps(review).encode()
             t0 = time.perf_counter()
-            conn.request("POST", "/inject-sidecar?timeout=5s", body,
+            conn.request("POST", f"/{POD_HANDLER_ID}?timeout=5s", body,
                          {"Content-Type": "application/json"})
             r = conn.getresponse()
             data = r.read()
