@@ -134,9 +134,10 @@ def test_deployment_defaults(default: list[dict[str, Any]]) -> None:
         "maxUnavailable": 0, "maxSurge": 1}}
     pod = dep["spec"]["template"]["spec"]
     selector = dep["spec"]["selector"]["matchLabels"]
-    assert pod["topologySpreadConstraints"] == [{
-        "maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
-        "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": {"matchLabels": selector}}]
+    assert pod["affinity"] == {"podAntiAffinity": {
+        "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 100, "podAffinityTerm": {
+            "topologyKey": "kubernetes.io/hostname",
+            "labelSelector": {"matchLabels": selector}}}]}}
     pdb = one(default, "PodDisruptionBudget")
     assert pdb["spec"] == {"minAvailable": 1, "selector": {"matchLabels": selector}}
     env = env_of(operator_container(default))
@@ -158,7 +159,10 @@ def test_one_replica_has_no_pdb_and_spreading_can_be_off() -> None:
     """minAvailable 1 over one replica would block every drain of its node."""
     docs = render("replicas=1", "spreadAcrossNodes=false")
     assert not [d for d in docs if d["kind"] == "PodDisruptionBudget"]
-    assert "topologySpreadConstraints" not in one(docs, "Deployment")["spec"]["template"]["spec"]
+    assert "affinity" not in one(docs, "Deployment")["spec"]["template"]["spec"]
+    mine = render("affinity.nodeAffinity.x=y")      # the user's affinity replaces the default
+    assert one(mine, "Deployment")["spec"]["template"]["spec"]["affinity"] == {
+        "nodeAffinity": {"x": "y"}}
     assert not [d for d in render("podDisruptionBudget.enabled=false")
                 if d["kind"] == "PodDisruptionBudget"]
 

@@ -23,9 +23,6 @@ IGNORED = {
                                                      "writable volume is an emptyDir with a sizeLimit",
     "pod-networkpolicy": "sources differ per cluster (API server -> webhook, Prometheus -> "
                          "metrics); a NetworkPolicy is the cluster admin's, not shipped (noted)",
-    "deployment-strategy": "Recreate on purpose: never two operators at once (no leader election, "
-                           "each replica registers the webhooks with its own CA)",
-    "deployment-replicas": "replicas is 0 or 1 until leader election exists (values.schema.json)",
 }
 # Flags narrowing a check instead of dropping it: container-resources still requires requests
 # and a memory limit.
