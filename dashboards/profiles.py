@@ -202,6 +202,31 @@ def build() -> Dashboard:
         unit="reqps"),
         width=24, height=7)
 
+    lay.row("Operator replicas")
+    lay.add(timeseries(
+        "Leader",
+        "1 on the operator replica that holds the leader Lease and runs rollout, stats, alerts, "
+        "autoscaling and the audit; 0 on the others (they serve the webhooks only). No line at "
+        "1: no replica leads (profiles' status, scaling and alerts pause; `kubectl get lease -n "
+        "<operator namespace>`); two at once: two releases, or a replica cut off from the API "
+        "server that has not yet noticed (it stops acting within 7 s).",
+        [Query("max by (pod) (perfpilot_operator_leader)", "{{pod}}")],
+        unit="short", steps=True),
+        width=12, height=7)
+    lay.add(timeseries(
+        "Webhook configurations",
+        "1 while each of perfpilot's webhook configurations exists (as the leader sees it). 0: "
+        "it was deleted - opted-in pods get no sidecar; under the chart's RBAC the operator may "
+        "not re-create it: `helm upgrade --install ... --reuse-values` or `helm rollback`. Bars "
+        "below: configurations the leader patched back (changed behind its back) or created.",
+        [Query("max by (name) (perfpilot_operator_webhook_configuration_present)",
+               "{{name}} present"),
+         Query("sum by (name, action) (increase("
+               "perfpilot_operator_webhook_configuration_restores_total[$__rate_interval]))",
+               "{{name}} {{action}}")],
+        unit="short", steps=True),
+        width=12, height=7)
+
     lay.row("Alerts")
     lay.add(table(
         "Active alerts",

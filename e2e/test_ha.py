@@ -339,8 +339,12 @@ def test_webhook_configuration_edited_or_deleted_is_restored(pair: Pair,
 
 def test_no_replica_answers_and_the_refusal_says_the_injector_is_unavailable(
         pair: Pair, cluster: LocalCluster, namespace: str) -> None:
-    for r in (pair.a, pair.b):
-        pair.stop(r)
+    leader = pair.a if holder(cluster) == pair.a.identity else pair.b
+    follower = pair.b if leader is pair.a else pair.a
+    pair.stop(follower)
+    pair.stop(leader)          # SIGTERM: a clean shutdown hands the Lease over
+    assert holder(cluster) == "", "the leader did not release its Lease on SIGTERM"
+    assert "released lease perfpilot-system/perfpilot-operator" in pair.log(leader)
     try:
         out = cluster.kubectl("create", "-n", namespace, "-f", "-",
                               input=opt_in_pod(f"refused-{uuid.uuid4().hex[:4]}"), check=False)
@@ -349,4 +353,8 @@ def test_no_replica_answers_and_the_refusal_says_the_injector_is_unavailable(
         assert 'failed calling webhook "sidecar-injector.perfpilot.io"' in out.stderr
         assert "/perfpilot-sidecar-injector-unavailable-check-operator-pods" in out.stderr
     finally:
+        t0 = time.monotonic()
         pair.start(pair.a)
+        until(pair, lambda: holder(cluster) == pair.a.identity, "a to lead again", 30)
+        print(f"[ha] a released Lease taken by a starting replica "
+              f"{time.monotonic() - t0:.1f}s after its start (process start included)")

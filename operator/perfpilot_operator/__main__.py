@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     memo = kopf.Memo(settings=settings)
     try:
         asyncio.run(kopf.operator(
-            clusterwide=True, standalone=True, memo=memo,  # no peering: one replica (see chart)
+            # No kopf peering: replicas elect a leader by Lease instead (leader.py says why).
+            clusterwide=True, standalone=True, memo=memo,
             liveness_endpoint=f"http://{settings.health_host}:{settings.health_port}/healthz"))
     except KeyboardInterrupt:
         pass

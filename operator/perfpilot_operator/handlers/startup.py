@@ -1,4 +1,5 @@
-"""Operator start-up: settings, clients, webhook server and registrations, feature detection."""
+"""Operator start-up: settings, clients, webhook server, leader election, feature detection;
+while this replica leads (`lead`): the resync loop and the webhook configurations."""
 
 from __future__ import annotations
 
