@@ -264,11 +264,19 @@ def mb(n: int) -> float:
 
 
 def test_webhooks_go_through_the_charts_service(cluster: LocalCluster, chart: str) -> None:
-    cfg = kubectl_json(cluster, "get", "mutatingwebhookconfiguration", "perfpilot-pod-injector")
+    # The chart renders the configuration (named after the release); the operator in its
+    # container patched its CA in, under the chart's RBAC (get/patch by name, no create).
+    [cfg] = [c for c in kubectl_json(cluster, "get", "mutatingwebhookconfigurations")["items"]
+             if c["webhooks"][0]["clientConfig"].get("service", {}).get("namespace") == chart]
+    assert cfg["metadata"]["name"].endswith("-perfpilot-pod-injector"), cfg["metadata"]
     svc = cfg["webhooks"][0]["clientConfig"]["service"]
-    assert svc["namespace"] == chart and svc["name"].endswith("-perfpilot"), svc
+    assert svc["name"].endswith("-perfpilot"), svc
+    assert cfg["webhooks"][0]["clientConfig"].get("caBundle"), "no CA patched in"
     [pod] = kubectl_json(cluster, "get", "pods", "-n", chart, "-l",
                          "app.kubernetes.io/component=operator")["items"]
+    # ... and leads: the Lease in its namespace names the pod.
+    [lease] = kubectl_json(cluster, "get", "leases", "-n", chart)["items"]
+    assert lease["spec"]["holderIdentity"] == pod["metadata"]["name"], lease["spec"]
     if placement:
         assert pod["spec"]["nodeName"] == node_name(cluster)
     assert pod["status"]["containerStatuses"][0]["ready"] is True
