@@ -10,6 +10,8 @@ same TTLCache code as L2, perfpilot_contract.tiercache, so dependents go too). G
 - L1 serves only while the stream is live: subscribed, synced, and a batch (events or the
   sidecar's keepalive) seen within `grace` seconds. When the stream breaks, the sidecar reports
   lost events, or the config changes, L1 is cleared (a resync) and fills again from L2.
+- A write by this client keeps its own value: the event of that write (sequence <= the entry's)
+  does not drop it; any later event does.
 - A fill from an L2 read is skipped when an event newer than the read was already applied (it
   might concern the key), so a slow read can never re-insert a value an event just dropped.
 - Bounded in entries and bytes (LRU), entries live at most `cache.l1.ttl` and never longer than
@@ -93,7 +95,7 @@ class NearCache:
             self.misses += 1
             return None
         self.hits += 1
-        value: bytes = hit.value
+        value: bytes = hit.value[0]
         return value
 
     def ticket(self) -> tuple[int, int]:
@@ -114,7 +116,8 @@ class NearCache:
                 self._cache.drop(keys=(key,))
                 return False
             ttl = s.ttl if ttl_left is None else min(s.ttl, ttl_left)
-            self._cache.write(key, value, ttl=ttl, size=len(key) + len(value) + ENTRY_OVERHEAD_BYTES, deps=deps)
+            self._cache.write(key, (value, sequence), ttl=ttl, size=len(key) + len(value) + ENTRY_OVERHEAD_BYTES,
+                              deps=deps)
             return key in self._cache
 
     def discard(self, *, prefixes: Iterable[str] = (), keys: Iterable[str] = (), tags: Iterable[str] = ()) -> int:
@@ -162,8 +165,9 @@ class NearCache:
                     c = ev.cache
                     if c.truncated or "" in c.prefixes:
                         self.invalidations += self._cache.clear()
-                    else:
-                        self.invalidations += self._cache.drop(prefixes=c.prefixes, keys=c.keys, tags=c.tags).removed
+                    else:  # a key filled as of this event or later already holds the change (our own write)
+                        keys = [k for k in c.keys if (self._cache.peek(k) or (b"", 0))[1] < ev.sequence]
+                        self.invalidations += self._cache.drop(prefixes=c.prefixes, keys=keys, tags=c.tags).removed
                     self.events += 1
                     self.staleness.append(max(0, now_ns - ev.time_unix_nano) / 1e9)
                 self.applied = max(self.applied, ev.sequence)

@@ -132,6 +132,11 @@ class TTLCache:
         self.counters.hits += 1
         return Hit(value, expires - now, deps)
 
+    def peek(self, key: str) -> Any:
+        """The value stored under `key` (expired or not), else None; no counters, no LRU move."""
+        item = self._data.get(key)
+        return None if item is None else item[1]
+
     def get(self, key: str) -> tuple[Any, float] | None:
         """(value, seconds left) for a live entry, else None."""
         hit = self.lookup(key)
