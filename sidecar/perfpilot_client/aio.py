@@ -55,9 +55,11 @@ class AsyncAgentClient(ClientBase):
         batch_size: int | None = None,
         batch_wait: float | None = None,
         max_message_bytes: int = 64 << 20,
+        near_cache: bool = True,
     ) -> None:
         super().__init__(target, token=token, timeout=timeout, shm_threshold=shm_threshold,
-                         batch_size=batch_size, batch_wait=batch_wait, max_message_bytes=max_message_bytes)
+                         batch_size=batch_size, batch_wait=batch_wait, max_message_bytes=max_message_bytes,
+                         near_cache=near_cache)
         self._channel: aio.Channel | None = None
         self._stub: pb_grpc.AgentAsyncStub | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

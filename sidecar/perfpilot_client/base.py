@@ -128,6 +128,7 @@ class ClientBase:
         batch_size: int | None,
         batch_wait: float | None,
         max_message_bytes: int,
+        near_cache: bool = True,
     ) -> None:
         self.target = normalize_target(target)
         token = token if token is not None else os.environ.get("PERFPILOT_TOKEN") or None
@@ -145,7 +146,7 @@ class ClientBase:
         self._config: AgentConfig | None = None
         self._callbacks: list[ConfigCallback] = []
         self._lock = threading.Lock()
-        self.l1 = NearCache()
+        self.l1 = NearCache(allowed=near_cache)
         self.timings.extra = self.l1.take_stats
 
     def set_default(self) -> None:

@@ -52,9 +52,11 @@ class AgentClient(ClientBase):
         batch_size: int | None = None,
         batch_wait: float | None = None,
         max_message_bytes: int = 64 << 20,
+        near_cache: bool = True,
     ) -> None:
         super().__init__(target, token=token, timeout=timeout, shm_threshold=shm_threshold,
-                         batch_size=batch_size, batch_wait=batch_wait, max_message_bytes=max_message_bytes)
+                         batch_size=batch_size, batch_wait=batch_wait, max_message_bytes=max_message_bytes,
+                         near_cache=near_cache)
         self.channel = grpc.insecure_channel(self.target, options=self.channel_options)
         self.stub = pb_grpc.AgentStub(self.channel)
         self._flusher: ThreadFlusher | None = None

@@ -50,8 +50,10 @@ def deps_from_proto(msg: pb.CacheDependencies) -> Deps:
 class NearCache:
     """The L1 of one client: off until the live config enables it and the event stream is live."""
 
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic, grace: float = GRACE_SECONDS) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic, grace: float = GRACE_SECONDS,
+                 allowed: bool = True) -> None:
         self.clock = clock
+        self.allowed = allowed  # False: this client never keeps an L1, whatever the profile says
         self.grace = grace
         self.settings = L1()
         self._cache_cfg: Cache | None = None
@@ -80,7 +82,7 @@ class NearCache:
 
     def serving(self) -> bool:
         """Enabled, subscribed and heard from within `grace` seconds."""
-        return self.settings.enabled and self._live and self.clock() < self._alive_until
+        return self.allowed and self.settings.enabled and self._live and self.clock() < self._alive_until
 
     # -- the app's reads and writes ------------------------------------------------------------------
 
