@@ -551,7 +551,8 @@ def _metric(port: str, name: str) -> float | None:
 
 def _deleted_webhook_configuration_is_reported(r: Release, log_path: Path,
                                                env: dict[str, str]) -> None:
-    """The chart's mode: the operator patched the CA into the release's pod webhook; deleted,
+    """The chart's mode: the operator patched the CA into the release's pod webhook; edited, it
+    is patched back; deleted,
     it may not re-create it (403 on create, by design): an ERROR naming `helm upgrade`, a
     Warning Event on the Lease, the metric at 0 - then `helm upgrade` restores it and the
     operator patches its CA in again."""
@@ -560,6 +561,14 @@ def _deleted_webhook_configuration_is_reported(r: Release, log_path: Path,
     _wait(lambda: "caBundle" in json.loads(c.kubectl(
         "get", "mutatingwebhookconfiguration", name, "-o", "json").stdout)["webhooks"][0][
         "clientConfig"], "the operator's CA patched into the chart's configuration", 30)
+    # Changed behind its back: patched back, by name (get + patch are all it may do).
+    c.kubectl("patch", "mutatingwebhookconfiguration", name, "--type=json", "-p",
+              '[{"op":"replace","path":"/webhooks/0/failurePolicy","value":"Ignore"}]')
+    t_edit = time.monotonic()
+    _wait(lambda: json.loads(c.kubectl("get", "mutatingwebhookconfiguration", name, "-o",
+                                       "json").stdout)["webhooks"][0]["failurePolicy"] == "Fail",
+          "failurePolicy patched back under the chart's RBAC", 30)
+    edited = time.monotonic() - t_edit
     c.kubectl("delete", "mutatingwebhookconfiguration", name)
     t0 = time.monotonic()
     _wait(lambda: _metric(port, name) == 0, "perfpilot_operator_webhook_configuration_present 0",
@@ -577,7 +586,8 @@ def _deleted_webhook_configuration_is_reported(r: Release, log_path: Path,
     _wait(lambda: _metric(port, name) == 1 and "caBundle" in json.loads(c.kubectl(
         "get", "mutatingwebhookconfiguration", name, "-o", "json").stdout)["webhooks"][0][
         "clientConfig"], "the restored configuration with the operator's CA", 30)
-    print(f"\n[helm] chart mode: deleted webhook configuration reported after {reported:.1f}s; "
+    print(f"\n[helm] chart mode: edited failurePolicy patched back after {edited:.1f}s; "
+          f"deleted webhook configuration reported after {reported:.1f}s; "
           f"after `helm upgrade` its caBundle patched in after {time.monotonic() - t1:.1f}s")
 
 
