@@ -15,7 +15,7 @@ from typing import Any
 from google.protobuf.duration_pb2 import Duration
 
 from perfpilot.v1 import agent_pb2 as pb
-from perfpilot_contract import durations
+from perfpilot_contract import durations, sharedcache
 from perfpilot_contract import limits as L
 from perfpilot_contract.durations import NS_PER_SECOND
 
@@ -46,6 +46,8 @@ class Cache:
 
     ttl: float = _s(L.CACHE_TTL)
     max_entries: int = L.CACHE_MAX_ENTRIES.number
+    shared: sharedcache.SharedCache | None = None
+    """The tier shared by every replica (None: off); see perfpilot_contract.sharedcache."""
 
 
 @dataclass(frozen=True)
@@ -136,8 +138,12 @@ def merge(current: LiveConfig, msg: pb.AgentConfig) -> LiveConfig:
         c = msg.cache
         if not c.HasField("ttl"):
             raise ConfigError("cache.ttl is required when cache is set")
+        try:
+            shared = sharedcache.from_proto(c.shared) if c.HasField("shared") else None
+        except sharedcache.SharedConfigError as exc:
+            raise ConfigError(str(exc)) from None
         cfg = replace(cfg, cache=Cache(ttl=check_duration(L.CACHE_TTL, c.ttl),
-                                       max_entries=check_int(L.CACHE_MAX_ENTRIES, c.max_entries)))
+                                       max_entries=check_int(L.CACHE_MAX_ENTRIES, c.max_entries), shared=shared))
     if msg.HasField("heartbeat"):
         h = msg.heartbeat
         for name in ("interval", "timeout"):
@@ -159,7 +165,7 @@ def to_proto(cfg: LiveConfig) -> pb.AgentConfig:
     """The full config as a message (every section set)."""
     d = durations.to_proto
     ns = durations.seconds_to_ns
-    return pb.AgentConfig(
+    msg = pb.AgentConfig(
         pools=pb.PoolsConfig(
             process_workers=cfg.pools.process_workers, thread_workers=cfg.pools.thread_workers,
             max_queue=cfg.pools.max_queue, batch_size=cfg.pools.batch_size,
@@ -169,6 +175,9 @@ def to_proto(cfg: LiveConfig) -> pb.AgentConfig:
         heartbeat=pb.HeartbeatConfig(interval=d(ns(cfg.heartbeat.interval)), timeout=d(ns(cfg.heartbeat.timeout))),
         kernels=pb.KernelsConfig(warm=list(cfg.kernels.warm), parallel=cfg.kernels.parallel),
     )
+    if cfg.cache.shared is not None:
+        msg.cache.shared.CopyFrom(sharedcache.to_proto(cfg.cache.shared))
+    return msg
 
 
 def read_proto(msg: pb.AgentConfig) -> LiveConfig:
@@ -179,7 +188,8 @@ def read_proto(msg: pb.AgentConfig) -> LiveConfig:
     p, c, h, k = msg.pools, msg.cache, msg.heartbeat, msg.kernels
     return LiveConfig(
         pools=Pools(p.process_workers, p.thread_workers, p.max_queue, p.batch_size, sec(p.batch_wait)),
-        cache=Cache(sec(c.ttl), c.max_entries),
+        cache=Cache(sec(c.ttl), c.max_entries,
+                    sharedcache.read_proto(c.shared) if c.HasField("shared") else None),
         heartbeat=Heartbeat(sec(h.interval), sec(h.timeout)),
         kernels=Kernels(tuple(k.warm), k.parallel),
     )
@@ -258,11 +268,16 @@ def agent_config(data: Mapping[str, Any]) -> pb.AgentConfig:
                 _ns("pools.batchWait", p["batchWait"]) if "batchWait" in p else L.BATCH_WAIT.number),
         ))
     if "cache" in data:
-        c = _section(data, "cache", ("ttl", "maxEntries"))
+        c = _section(data, "cache", ("ttl", "maxEntries", "shared"))
         msg.cache.CopyFrom(pb.CacheConfig(
             ttl=durations.to_proto(_ns("cache.ttl", c["ttl"]) if "ttl" in c else L.CACHE_TTL.number),
             max_entries=_int("cache.maxEntries", c.get("maxEntries", L.CACHE_MAX_ENTRIES.number)),
         ))
+        if c.get("shared") is not None:
+            try:
+                msg.cache.shared.CopyFrom(sharedcache.from_dict(c["shared"]))
+            except sharedcache.SharedConfigError as exc:
+                raise ConfigError(str(exc)) from None
     if "heartbeat" in data:
         h = _section(data, "heartbeat", ("interval", "timeout"))
         interval = _ns("heartbeat.interval", h["interval"]) if "interval" in h else None
