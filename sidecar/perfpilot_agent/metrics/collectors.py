@@ -120,6 +120,16 @@ class AgentCollector(Collector):
         g("cache_bytes", float(s.cache_bytes))
         reads = c.hits + c.misses
         g("cache_hit_ratio", c.hits / reads if reads else 0.0)
+        sh = s.shared_cache
+        if sh.configured:
+            sc = sh.counters
+            g("cache_shared_up", 1.0 if sh.up else 0.0)
+            for name, value in (("hits", sc.hits), ("misses", sc.misses), ("skipped", sc.skipped),
+                                ("errors", sc.errors), ("writes", sc.writes), ("writes_dropped", sc.writes_dropped),
+                                ("invalidations_sent", sc.invalidations_sent),
+                                ("invalidations_received", sc.invalidations_received), ("resyncs", sc.resyncs)):
+                g(f"cache_shared_{name}_total", float(value))
+            g("cache_shared_pending", float(sh.pending))
         for type_, n in sorted(s.events_published.items()):
             g("events_published_total", float(n), [_event_label(type_)])
         g("events_dropped_total", float(s.events_dropped))

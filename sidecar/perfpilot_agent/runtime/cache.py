@@ -43,9 +43,24 @@ class TTLCache:
         self.counters = CacheCounters()
         self.bytes = 0
         self._data: OrderedDict[str, tuple[float, Any, int]] = OrderedDict()
+        self.on_invalidate: Callable[[str], None] | None = None
+        """Called with the prefix of every invalidation made here (not those applied with notify=False,
+        which came from elsewhere): the shared tier forwards it to Redis and the other replicas."""
 
     def __len__(self) -> int:
         return len(self._data)
+
+    def __contains__(self, key: str) -> bool:
+        """Whether an entry (live or not yet swept) is stored under `key`; no counters change."""
+        return key in self._data
+
+    def discard(self, key: str) -> bool:
+        """Remove exactly `key` (an overwrite elsewhere made it stale); counted as an invalidation."""
+        if key not in self._data:
+            return False
+        self._remove(key)
+        self.counters.invalidations += 1
+        return True
 
     def get(self, key: str) -> tuple[Any, float] | None:
         """(value, seconds left) for a live entry, else None; a hit makes the entry most recent."""
@@ -80,7 +95,7 @@ class TTLCache:
         self.bytes += size
         return self._evict()
 
-    def invalidate(self, prefix: str) -> int:
+    def invalidate(self, prefix: str, *, notify: bool = True) -> int:
         """Remove every entry whose key starts with `prefix` ("" removes all)."""
         if not prefix:
             removed = len(self._data)
@@ -92,6 +107,8 @@ class TTLCache:
                 self._remove(k)
             removed = len(keys)
         self.counters.invalidations += removed
+        if notify and self.on_invalidate is not None:
+            self.on_invalidate(prefix)
         return removed
 
     def sweep(self, limit: int = 10_000) -> int:

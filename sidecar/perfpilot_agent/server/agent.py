@@ -26,6 +26,7 @@ from perfpilot_agent.runtime.cache import TTLCache
 from perfpilot_agent.runtime.compute import KERNEL_KEY_PREFIX, KernelRunner
 from perfpilot_agent.runtime.events import EventBus
 from perfpilot_agent.runtime.monitor import Monitor, RpcStats
+from perfpilot_agent.runtime.sharedslot import SharedSlot
 from perfpilot_agent.runtime.snapshot import Snapshot, stats_proto
 from perfpilot_contract.limits import CACHE_PUT_TTL
 from perfpilot_contract.liveconfig import ConfigError, check_duration
@@ -100,6 +101,7 @@ class AgentCore(Protocol):
     cache: TTLCache
     events: EventBus
     watchers: Admission
+    shared: SharedSlot
 
     def heartbeat(self, sequence: int) -> pb.HeartbeatResponse: ...
     def configure(self, generation: int, msg: pb.AgentConfig, *, operator: bool = False) -> bool: ...
@@ -151,6 +153,8 @@ class AgentServicer(pb_grpc.AgentServicer):
     async def CacheGet(self, request: pb.CacheGetRequest, context: aio.ServicerContext[Any, Any]) -> pb.CacheGetResponse:
         _check_key(request.key)
         hit = self.app.cache.get(request.key)
+        if hit is None:  # the shared tier, when configured; down or slow: a miss, never an error
+            hit = await self.app.shared.read_through(request.key)
         if hit is None:
             return pb.CacheGetResponse(found=False)
         value, remaining = hit
@@ -170,7 +174,9 @@ class AgentServicer(pb_grpc.AgentServicer):
                 ttl = check_duration(CACHE_PUT_TTL, request.ttl, path="ttl")
             except ConfigError as exc:
                 raise InvalidArgument(str(exc)) from None
-        evicted = self.app.cache.put(request.key, bytes(request.value), ttl=ttl, size=len(request.value) + len(request.key))
+        value = bytes(request.value)
+        evicted = self.app.cache.put(request.key, value, ttl=ttl, size=len(request.value) + len(request.key))
+        self.app.shared.write_through(request.key, value, ttl)
         return pb.CachePutResponse(evicted=evicted)
 
     @_rpc("CacheInvalidate")
