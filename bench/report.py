@@ -33,6 +33,8 @@ TARGETS: dict[str, Target] = {
     "shm_shared_vs_pickle_100mb": None,
     "cache_hit_speedup": ("ratio", ">=", 100),
     "kernel_cache_hit_speedup": None,
+    "cache_shared_hit_speedup": None,
+    "cache_shared_hit_ratio": None,
     "idle_rss_mb_heartbeat_only": ("value", "<=", 50),
     "idle_rss_mb_kernels_warm": None,
     "idle_cpu_millicores": None,

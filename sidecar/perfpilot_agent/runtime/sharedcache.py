@@ -42,6 +42,8 @@ JOURNAL_MAX = 10_000
 """Keys/prefixes remembered for invalidation after an outage; beyond it the whole key prefix goes."""
 READ_SLOTS = 16
 """Concurrent shared reads (each waits for a slot within cache.shared.timeout)."""
+READ_FAILURES_DOWN = 3
+"""Consecutive failed reads that take the tier down (a partition gives timeouts, not resets)."""
 KEY_SEQ_MAX = 100_000
 """Recently invalidated keys remembered to keep an in-flight read from refilling them."""
 BACKOFF_FIRST, BACKOFF_CAP = 0.1, 5.0
@@ -113,6 +115,7 @@ class SharedTier:
         """The batch being sent: journaled again when sending fails (it may not have landed)."""
         self._wake = asyncio.Event()
         self._send_lock = asyncio.Lock()
+        self._read_failures = 0
         self._failed = asyncio.Event()
         self._read_slots = asyncio.Semaphore(READ_SLOTS)
         self._seq = 0
@@ -169,8 +172,10 @@ class SharedTier:
                     pipe.pttl(k)
                     value, pttl = await pipe.execute()
         except (RedisError, OSError, TimeoutError) as exc:
-            self._error(exc)
+            self._read_failures += 1  # a few in a row: the server is unreachable, not just slow once
+            self._error(exc, fatal=self._read_failures >= READ_FAILURES_DOWN)
             return None
+        self._read_failures = 0
         if value is None or pttl == -2:
             self.counters.misses += 1
             return None
