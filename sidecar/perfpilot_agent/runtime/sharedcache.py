@@ -4,10 +4,12 @@
   a hit fills the local cache with Redis's remaining TTL. Down or slow: a miss, never an error.
 * Write: CachePut stores locally, then queues SET PX <the entry's TTL> + PUBLISH <key> for one
   writer task, so Redis never adds latency to a put. The queue is bounded (maxPendingWrites).
-* Invalidate: a local invalidation (the cache's on_invalidate hook) deletes the prefix in Redis
-  (SCAN + UNLINK), then PUBLISHes it; every other replica drops the key/prefix from its own cache
-  and publishes CACHE_CLEARED, which its apps' L1 caches listen to. Delete first, publish second:
-  a replica that re-reads after the message finds nothing stale.
+* Invalidate: a local invalidation (keys, prefixes, tags; the cache's subscribe hook) deletes the
+  keys and prefixes in Redis (UNLINK, SCAN + UNLINK), then PUBLISHes all of it; every other replica
+  drops the same from its own cache, cascading through its own dependency index, which reaches its
+  apps' L1s as CACHE_CHANGED. Delete first, publish second: a replica that re-reads after the
+  message finds nothing stale. Entries with dependencies are never written to Redis (Redis keeps no
+  dependency index), so deleting what was named is complete there.
 * Outage: a connection error marks the tier down. Reads are skipped; writes and invalidations are
   journaled as keys/prefixes to invalidate (bounded; beyond it: everything under the key prefix).
   A supervisor reconnects with capped exponential backoff, replays the journal (delete + publish)
@@ -24,7 +26,7 @@ import os
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -49,7 +51,7 @@ KEY_SEQ_MAX = 100_000
 BACKOFF_FIRST, BACKOFF_CAP = 0.1, 5.0
 ORIGIN_LEN = 16
 Op = tuple[str, str, bytes, float]
-"""("set", key, value, ttl seconds) | ("del", key, b"", 0) | ("prefix", prefix, b"", 0)."""
+"""("set", key, value, ttl seconds) | ("del", key, b"", 0) | ("prefix", prefix, b"", 0) | ("tag", tag, b"", 0)."""
 _GLOB = str.maketrans({c: "\\" + c for c in "*?[]\\"})
 
 
@@ -188,10 +190,16 @@ class SharedTier:
         """Write through with the entry's TTL (ttl <= 0: the key is deleted, as locally)."""
         self._enqueue(("set", key, value, ttl) if ttl > 0 else ("del", key, b"", 0.0))
 
-    def invalidate(self, prefix: str) -> None:
-        """Delete `prefix` in Redis and tell the other replicas ("" = every key of this tier)."""
+    def invalidate(self, keys: Iterable[str] = (), prefixes: Iterable[str] = (), tags: Iterable[str] = ()) -> None:
+        """Delete keys and prefixes in Redis ("" = every key of this tier) and tell the other replicas,
+        tags included (they drop what they tagged, and every replica its own dependents)."""
         self._mark_prefix()
-        self._enqueue(("prefix", prefix, b"", 0.0))
+        for key in keys:
+            self._enqueue(("del", key, b"", 0.0))
+        for prefix in prefixes:
+            self._enqueue(("prefix", prefix, b"", 0.0))
+        for tag in tags:
+            self._enqueue(("tag", tag, b"", 0.0))
 
     def _enqueue(self, op: Op) -> None:
         if not self.up or len(self._ops) >= self.cfg.max_pending_writes:
@@ -205,7 +213,7 @@ class SharedTier:
     def _journal_add(self, op: Op) -> None:
         if self._journal_all:
             return
-        kind = "p" if op[0] == "prefix" else "k"
+        kind = {"prefix": "p", "tag": "t"}.get(op[0], "k")
         if (kind == "p" and op[1] == "") or len(self._journal) >= JOURNAL_MAX:
             self._journal_all, self._journal = True, set()
         else:
@@ -234,14 +242,15 @@ class SharedTier:
         i = 0
         while i < len(batch):
             kind, target, value, ttl = batch[i]
-            if kind == "prefix":
-                await self._delete_prefix(target)
-                await redis.publish(self.channel, self._message(b"p", target))
+            if kind in ("prefix", "tag"):
+                if kind == "prefix":
+                    await self._delete_prefix(target)
+                await redis.publish(self.channel, self._message(b"p" if kind == "prefix" else b"t", target))
                 self.counters.invalidations_sent += 1
                 i += 1
                 continue
             async with redis.pipeline(transaction=False) as pipe:
-                while i < len(batch) and batch[i][0] != "prefix":
+                while i < len(batch) and batch[i][0] not in ("prefix", "tag"):
                     kind, target, value, ttl = batch[i]
                     if kind == "set":
                         pipe.set(self.prefix + target, value, px=max(1, int(ttl * 1000)))
@@ -280,7 +289,7 @@ class SharedTier:
             await self._send([("prefix", "", b"", 0.0)])
         while self._journal:
             entries = [self._journal.pop() for _ in range(min(len(self._journal), 256))]
-            await self._send([("prefix" if kind == "p" else "del", target, b"", 0.0) for kind, target in entries])
+            await self._send([({"p": "prefix", "t": "tag"}.get(kind, "del"), target, b"", 0.0) for kind, target in entries])
 
     def _message(self, kind: bytes, target: str) -> bytes:
         return self.origin + kind + target.encode()
@@ -288,7 +297,7 @@ class SharedTier:
     # -- the invalidation channel ------------------------------------------------------------------
 
     def on_message(self, data: Any) -> None:
-        """One message from the channel: another replica's key overwrite or prefix invalidation."""
+        """One message from the channel: another replica's key write/invalidation, prefix or tag."""
         if not isinstance(data, bytes) or len(data) < ORIGIN_LEN + 1 or data[:ORIGIN_LEN] == self.origin:
             return
         kind = data[ORIGIN_LEN:ORIGIN_LEN + 1]
@@ -300,9 +309,9 @@ class SharedTier:
         if kind == b"k":
             self._mark_key(target)
             self.apply_remote("key", target)
-        elif kind == b"p":
+        elif kind in (b"p", b"t"):
             self._mark_prefix()
-            self.apply_remote("prefix", target)
+            self.apply_remote("prefix" if kind == b"p" else "tag", target)
         else:
             self.counters.errors += 1
             return
@@ -374,7 +383,10 @@ class SharedTier:
         pubsub = self._pubsub
         assert pubsub is not None
         while True:
-            msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            try:
+                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            except TimeoutError:  # a quiet channel on a busy machine, not an outage (a lost
+                continue          # connection raises ConnectionError; reads and writes notice too)
             if msg is not None and msg.get("type") == "message":
                 self.on_message(msg.get("data"))
 

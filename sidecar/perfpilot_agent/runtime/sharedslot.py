@@ -2,9 +2,10 @@
 
 Configure replaces the tier as a unit when its connection settings (url, keyPrefix, username)
 change and adjusts timeout / maxPendingWrites in place; unset, the tier is closed. The local cache
-reports its invalidations through its on_invalidate hook; invalidations from other replicas are
-applied here with notify=False (so they are not sent back) and announced as CACHE_CLEARED events,
-the same event a local CacheInvalidate publishes, so the apps' L1 caches drop them too.
+reports every write and invalidation to its listeners (cache.subscribe): local invalidations go to
+the tier; invalidations from other replicas are applied with origin=ORIGIN, so the listener skips
+them (no echo) while the agent's own listener still turns them into the CACHE_CHANGED events the
+apps' L1 caches follow. Values written with dependencies stay local (see runtime/sharedcache.py).
 """
 
 from __future__ import annotations
@@ -13,26 +14,26 @@ import asyncio
 from dataclasses import replace
 from typing import Any
 
-from perfpilot.v1 import agent_pb2 as pb
-from perfpilot_agent.runtime.cache import TTLCache
-from perfpilot_agent.runtime.events import EventBus
+from perfpilot_agent.runtime.cache import Change, TTLCache
 from perfpilot_agent.runtime.sharedcache import SharedTier, SharedView, default_prefix
 from perfpilot_contract.sharedcache import SharedCache
+
+ORIGIN = "shared"
+"""Change.origin of what this module applies to the local cache (fills, remote invalidations, resyncs)."""
 
 
 class SharedSlot:
     """The tier in force (None while cache.shared is unset)."""
 
-    def __init__(self, cache: TTLCache, events: EventBus, *, profile: str = "", password: str | None = None,
+    def __init__(self, cache: TTLCache, *, profile: str = "", password: str | None = None,
                  client_name: str = "perfpilot-sidecar") -> None:
         self.cache = cache
-        self.events = events
         self.profile = profile
         self.password = password
         self.client_name = client_name
         self.tier: SharedTier | None = None
         self._closing: set[asyncio.Task[Any]] = set()
-        cache.on_invalidate = self._local_invalidation
+        cache.subscribe(self._local_change)
 
     def apply(self, cfg: SharedCache | None) -> None:
         """Follow the live config (call on the event loop)."""
@@ -73,38 +74,34 @@ class SharedSlot:
             return None
         value, ttl = got
         ttl = self.cache.ttl if ttl is None else ttl
-        if tier.may_fill(key, token) and key not in self.cache:  # nothing newer arrived meanwhile
-            self.cache.put(key, value, ttl=ttl, size=len(value) + len(key))
+        if not tier.may_fill(key, token):  # invalidated while the read was in flight: maybe stale
+            return None
+        if key not in self.cache:  # a local write meanwhile wins
+            self.cache.write(key, value, ttl=ttl, size=len(value) + len(key), origin=ORIGIN)
         return value, ttl
 
-    def write_through(self, key: str, value: bytes, ttl: float | None) -> None:
-        """After a local put: the same value with the same TTL (not stored locally: deleted there too)."""
+    def write_through(self, key: str, value: bytes, ttl: float | None, *, shareable: bool = True) -> None:
+        """After a local put: the same value with the same TTL. Not stored locally (ttl 0, cache off)
+        or not shareable (it has dependencies): deleted in Redis and in the other replicas instead."""
         if self.tier is not None:
             effective = self.cache.ttl if ttl is None else ttl
-            self.tier.put(key, value, effective if self.cache.max_entries > 0 else 0.0)
+            self.tier.put(key, value, effective if shareable and self.cache.max_entries > 0 else 0.0)
 
-    def _local_invalidation(self, prefix: str) -> None:
-        if self.tier is not None:
-            self.tier.invalidate(prefix)
+    def _local_change(self, change: Change) -> None:
+        if self.tier is not None and change.origin != ORIGIN and change.kind == "invalidate":
+            self.tier.invalidate(change.keys, change.prefixes, change.tags)
 
     def _remote_invalidation(self, kind: str, target: str) -> None:
         if kind == "key":
-            removed = int(self.cache.discard(target))
-            # a truncated key/prefix is a shorter prefix: an L1 drops a superset, never too little
-            attrs = {"prefix": target[:128], "key": target[:128], "removed": str(removed), "origin": "shared"}
+            self.cache.drop(keys=(target,), origin=ORIGIN)
+        elif kind == "tag":
+            self.cache.drop(tags=(target,), origin=ORIGIN)
         else:
-            removed = self.cache.invalidate(target, notify=False)
-            attrs = {"prefix": target[:128], "removed": str(removed), "origin": "shared"}
-        self.events.publish(pb.EVENT_TYPE_CACHE_CLEARED, f"{removed} cache entries invalidated by another replica",
-                            attrs)
+            self.cache.drop(prefixes=(target,), origin=ORIGIN)
 
     def _resync(self) -> int:
-        removed = self.cache.invalidate("", notify=False)
-        self.events.publish(pb.EVENT_TYPE_CACHE_CLEARED,
-                            f"{removed} cache entries dropped: the shared tier (re)connected and may have "
-                            "missed other replicas' invalidations", {"prefix": "", "removed": str(removed),
-                                                                     "origin": "shared-resync"})
-        return removed
+        """Everything local may have missed an invalidation: drop it all (the L1s are told)."""
+        return self.cache.drop(prefixes=("",), origin=ORIGIN).removed
 
 
 def _same_connection(a: SharedCache, b: SharedCache) -> bool:
