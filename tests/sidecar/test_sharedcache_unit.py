@@ -113,3 +113,13 @@ async def test_only_local_invalidations_are_forwarded() -> None:
     cache.drop(keys=("b",), origin=ORIGIN)  # applied from another replica: not sent back
     cache.write("c", b"v")  # puts go through write_through, not the hook
     assert [op[:2] for op in t._ops] == [("prefix", "a/")]
+
+
+def test_a_sidecar_without_the_tier_does_not_load_redis() -> None:
+    """redis-py costs ~7 MB of resident memory: only a configured tier imports it."""
+    import subprocess
+    import sys
+
+    code = "import sys, perfpilot_agent.app, perfpilot_agent.__main__; print('redis' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "False"

@@ -27,7 +27,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from redis.asyncio import Redis
@@ -37,6 +37,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
+from perfpilot_agent.runtime.sharedstats import SharedCounters, SharedView
 from perfpilot_contract.sharedcache import SharedCache
 
 log = logging.getLogger(__name__)
@@ -53,33 +54,6 @@ ORIGIN_LEN = 16
 Op = tuple[str, str, bytes, float]
 """("set", key, value, ttl seconds) | ("del", key, b"", 0) | ("prefix", prefix, b"", 0) | ("tag", tag, b"", 0)."""
 _GLOB = str.maketrans({c: "\\" + c for c in "*?[]\\"})
-
-
-@dataclass
-class SharedCounters:
-    """Cumulative counters (GetStats' SharedCacheStats and perfpilot_cache_shared_* metrics)."""
-
-    hits: int = 0
-    misses: int = 0
-    skipped: int = 0
-    errors: int = 0
-    writes: int = 0
-    writes_dropped: int = 0
-    invalidations_sent: int = 0
-    invalidations_received: int = 0
-    resyncs: int = 0
-
-
-@dataclass(frozen=True)
-class SharedView:
-    """The tier as GetStats and /metrics see it at one moment."""
-
-    configured: bool = False
-    up: bool = False
-    counters: SharedCounters = field(default_factory=SharedCounters)
-    last_error: str = ""
-    down_since_unix_nano: int = 0
-    pending: int = 0
 
 
 def default_prefix(profile: str) -> str:

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from perfpilot_agent.runtime.cache import Change, TTLCache
-from perfpilot_agent.runtime.sharedcache import SharedTier, SharedView, default_prefix
+from perfpilot_agent.runtime.sharedstats import SharedView
 from perfpilot_contract.sharedcache import SharedCache
+
+if TYPE_CHECKING:
+    from perfpilot_agent.runtime.sharedcache import SharedTier
 
 ORIGIN = "shared"
 """Change.origin of what this module applies to the local cache (fills, remote invalidations, resyncs)."""
@@ -47,6 +50,8 @@ class SharedSlot:
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
         if cfg is not None:
+            from perfpilot_agent.runtime.sharedcache import SharedTier, default_prefix  # redis-py: only when used
+
             self.tier = SharedTier(cfg, prefix=cfg.key_prefix or default_prefix(self.profile), password=self.password,
                                    apply_remote=self._remote_invalidation, resync=self._resync,
                                    client_name=self.client_name)

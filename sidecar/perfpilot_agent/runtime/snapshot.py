@@ -16,7 +16,7 @@ from perfpilot_agent.runtime.cache import CacheCounters
 from perfpilot_agent.runtime.heartbeat import Sample
 from perfpilot_agent.runtime.histogram import Histogram, quantiles_proto
 from perfpilot_agent.runtime.monitor import L1Record, OpRecord
-from perfpilot_agent.runtime.sharedcache import SharedView
+from perfpilot_agent.runtime.sharedstats import SharedView
 
 
 @dataclass(frozen=True)
