@@ -275,3 +275,75 @@ async def test_dependencies_and_tags_reach_the_other_replica(make_agent: MakeAge
     await a.stub.CacheInvalidate(pb.CacheInvalidateRequest(tags=["team-a"]), timeout=5)
     await until(lambda: "summary/b2" not in b.app.cache, "b to drop what it tagged team-a")
     assert await found(b, "doc/1") == b"v2"
+
+
+def test_two_sidecar_processes_share_redis_through_the_client_library(sock_dir: str) -> None:
+    """The real thing end to end: two `perfpilot-sidecar` processes configured as the webhook does
+    (PERFPILOT_CONFIG with cache.shared, the password in PERFPILOT_CACHE_SHARED_PASSWORD), the apps
+    using perfpilot_client; Redis killed and restarted under them."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from perfpilot_client import AgentClient
+
+    from .test_process import _wait_serving
+
+    script = Path(sys.executable).parent / "perfpilot-sidecar"
+
+    def wait(cond: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not cond():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.05)
+
+    with redisserver.RedisServer(redisserver.port_for(3), password="pw-123") as server:
+        config = {"pools": {"processWorkers": 0}, "cache": {"shared": {
+            "url": server.url, "keyPrefix": "proc:", "timeout": "2s",
+            "credentialsSecret": {"name": "redis-auth", "key": "password"}}}}
+        procs, clients = [], []
+        try:
+            for name in ("a", "b"):
+                sock = f"{sock_dir}/{name}.sock"
+                env = {**os.environ, "PERFPILOT_SOCKET": sock, "PERFPILOT_CONFIG": json.dumps(config),
+                       "PERFPILOT_PROFILE": "ns/p", "PERFPILOT_POD_NAME": f"pod-{name}",
+                       "PERFPILOT_CACHE_SHARED_PASSWORD": "pw-123"}
+                procs.append(subprocess.Popen([str(script), "--port", "-1", "--metrics-port", "-1", "--grace", "2"],
+                                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+                _wait_serving(sock)
+                clients.append(AgentClient(f"unix:{sock}", timeout=10))
+            a, b = clients
+
+            def up(c: AgentClient) -> bool:
+                return bool(c.stub.GetStats(pb.GetStatsRequest(), timeout=10).shared_cache.up)
+
+            wait(lambda: up(a) and up(b), "both sidecars to connect (with the password)")
+            a.cache_put("answer/1", b"computed in a")
+            wait(lambda: b.cache_get("answer/1") == b"computed in a", "a hit in b for a's value")
+            a.cache_invalidate("answer/")
+            wait(lambda: b.cache_get("answer/1") is None, "the invalidation to reach b")
+
+            server.kill()
+            wait(lambda: not up(a) and not up(b), "both sidecars to see the outage")
+            a.cache_put("answer/2", b"local only")  # served: no error to the app
+            assert a.cache_get("answer/2") == b"local only" and b.cache_get("answer/2") is None
+
+            server.start()
+            wait(lambda: up(a) and up(b), "both sidecars to reconnect")
+            a.cache_put("answer/3", b"shared again")
+            wait(lambda: b.cache_get("answer/3") == b"shared again", "sharing to resume")
+            assert b.stub.GetStats(pb.GetStatsRequest(), timeout=10).shared_cache.resyncs == 1
+        finally:
+            for c in clients:
+                c.close()
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                try:
+                    p.wait(15)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
