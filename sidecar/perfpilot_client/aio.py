@@ -317,13 +317,14 @@ class AsyncAgentClient(ClientBase):
         backoff = 0.1
         while not self._closed:
             try:
-                call = self.stub.WatchEvents(watch_request(), metadata=self.metadata)
-                first = True
+                cache_events = self._wants_cache_events()
+                call = self.stub.WatchEvents(watch_request(cache_events), metadata=self.metadata)
+                first, switched = True, False
                 async for batch in call:
                     if first:
                         first = False
                         await self.refresh_config()
-                        self.l1.subscribed()
+                        self.l1.subscribed(cache_events=cache_events)
                         self._watching.set()
                         self._attempted.set()
                         backoff = 0.1
@@ -333,7 +334,14 @@ class AsyncAgentClient(ClientBase):
                             changed = self._adopt(ev.generation, ev.config)
                             if changed is not None:
                                 await self._fire_async(changed)
+                    if self.l1.wanted() != cache_events:
+                        switched = True
+                        break
                 self._watching.clear()
+                if switched:  # L1 turned on or off: resubscribe at once, with(out) the cache events
+                    call.cancel()
+                    self.l1.lost(count=False)
+                    continue
                 self.l1.lost()
             except (grpc.RpcError, PerfpilotError) as exc:
                 self._watching.clear()

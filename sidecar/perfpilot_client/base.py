@@ -83,9 +83,11 @@ class ReadyWait:
         return SidecarUnavailable(f"sidecar at {self.target} not ready after {self.timeout:g}s: {why}")
 
 
-def watch_request() -> pb.WatchEventsRequest:
-    """The watcher's subscription: config changes and cache changes (for L1), with keepalives."""
-    req = pb.WatchEventsRequest(types=[pb.EVENT_TYPE_CONFIG_APPLIED, pb.EVENT_TYPE_CACHE_CHANGED])
+def watch_request(cache_events: bool) -> pb.WatchEventsRequest:
+    """The watcher's subscription: config changes, and cache changes while L1 is on (a client with
+    L1 off is not sent every write of every process), with keepalives."""
+    types = [pb.EVENT_TYPE_CONFIG_APPLIED] + ([pb.EVENT_TYPE_CACHE_CHANGED] if cache_events else [])
+    req = pb.WatchEventsRequest(types=types)
     req.keepalive.FromNanoseconds(int(KEEPALIVE_SECONDS * 1e9))
     return req
 
@@ -187,6 +189,11 @@ class ClientBase:
         ttl = req.ttl.ToNanoseconds() / 1e9 if req.HasField("ttl") else cfg.cache.ttl if cfg is not None else None
         self.l1.fill(req.key, req.value, ttl_left=ttl, deps=deps_from_proto(req.dependencies),
                      sequence=resp.sequence, ticket=ticket)
+
+    def _wants_cache_events(self) -> bool:
+        """For the next subscription: as the config says, or (config not read yet) whether L1 may be
+        used at all, so a profile with L1 on needs no second subscription at start."""
+        return self.l1.wanted() if self._config is not None else self.l1.allowed
 
     def _adopt(self, generation: int, msg: pb.AgentConfig) -> AgentConfig | None:
         """Store a config if newer; returns it when it changed (callbacks are then due)."""

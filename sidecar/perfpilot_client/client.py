@@ -260,14 +260,15 @@ class AgentClient(ClientBase):
         backoff = 0.1
         while not self._closed.is_set():
             try:
-                call = self.stub.WatchEvents(watch_request(), metadata=self.metadata)
+                cache_events = self._wants_cache_events()
+                call = self.stub.WatchEvents(watch_request(cache_events), metadata=self.metadata)
                 self._watch_call = call
-                first = True
+                first, switched = True, False
                 for batch in call:
                     if first:  # subscribed: now read the config so nothing between is missed
                         first = False
                         self.refresh_config()
-                        self.l1.subscribed()
+                        self.l1.subscribed(cache_events=cache_events)
                         self._watching.set()
                         self._attempted.set()
                         backoff = 0.1
@@ -277,8 +278,15 @@ class AgentClient(ClientBase):
                             changed = self._adopt(ev.generation, ev.config)
                             if changed is not None:
                                 self._fire(changed)
-                self._watching.clear()  # the agent ended the stream (draining)
-                self.l1.lost()
+                    if self.l1.wanted() != cache_events:
+                        switched = True
+                        break
+                self._watching.clear()
+                if switched:  # L1 turned on or off: resubscribe at once, with(out) the cache events
+                    call.cancel()
+                    self.l1.lost(count=False)
+                    continue
+                self.l1.lost()  # the agent ended the stream (draining)
             except (grpc.RpcError, PerfpilotError) as exc:
                 self._watching.clear()
                 self.l1.lost()

@@ -141,19 +141,25 @@ class NearCache:
                                     max_bytes=l1.max_bytes if l1.enabled else 0)
             self._resync_locked(count=False)
 
-    def subscribed(self) -> None:
-        """A new stream delivered its first batch and the config was re-read: start clean."""
+    def wanted(self) -> bool:
+        """Whether the client's stream should carry CACHE_CHANGED events (L1 allowed and enabled)."""
+        return self.allowed and self.settings.enabled
+
+    def subscribed(self, *, cache_events: bool = True) -> None:
+        """A new stream delivered its first batch and the config was re-read: start clean (and
+        serve only when that stream carries the cache events)."""
         with self._lock:
             self._resync_locked(count=False)
-            self._live = True
+            self._live = cache_events
             self._alive_until = self.clock() + self.grace
 
-    def lost(self) -> None:
-        """The stream broke: stop serving and forget everything (it may have missed events)."""
+    def lost(self, *, count: bool = True) -> None:
+        """The stream broke (or is being replaced): stop serving and forget everything (it may
+        have missed events)."""
         with self._lock:
             was_live = self._live
             self._live = False
-            self._resync_locked(count=was_live)
+            self._resync_locked(count=count and was_live)
 
     def on_batch(self, batch: pb.EventBatch) -> None:
         """Apply one stream batch: events lost on the way force a resync; CACHE_CHANGED events drop

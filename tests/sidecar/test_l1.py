@@ -73,6 +73,12 @@ async def test_off_by_default_every_read_reaches_the_sidecar(agent: Agent) -> No
         await c.cache_put("k", b"v")
         assert [await c.cache_get("k") for _ in range(3)] == [b"v"] * 3
         assert agent.app.cache.counters.hits == 3 and len(c.l1) == 0
+        for _ in range(1000):  # with L1 off the watcher drops the cache events from its subscription
+            subs = agent.app.events.subscribers
+            if subs and all(pb.EVENT_TYPE_CACHE_CHANGED not in s.types for s in subs):
+                break
+            await asyncio.sleep(0.01)
+        assert [pb.EVENT_TYPE_CACHE_CHANGED in s.types for s in agent.app.events.subscribers] == [False]
 
 
 async def test_hits_misses_fills_and_read_your_writes(agent: Agent, clients: tuple[AsyncAgentClient, ...]) -> None:
@@ -170,10 +176,16 @@ async def test_live_config_change_turns_l1_off_and_on(agent: Agent, clients: tup
     await asyncio.wait_for(changed.wait(), 10)
     assert len(a.l1) == 0 and not a.l1.serving()
     assert await a.cache_get("k") == b"v" and a.l1.hits == 1      # from L2 now
+    assert a.l1.wanted() is False
     changed.clear()
     configure(agent, l1_config(ttl=30, max_entries=1))
     await asyncio.wait_for(changed.wait(), 10)
     assert a.l1.settings.ttl == 30 and a.l1.settings.max_entries == 1
+    for _ in range(1000):  # the watcher resubscribes with the cache events before L1 serves again
+        if a.l1.serving():
+            break
+        await asyncio.sleep(0.01)
+    assert a.l1.serving()
     await a.cache_get("k")
     assert await a.cache_get("k") == b"v" and a.l1.hits == 2
 
