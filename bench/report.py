@@ -37,6 +37,8 @@ TARGETS: dict[str, Target] = {
     "cache_l1_vs_l2_hit": None,
     "cache_invalidation_p99_ms": None,
     "cache_read_mostly_ops_per_s": None,
+    "cache_shared_hit_speedup": None,
+    "cache_shared_hit_ratio": None,
     "idle_rss_mb_heartbeat_only": ("value", "<=", 50),
     "idle_rss_mb_kernels_warm": None,
     "idle_cpu_millicores": None,

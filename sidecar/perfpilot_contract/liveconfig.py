@@ -15,7 +15,7 @@ from typing import Any
 from google.protobuf.duration_pb2 import Duration
 
 from perfpilot.v1 import agent_pb2 as pb
-from perfpilot_contract import durations
+from perfpilot_contract import durations, sharedcache
 from perfpilot_contract import limits as L
 from perfpilot_contract.durations import NS_PER_SECOND
 
@@ -60,6 +60,8 @@ class Cache:
     ttl: float = _s(L.CACHE_TTL)
     max_entries: int = L.CACHE_MAX_ENTRIES.number
     l1: L1 = field(default_factory=L1)
+    shared: sharedcache.SharedCache | None = None
+    """The tier shared by every replica (None: off); see perfpilot_contract.sharedcache."""
 
 
 @dataclass(frozen=True)
@@ -158,9 +160,13 @@ def merge(current: LiveConfig, msg: pb.AgentConfig) -> LiveConfig:
         c = msg.cache
         if not c.HasField("ttl"):
             raise ConfigError("cache.ttl is required when cache is set")
+        try:
+            shared = sharedcache.from_proto(c.shared) if c.HasField("shared") else None
+        except sharedcache.SharedConfigError as exc:
+            raise ConfigError(str(exc)) from None
         cfg = replace(cfg, cache=Cache(ttl=check_duration(L.CACHE_TTL, c.ttl),
                                        max_entries=check_int(L.CACHE_MAX_ENTRIES, c.max_entries),
-                                       l1=_check_l1(c.l1) if c.HasField("l1") else L1()))
+                                       l1=_check_l1(c.l1) if c.HasField("l1") else L1(), shared=shared))
     if msg.HasField("heartbeat"):
         h = msg.heartbeat
         for name in ("interval", "timeout"):
@@ -183,7 +189,7 @@ def to_proto(cfg: LiveConfig) -> pb.AgentConfig:
     d = durations.to_proto
     ns = durations.seconds_to_ns
     l1 = cfg.cache.l1
-    return pb.AgentConfig(
+    msg = pb.AgentConfig(
         pools=pb.PoolsConfig(
             process_workers=cfg.pools.process_workers, thread_workers=cfg.pools.thread_workers,
             max_queue=cfg.pools.max_queue, batch_size=cfg.pools.batch_size,
@@ -195,6 +201,9 @@ def to_proto(cfg: LiveConfig) -> pb.AgentConfig:
         heartbeat=pb.HeartbeatConfig(interval=d(ns(cfg.heartbeat.interval)), timeout=d(ns(cfg.heartbeat.timeout))),
         kernels=pb.KernelsConfig(warm=list(cfg.kernels.warm), parallel=cfg.kernels.parallel),
     )
+    if cfg.cache.shared is not None:
+        msg.cache.shared.CopyFrom(sharedcache.to_proto(cfg.cache.shared))
+    return msg
 
 
 def read_proto(msg: pb.AgentConfig) -> LiveConfig:
@@ -206,7 +215,8 @@ def read_proto(msg: pb.AgentConfig) -> LiveConfig:
     return LiveConfig(
         pools=Pools(p.process_workers, p.thread_workers, p.max_queue, p.batch_size, sec(p.batch_wait)),
         cache=Cache(sec(c.ttl), c.max_entries, L1(c.l1.enabled, c.l1.max_entries, c.l1.max_bytes, sec(c.l1.ttl),
-                                                  c.l1.max_value_bytes)),
+                                                  c.l1.max_value_bytes),
+                    sharedcache.read_proto(c.shared) if c.HasField("shared") else None),
         heartbeat=Heartbeat(sec(h.interval), sec(h.timeout)),
         kernels=Kernels(tuple(k.warm), k.parallel),
     )
@@ -300,12 +310,17 @@ def agent_config(data: Mapping[str, Any]) -> pb.AgentConfig:
                 _ns("pools.batchWait", p["batchWait"]) if "batchWait" in p else L.BATCH_WAIT.number),
         ))
     if "cache" in data:
-        c = _section(data, "cache", ("ttl", "maxEntries", "l1"))
+        c = _section(data, "cache", ("ttl", "maxEntries", "l1", "shared"))
         msg.cache.CopyFrom(pb.CacheConfig(
             ttl=durations.to_proto(_ns("cache.ttl", c["ttl"]) if "ttl" in c else L.CACHE_TTL.number),
             max_entries=_int("cache.maxEntries", c.get("maxEntries", L.CACHE_MAX_ENTRIES.number)),
             l1=_l1_config(c),
         ))
+        if c.get("shared") is not None:
+            try:
+                msg.cache.shared.CopyFrom(sharedcache.from_dict(c["shared"]))
+            except sharedcache.SharedConfigError as exc:
+                raise ConfigError(str(exc)) from None
     if "heartbeat" in data:
         h = _section(data, "heartbeat", ("interval", "timeout"))
         interval = _ns("heartbeat.interval", h["interval"]) if "interval" in h else None

@@ -186,7 +186,8 @@ def test_duration_fields_share_one_pattern_and_guard() -> None:
     durations = [(p, s) for p, s in walk(SCHEMA) if s.get("pattern") == DURATION_PATTERN]
     assert {p for p, _ in durations} == {
         "spec.heartbeat.interval", "spec.heartbeat.timeout", "spec.pools.batchWait",
-        "spec.cache.ttl", "spec.cache.l1.ttl", "spec.alerts[].for", "spec.autoscaling.interval",
+        "spec.cache.ttl", "spec.cache.l1.ttl", "spec.cache.shared.timeout", "spec.alerts[].for",
+        "spec.autoscaling.interval",
         "spec.autoscaling.scaleUp.stabilizationWindow",
         "spec.autoscaling.scaleDown.stabilizationWindow"}
     for path, sub in durations:

@@ -230,6 +230,7 @@ class CacheConfig(_message.Message):
     TTL_FIELD_NUMBER: _builtins.int
     MAX_ENTRIES_FIELD_NUMBER: _builtins.int
     L1_FIELD_NUMBER: _builtins.int
+    SHARED_FIELD_NUMBER: _builtins.int
     max_entries: _builtins.int
     """Entries kept before the least recently used one is evicted, 1..10000000."""
     @_builtins.property
@@ -240,20 +241,105 @@ class CacheConfig(_message.Message):
     def l1(self) -> Global___L1CacheConfig:
         """The app-side near-cache (L1) of the perfpilot client; absent = the contract's defaults (off)."""
 
+    @_builtins.property
+    def shared(self) -> Global___SharedCacheConfig:
+        """The optional tier shared by every replica (absent: off). Field 10: 4..9 are left to other sections."""
+
     def __init__(
         self,
         *,
         ttl: _duration_pb2.Duration | None = ...,
         max_entries: _builtins.int = ...,
         l1: Global___L1CacheConfig | None = ...,
+        shared: Global___SharedCacheConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["l1", b"l1", "ttl", b"ttl"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["l1", b"l1", "shared", b"shared", "ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["l1", b"l1", "max_entries", b"max_entries", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["l1", b"l1", "max_entries", b"max_entries", "shared", b"shared", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CacheConfig: _TypeAlias = CacheConfig  # noqa: Y015
+
+@_typing.final
+class SharedCacheConfig(_message.Message):
+    """SharedCacheConfig mirrors PerfProfile spec.cache.shared: a Redis/Valkey server that every replica's
+    sidecar reads on a local miss, writes through with the entry's TTL and invalidates through (pub/sub).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URL_FIELD_NUMBER: _builtins.int
+    KEY_PREFIX_FIELD_NUMBER: _builtins.int
+    USERNAME_FIELD_NUMBER: _builtins.int
+    CREDENTIALS_SECRET_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
+    MAX_PENDING_WRITES_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    """redis://host[:port][/db] or rediss:// (TLS, verified against the system CAs); no credentials."""
+    key_prefix: _builtins.str
+    """Prefix of every key and of the invalidation channel; empty = "perfpilot:<namespace>/<profile>:"."""
+    username: _builtins.str
+    """ACL user (Redis 6+); empty = the default user."""
+    max_pending_writes: _builtins.int
+    """Writes and invalidations waiting for Redis, 1..1000000; beyond it a write is dropped (and its key
+    invalidated everywhere once Redis keeps up again).
+    """
+    @_builtins.property
+    def credentials_secret(self) -> Global___SecretKeySelector:
+        """The Secret whose key holds the password; the webhook puts it in the sidecar's environment
+        (PERFPILOT_CACHE_SHARED_PASSWORD), so the operator never reads it. Changing it needs a pod restart.
+        """
+
+    @_builtins.property
+    def timeout(self) -> _duration_pb2.Duration:
+        """Longest a shared read may add to a local miss, and the connect timeout, 1ms..10s."""
+
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+        key_prefix: _builtins.str = ...,
+        username: _builtins.str = ...,
+        credentials_secret: Global___SecretKeySelector | None = ...,
+        timeout: _duration_pb2.Duration | None = ...,
+        max_pending_writes: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_pending_writes", b"_max_pending_writes", "credentials_secret", b"credentials_secret", "max_pending_writes", b"max_pending_writes", "timeout", b"timeout"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_pending_writes", b"_max_pending_writes", "credentials_secret", b"credentials_secret", "key_prefix", b"key_prefix", "max_pending_writes", b"max_pending_writes", "timeout", b"timeout", "url", b"url", "username", b"username"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_pending_writes: _TypeAlias = _typing.Literal["max_pending_writes"]  # noqa: Y015
+    _WhichOneofArgType__max_pending_writes: _TypeAlias = _typing.Literal["_max_pending_writes", b"_max_pending_writes"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_pending_writes) -> _WhichOneofReturnType__max_pending_writes | None: ...
+
+Global___SharedCacheConfig: _TypeAlias = SharedCacheConfig  # noqa: Y015
+
+@_typing.final
+class SecretKeySelector(_message.Message):
+    """SecretKeySelector names one key of a Secret in the pod's namespace (Kubernetes' own shape)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Secret name."""
+    key: _builtins.str
+    """Key within the Secret."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecretKeySelector: _TypeAlias = SecretKeySelector  # noqa: Y015
 
 @_typing.final
 class L1CacheConfig(_message.Message):
@@ -1002,6 +1088,7 @@ class GetStatsResponse(_message.Message):
     RSS_BYTES_FIELD_NUMBER: _builtins.int
     CPU_COUNT_FIELD_NUMBER: _builtins.int
     REFUSED_OP_OBSERVATIONS_FIELD_NUMBER: _builtins.int
+    SHARED_CACHE_FIELD_NUMBER: _builtins.int
     time_unix_nano: _builtins.int
     """Wall clock at the agent, nanoseconds since the Unix epoch."""
     uptime_seconds: _builtins.float
@@ -1048,6 +1135,10 @@ class GetStatsResponse(_message.Message):
     def rejected(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """Calls rejected with RESOURCE_EXHAUSTED, by class of work (kernel, timings, events)."""
 
+    @_builtins.property
+    def shared_cache(self) -> Global___SharedCacheStats:
+        """The shared cache tier (cache.shared); configured = false when off."""
+
     def __init__(
         self,
         *,
@@ -1066,14 +1157,89 @@ class GetStatsResponse(_message.Message):
         rss_bytes: _builtins.int = ...,
         cpu_count: _builtins.int = ...,
         refused_op_observations: _builtins.int = ...,
+        shared_cache: Global___SharedCacheStats | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["app_total", b"app_total", "cache", b"cache", "heartbeat_latency", b"heartbeat_latency", "heartbeat_quantiles", b"heartbeat_quantiles", "pool", b"pool"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["app_total", b"app_total", "cache", b"cache", "heartbeat_latency", b"heartbeat_latency", "heartbeat_quantiles", b"heartbeat_quantiles", "pool", b"pool", "shared_cache", b"shared_cache"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_total", b"app_total", "cache", b"cache", "cpu_count", b"cpu_count", "cpu_percent", b"cpu_percent", "generation", b"generation", "heartbeat_latency", b"heartbeat_latency", "heartbeat_quantiles", b"heartbeat_quantiles", "kernels", b"kernels", "ops", b"ops", "pool", b"pool", "refused_op_observations", b"refused_op_observations", "rejected", b"rejected", "rss_bytes", b"rss_bytes", "time_unix_nano", b"time_unix_nano", "uptime_seconds", b"uptime_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_total", b"app_total", "cache", b"cache", "cpu_count", b"cpu_count", "cpu_percent", b"cpu_percent", "generation", b"generation", "heartbeat_latency", b"heartbeat_latency", "heartbeat_quantiles", b"heartbeat_quantiles", "kernels", b"kernels", "ops", b"ops", "pool", b"pool", "refused_op_observations", b"refused_op_observations", "rejected", b"rejected", "rss_bytes", b"rss_bytes", "shared_cache", b"shared_cache", "time_unix_nano", b"time_unix_nano", "uptime_seconds", b"uptime_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetStatsResponse: _TypeAlias = GetStatsResponse  # noqa: Y015
+
+@_typing.final
+class SharedCacheStats(_message.Message):
+    """SharedCacheStats are the shared tier's state and cumulative counters."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONFIGURED_FIELD_NUMBER: _builtins.int
+    UP_FIELD_NUMBER: _builtins.int
+    HITS_FIELD_NUMBER: _builtins.int
+    MISSES_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    WRITES_FIELD_NUMBER: _builtins.int
+    WRITES_DROPPED_FIELD_NUMBER: _builtins.int
+    INVALIDATIONS_SENT_FIELD_NUMBER: _builtins.int
+    INVALIDATIONS_RECEIVED_FIELD_NUMBER: _builtins.int
+    RESYNCS_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    DOWN_SINCE_UNIX_NANO_FIELD_NUMBER: _builtins.int
+    PENDING_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
+    configured: _builtins.bool
+    """cache.shared is set."""
+    up: _builtins.bool
+    """Redis answers and the invalidation channel is subscribed (false: the local tiers serve alone)."""
+    hits: _builtins.int
+    """Local misses answered by the shared tier."""
+    misses: _builtins.int
+    """Local misses the shared tier did not have either."""
+    errors: _builtins.int
+    """Failed or timed-out Redis operations."""
+    writes: _builtins.int
+    """Values written through."""
+    writes_dropped: _builtins.int
+    """Writes not sent (queue full or Redis down); their keys are invalidated everywhere on recovery."""
+    invalidations_sent: _builtins.int
+    """Invalidations (keys overwritten, prefixes invalidated) this replica published."""
+    invalidations_received: _builtins.int
+    """Invalidations received from other replicas and applied here."""
+    resyncs: _builtins.int
+    """Times this replica dropped its own app entries after a gap in the invalidation channel."""
+    last_error: _builtins.str
+    """The last error, "" when none since the tier was configured."""
+    down_since_unix_nano: _builtins.int
+    """When the current outage started (0 while up), nanoseconds since the Unix epoch."""
+    pending: _builtins.int
+    """Writes and invalidations waiting to be sent."""
+    skipped: _builtins.int
+    """Local misses not looked up because the tier was down."""
+    def __init__(
+        self,
+        *,
+        configured: _builtins.bool = ...,
+        up: _builtins.bool = ...,
+        hits: _builtins.int = ...,
+        misses: _builtins.int = ...,
+        errors: _builtins.int = ...,
+        writes: _builtins.int = ...,
+        writes_dropped: _builtins.int = ...,
+        invalidations_sent: _builtins.int = ...,
+        invalidations_received: _builtins.int = ...,
+        resyncs: _builtins.int = ...,
+        last_error: _builtins.str = ...,
+        down_since_unix_nano: _builtins.int = ...,
+        pending: _builtins.int = ...,
+        skipped: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["configured", b"configured", "down_since_unix_nano", b"down_since_unix_nano", "errors", b"errors", "hits", b"hits", "invalidations_received", b"invalidations_received", "invalidations_sent", b"invalidations_sent", "last_error", b"last_error", "misses", b"misses", "pending", b"pending", "resyncs", b"resyncs", "skipped", b"skipped", "up", b"up", "writes", b"writes", "writes_dropped", b"writes_dropped"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SharedCacheStats: _TypeAlias = SharedCacheStats  # noqa: Y015
 
 @_typing.final
 class OpObservations(_message.Message):

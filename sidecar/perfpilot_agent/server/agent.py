@@ -27,6 +27,7 @@ from perfpilot_agent.runtime.cache import KERNEL_KEY_PREFIX
 from perfpilot_agent.runtime.compute import KernelRunner
 from perfpilot_agent.runtime.events import EventBus
 from perfpilot_agent.runtime.monitor import Monitor, RpcStats
+from perfpilot_agent.runtime.sharedslot import SharedSlot
 from perfpilot_agent.runtime.snapshot import Snapshot, stats_proto
 from perfpilot_contract import durations
 from perfpilot_contract.limits import (
@@ -141,6 +142,7 @@ class AgentCore(Protocol):
     cache: TTLCache
     events: EventBus
     watchers: Admission
+    shared: SharedSlot
 
     def heartbeat(self, sequence: int) -> pb.HeartbeatResponse: ...
     def configure(self, generation: int, msg: pb.AgentConfig, *, operator: bool = False) -> bool: ...
@@ -193,6 +195,12 @@ class AgentServicer(pb_grpc.AgentServicer):
         _check_key(request.key)
         hit = self.app.cache.lookup(request.key)
         sequence = self.app.events.sequence  # the value reflects every event up to here
+        if hit is None:  # the shared tier, when configured; down or slow: a miss, never an error
+            shared = await self.app.shared.read_through(request.key)
+            if shared is not None:  # filled into this cache; its fill event is newer than `sequence`
+                resp = pb.CacheGetResponse(found=True, value=shared[0], sequence=sequence)
+                resp.ttl_remaining.FromNanoseconds(int(shared[1] * 1e9))
+                return resp
         if hit is None:
             return pb.CacheGetResponse(found=False, sequence=sequence)
         resp = pb.CacheGetResponse(found=True, value=hit.value, sequence=sequence)
@@ -216,8 +224,9 @@ class AgentServicer(pb_grpc.AgentServicer):
                 raise InvalidArgument(str(exc)) from None
         deps = _check_deps(request.dependencies)
         before = self.app.events.sequence
-        change = self.app.cache.write(request.key, bytes(request.value), ttl=ttl,
-                                      size=len(request.value) + len(request.key), deps=deps)
+        value = bytes(request.value)
+        change = self.app.cache.write(request.key, value, ttl=ttl, size=len(request.value) + len(request.key), deps=deps)
+        self.app.shared.write_through(request.key, value, ttl, shareable=not deps)
         sequence = self.app.events.sequence if self.app.events.sequence != before else 0
         return pb.CachePutResponse(evicted=change.evicted, sequence=sequence, dependents_removed=change.removed)
 
