@@ -73,6 +73,10 @@ class Balancer:
                     upstream = socket.create_connection(("127.0.0.1", port), timeout=1)
                 except OSError:
                     continue
+                # Blocking from here on: a kept-alive connection may idle for long (the API
+                # server reuses it); closing it on a timeout would race the API server's reuse.
+                upstream.settimeout(None)
+                conn.settimeout(None)
                 for a, b in ((conn, upstream), (upstream, conn)):
                     threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
                 break
@@ -230,13 +234,15 @@ def test_leader_killed_pods_keep_being_admitted_and_the_other_takes_over(
         "observedGeneration") == 1, "the leader's status", 30)
     refused: list[str] = []
     admitted = 0
+    t_kill = 0.0
 
     def create(i: int) -> None:
         nonlocal admitted
         out = cluster.kubectl("create", "-n", namespace, "-f", "-", input=opt_in_pod(f"p{i}"),
                               check=False)
         if out.returncode != 0:
-            refused.append(out.stderr.strip())
+            since = f"{time.monotonic() - t_kill:+.2f}s from the kill" if t_kill else "before"
+            refused.append(f"p{i} ({since}): {out.stderr.strip()}")
         else:
             admitted += 1
 
