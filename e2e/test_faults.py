@@ -17,7 +17,7 @@ import pytest
 from e2e.harness import dev
 from e2e.harness.cluster import LocalCluster
 from e2e.test_monitoring import app_load, condition, events, replicas, sidecar_socket, status
-from e2e.test_operator import agent_config
+from e2e.test_operator import agent_config, get_json
 from e2e.test_restarts import (
     DEPLOYMENT, PROFILE, RECOVERY, SCALED_PROFILE, all_configured, generation_of, getstats_ok,
     operator_log, pods, sidecar_pid,
@@ -195,3 +195,39 @@ def test_stats_outage_holds_the_scaler_and_it_resumes_after(
     report(f"stats outage of 1 of 2 sidecars: scaler held (MetricsIncomplete) for "
            f"{back - held:.1f}s of load with no step; first step {resumed:.1f}s after the "
            f"sidecar answered again (bound {RECOVERY:.0f}s)")
+
+
+BARE_POD = LATE_POD.replace("name: late", "name: bare")
+
+
+def test_watchdog_restarts_a_deployment_whose_pods_lack_the_sidecar(
+        cluster: LocalCluster, namespace: str, wait_for: Any,
+        restart_operator: Callable[..., subprocess.Popen[bytes]]) -> None:
+    """Off by default (the other tests run without it); on, it re-creates the pods of a
+    Deployment started before its profile, once, and leaves a bare pod alone."""
+    restart_operator(env={"PERFPILOT_RECREATE_UNINJECTED": "true"})
+    try:
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=DEPLOYMENT)
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=BARE_POD)
+        wait_for(lambda: len(pods(cluster, namespace)) == 3, "3 pods running without a profile")
+        bare_uid = get_json(cluster, "pod", "bare", "-n", namespace)["metadata"]["uid"]
+        applied = time.monotonic()
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=PROFILE)
+        restarted = wait_for(lambda: events(cluster, namespace, "RestartedUninjected"),
+                             "the watchdog's RestartedUninjected Event", timeout=RECOVERY)
+        assert "restarted Deployment watched" in restarted[0], restarted
+        template = get_json(cluster, "deployment", "watched", "-n", namespace)["spec"]["template"]
+        assert "kubectl.kubernetes.io/restartedAt" in template["metadata"].get("annotations", {})
+        st = wait_for(lambda: (s := status(cluster, namespace)).get("pods", {}).get("configured")
+                      == 2 and s["pods"].get("uninjected") == 1 and s,
+                      "the Deployment's new pods injected and configured", timeout=90)
+        done = time.monotonic() - applied
+        # The bare pod: never deleted by the operator; the advice says what to do with it.
+        assert get_json(cluster, "pod", "bare", "-n", namespace)["metadata"]["uid"] == bare_uid
+        assert "delete and re-create pod bare" in condition(st, "InjectionComplete")["message"]
+        assert len(events(cluster, namespace, "RestartedUninjected")) == 1
+    finally:
+        restart_operator()       # the suite's operator again: watchdog off
+    report(f"watchdog (PERFPILOT_RECREATE_UNINJECTED=true): a Deployment started before its "
+           f"profile restarted once, its pods injected and configured {done:.1f}s after the "
+           f"profile was applied; a bare pod left alone")
