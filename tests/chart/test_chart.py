@@ -563,6 +563,9 @@ CLIENT_VERBS = {"read": "get", "get": "get", "list": "list", "create": "create",
 # resource -> API group, for the resources the operator's client calls name.
 CORE = {"secrets", "pods", "events", "configmaps", "namespaces", "services", "pods/resize"}
 ADMISSION = {"mutatingwebhookconfigurations", "validatingwebhookconfigurations"}
+APPS = {"deployments"}
+# Granted only when a value turns the feature on (value -> what it adds).
+OPTIONAL_NEEDS = {"recreateUninjected.enabled=true": {("apps", "deployments", "patch")}}
 
 
 def _plural(snake: str) -> str:
@@ -651,7 +654,7 @@ def client_needs() -> set[Need]:
                     continue   # resolved from the call's arguments below
                 res = _plural(what) + (f"/{sub}" if sub else "")
                 group = "" if res in CORE else "admissionregistration.k8s.io" \
-                    if res in ADMISSION else None
+                    if res in ADMISSION else "apps" if res in APPS else None
                 assert group is not None, (
                     f"{path.name}: {node.attr} calls an API this test does not know; add its "
                     f"group here and the rule to charts/perfpilot/templates/clusterrole.yaml")
@@ -737,7 +740,13 @@ def test_clusterrole_grants_exactly_what_the_operator_calls(default: list[dict[s
         ("apps", "deployments/scale", "get"), ("apps", "deployments/scale", "patch"),
         ("apps", "statefulsets/scale", "get"), ("apps", "statefulsets/scale", "patch"),
         ("apps", "replicasets/scale", "get"), ("apps", "replicasets/scale", "patch"),
+        ("apps", "deployments", "patch"),
     }, "the operator's API calls changed: update the ClusterRole and this list"
+    optional = set().union(*OPTIONAL_NEEDS.values())
+    for value, extra in OPTIONAL_NEEDS.items():
+        with_it = granted(one(render(value), "ClusterRole"))
+        assert set(with_it) == needs - optional | extra, (value, sorted(set(with_it) ^ needs))
+    needs -= optional
     rules = granted(one(default, "ClusterRole"))
     assert set(rules) == needs, (f"missing: {sorted(needs - set(rules))}; "
                                  f"not needed: {sorted(set(rules) - needs)}")
