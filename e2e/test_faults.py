@@ -20,7 +20,7 @@ from e2e.test_monitoring import app_load, condition, events, replicas, sidecar_s
 from e2e.test_operator import agent_config, get_json
 from e2e.test_restarts import (
     DEPLOYMENT, PROFILE, RECOVERY, SCALED_PROFILE, all_configured, generation_of, getstats_ok,
-    operator_log, pods, sidecar_pid,
+    operator_log, pods, scaled_up_and_settled, sidecar_pid,
 )
 
 pytestmark = pytest.mark.usefixtures("operator")
@@ -98,17 +98,7 @@ spec:
 
 def test_apiserver_restart_watches_recover_without_duplicate_scale_steps(
         cluster: LocalCluster, namespace: str, wait_for: Any) -> None:
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=SCALED_PROFILE)
-    cluster.kubectl("apply", "-n", namespace, "-f", "-",
-                    input=DEPLOYMENT.replace("replicas: 2", "replicas: 1"))
-    pod = wait_for(lambda: next(iter(pods(cluster, namespace)), None), "the first pod")
-    socket = wait_for(lambda: sidecar_socket(cluster, namespace, pod["metadata"]["name"]),
-                      "the sidecar's socket", timeout=90)
-    with app_load(socket, [0.2]):
-        wait_for(lambda: replicas(cluster, namespace) > 1, "a scale-up", timeout=90)
-    settled = wait_for(lambda: condition(s := status(cluster, namespace), "ScalingActive")
-                       .get("reason") == "MissingMetrics" and s, "the autoscaler to hold",
-                       timeout=60)
+    settled = scaled_up_and_settled(cluster, namespace, wait_for)
     size = replicas(cluster, namespace)
     wait_for(lambda: all_configured(cluster, namespace, 1, size),
              f"{size}/{size} sidecars configured", timeout=RECOVERY)
