@@ -51,6 +51,22 @@ async def test_a_status_not_yet_delivered_by_the_watch_is_not_written_or_announc
     assert len(cluster.rt.kube.events) == 1
 
 
+async def test_a_status_patch_that_failed_is_made_again_in_the_next_pass() -> None:
+    cluster = Cluster(runtime(FakeSidecars({"127.1.0.0": 1})))
+    cluster.add("a", {}, pods(1))
+    kube = cluster.rt.kube
+    patch = kube.patch_profile_status
+
+    async def unavailable(namespace: str, name: str, status: dict[str, object]) -> None:
+        kube.calls.append("PATCH perfprofiles/prof/status (503)")
+        raise ConnectionError("the API server restarts")
+
+    kube.patch_profile_status = unavailable
+    assert "PATCH perfprofiles/prof/status (503)" in await cluster.beat()
+    kube.patch_profile_status = patch
+    assert "PATCH perfprofiles/prof/status" in await cluster.beat()
+
+
 async def test_audit_advice_names_the_deployment_and_the_watchdog_restarts_it_once() -> None:
     sidecars = FakeSidecars({"127.1.0.9": 1})
     web = pods(2, injected=False, owner=("ReplicaSet", "web-5d8f"), prefix="web-")

@@ -70,7 +70,6 @@ async def _reconcile_once(rt: Runtime, body: kopf.Body, patch: kopf.Patch, state
                                 logger=logger)
     if any(previous.get(k) != v for k, v in new.items()):
         patch.status.update(new)
-        state.written = (resource_version, new)
 
 
 def profile_state(rt: Runtime, namespace: str, name: str) -> ProfileState:
@@ -152,6 +151,10 @@ async def _resync_one(rt: Runtime, settings: kopf.OperatorSettings, item: dict[s
         status = patch.get("status")
         if status:
             await rt.kube.patch_profile_status(namespace, name, dict(status))
+            # Until the watch delivers it, the index holds the status before this patch: the
+            # next pass compares with what was written (not after a failed patch: it retries).
+            state = profile_state(rt, namespace, name)
+            state.written = (str(meta.get("resourceVersion", "")), dict(status))
     except Exception:  # noqa: BLE001 - one profile's failure never stops the others
         log.exception(f"resync of {namespace}/{name} failed; retried in "
                       f"{rt.settings.resync_interval:g}s")
