@@ -9,11 +9,11 @@ import time
 from typing import Any
 
 import kopf
-
-from perfpilot_operator.logic import coverage
 from perfpilot_contract.durations import format_ns, seconds_to_ns
 
+from perfpilot_operator.logic import coverage
 from perfpilot_operator.logic.conditions import PodView
+from perfpilot_operator.monitoring import post_event
 from perfpilot_operator.runtime import Runtime
 from perfpilot_operator.state import ProfileState
 
@@ -36,11 +36,9 @@ async def watchdog(rt: Runtime, state: ProfileState, body: kopf.Body,
                    pods: list[coverage.Uninjected], logger: Any) -> list[str]:
     """Restart (as `kubectl rollout restart` does) the Deployments due; an Event on the profile
     for each. Returns the Deployments restarted."""
-    from perfpilot_operator.monitoring import post_event
-
-    every = rt.settings.recreate_interval
     if not rt.settings.recreate_uninjected:
         return []
+    every = rt.settings.recreate_interval
     namespace = body["metadata"]["namespace"]
     now = time.monotonic()
     done = []
