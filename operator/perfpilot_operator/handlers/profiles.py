@@ -132,8 +132,8 @@ def resync_beat(rt: Runtime, settings: kopf.OperatorSettings,
         passes[key] = asyncio.create_task(
             _resync_one(rt, settings, item, pods_by_namespace, hpas_by_namespace, log),
             name=f"perfpilot-resync-{key[0]}/{key[1]}")
-    log.debug(f"resync pass over {len(items)} profile(s) started"
-              + (f" ({busy} still busy from the previous one)" if busy else ""))
+    log.info(f"resync pass over {len(items)} profile(s) started"
+             + (f" ({busy} still busy from the previous one)" if busy else ""))
 
 
 async def _resync_one(rt: Runtime, settings: kopf.OperatorSettings, item: dict[str, Any],
