@@ -28,7 +28,8 @@ def uninjected(rt: Runtime, namespace: str, pods: list[PodView]) -> list[coverag
         rs_owner = None
         if p.owner is not None and p.owner[0] == "ReplicaSet" and rt.replicaset_owners is not None:
             rs_owner = next(iter(rt.replicaset_owners.get((namespace, p.owner[1]), [])), None)
-        out.append(coverage.Uninjected(p.name, p.opted_in, coverage.workload(p.owner, rs_owner)))
+        out.append(coverage.Uninjected(p.name, p.opted_in,
+                                       coverage.workload(p.owner, rs_owner, p.template_hash)))
     return out
 
 

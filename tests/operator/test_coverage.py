@@ -12,6 +12,10 @@ def test_a_pod_of_a_deployment_is_found_through_its_replicaset() -> None:
     assert workload(("ReplicaSet", "solo-rs"), None) == ("ReplicaSet", "solo-rs")
     assert workload(("StatefulSet", "db"), None) == ("StatefulSet", "db")
     assert workload(None, None) is None
+    # A ReplicaSet outside the watch: the Deployment controller's naming, with the pod's hash.
+    assert workload(("ReplicaSet", "web-5d8f"), None, "5d8f") == WEB
+    assert workload(("ReplicaSet", "web-5d8f"), None, "77aa") == ("ReplicaSet", "web-5d8f")
+    assert workload(("ReplicaSet", "-5d8f"), None, "5d8f") == ("ReplicaSet", "-5d8f")
 
 
 def test_advice_restarts_the_workload_of_labelled_pods() -> None:

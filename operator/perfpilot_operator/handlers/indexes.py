@@ -52,6 +52,7 @@ def pods_by_namespace(namespace: str, name: str, body: kopf.Body, **_: Any
         owner=next(((o.get("kind", ""), o.get("name", "")) for o in meta.get("ownerReferences") or []
                     if o.get("controller")), None),
         opted_in=(meta.get("labels") or {}).get(OPT_IN_LABEL) == "true",
+        template_hash=(meta.get("labels") or {}).get("pod-template-hash"),
     )
     return {namespace: (dict(meta.get("labels") or {}), view)}
 

@@ -47,6 +47,7 @@ class PodView:
     # `opted_in` (perfpilot.io/inject=true), what the coverage audit advises re-creating.
     owner: tuple[str, str] | None = field(default=None, compare=False, hash=False)
     opted_in: bool = field(default=False, compare=False, hash=False)
+    template_hash: str | None = field(default=None, compare=False, hash=False)  # its label
 
 
 @dataclass(frozen=True)

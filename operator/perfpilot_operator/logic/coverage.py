@@ -26,11 +26,19 @@ class Uninjected:
     workload: tuple[str, str] | None       # its top controller (kind, name); None: a bare pod
 
 
-def workload(owner: tuple[str, str] | None, replicaset_owner: tuple[str, str] | None
-             ) -> tuple[str, str] | None:
-    """The pod's top controller: a ReplicaSet's own controller (a Deployment) when it has one."""
-    if owner is not None and owner[0] == "ReplicaSet" and replicaset_owner is not None:
+def workload(owner: tuple[str, str] | None, replicaset_owner: tuple[str, str] | None,
+             template_hash: str | None = None) -> tuple[str, str] | None:
+    """The pod's top controller: a ReplicaSet's own controller (a Deployment) when it has one.
+    A ReplicaSet the operator does not watch (a watch filtered to opted-in objects) is read by
+    the Deployment controller's naming: `<deployment>-<pod-template-hash>`, the hash also a
+    label of the pod."""
+    if owner is None or owner[0] != "ReplicaSet":
+        return owner
+    if replicaset_owner is not None:
         return replicaset_owner
+    suffix = f"-{template_hash}"
+    if template_hash and owner[1].endswith(suffix) and len(owner[1]) > len(suffix):
+        return ("Deployment", owner[1][: -len(suffix)])
     return owner
 
 
