@@ -205,20 +205,26 @@ def operator(cluster: LocalCluster, podrunner: subprocess.Popen[bytes]
 
 @pytest.fixture()
 def restart_operator(cluster: LocalCluster, operator: subprocess.Popen[bytes]
-                     ) -> Callable[[], subprocess.Popen[bytes]]:
+                     ) -> Callable[..., subprocess.Popen[bytes]]:
     """Kill the running operator (SIGKILL: a crash, nothing cleaned up) and start a new one the
-    way its Deployment would; the previous instance's log is kept as operator.<n>.log."""
+    way its Deployment would; the previous instance's log is kept as operator.<n>.log.
+    `restart(while_down=f)` runs f() between the kill and the start; `env` adds settings to
+    the new operator's environment (a later restart without it restores the suite's)."""
     count = [0]
 
-    def restart() -> subprocess.Popen[bytes]:
+    def restart(while_down: Callable[[], object] | None = None,
+                env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         pid = int((cluster.pids / "operator.pid").read_text())
         os.killpg(pid, signal.SIGKILL)
         dev.stop(cluster, "operator")      # reaps it (a zombie counts as gone)
+        if while_down is not None:
+            while_down()
         count[0] += 1
         log = cluster.logs / "operator.log"
         if log.exists():
             shutil.copyfile(log, cluster.logs / f"operator.{count[0]}.log")
-        proc = dev.start(cluster, "operator", dev.operator_command(), _operator_env(cluster))
+        proc = dev.start(cluster, "operator", dev.operator_command(),
+                         {**_operator_env(cluster), **(env or {})})
         dev.wait_healthy(cluster, proc, E2E_HEALTH_PORT)
         return proc
 

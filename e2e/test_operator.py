@@ -178,7 +178,9 @@ def test_coverage_audit_reports_pods_running_without_the_sidecar(
     st = wait_for(audited, "status.pods.uninjected == 2", timeout=60)
     cond = next(c for c in st["conditions"] if c["type"] == "InjectionComplete")
     assert cond["status"] == "False" and cond["reason"] == "PodsWithoutSidecar"
-    assert "recreate" in cond["message"]
+    # The advice is the fix, for the Deployment found through the pods' ReplicaSet.
+    assert cond["message"].endswith("re-create them: kubectl rollout restart deployment/agent"), cond
+    assert "label" not in cond["message"], cond
     events = wait_for(lambda: get_json(cluster, "events", "-n", namespace, "--field-selector",
                                        "involvedObject.name=agents,reason=PodsWithoutSidecar"
                                        )["items"], "a PodsWithoutSidecar event")

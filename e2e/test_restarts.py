@@ -168,9 +168,10 @@ def getstats_ok(namespace: str) -> float:
     return float(m.group(1)) if m else 0.0
 
 
-def test_operator_killed_twice_after_a_scale_up_scales_nothing(
-        cluster: LocalCluster, namespace: str, wait_for: Any,
-        restart_operator: Callable[[], subprocess.Popen[bytes]]) -> None:
+def scaled_up_and_settled(cluster: LocalCluster, namespace: str, wait_for: Any
+                          ) -> dict[str, Any]:
+    """SCALED_PROFILE over a 1-replica Deployment, scaled up once by slow ops, then holding
+    without traffic; the profile's status then."""
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=SCALED_PROFILE)
     cluster.kubectl("apply", "-n", namespace, "-f", "-",
                     input=DEPLOYMENT.replace("replicas: 2", "replicas: 1"))
@@ -184,9 +185,16 @@ def test_operator_killed_twice_after_a_scale_up_scales_nothing(
     with app_load(socket, [0.2]):
         wait_for(lambda: replicas(cluster, namespace) > 1, "a scale-up", timeout=90)
     # No traffic: the autoscaler settles (the next passes see no new ops: it holds).
-    settled = wait_for(lambda: condition(s := status(cluster, namespace), "ScalingActive")
-                       .get("reason") == "MissingMetrics" and s, "the autoscaler to hold",
-                       timeout=60)
+    settled: dict[str, Any] = wait_for(
+        lambda: condition(s := status(cluster, namespace), "ScalingActive")
+        .get("reason") == "MissingMetrics" and s, "the autoscaler to hold", timeout=60)
+    return settled
+
+
+def test_operator_killed_twice_after_a_scale_up_scales_nothing(
+        cluster: LocalCluster, namespace: str, wait_for: Any,
+        restart_operator: Callable[[], subprocess.Popen[bytes]]) -> None:
+    settled = scaled_up_and_settled(cluster, namespace, wait_for)
     size = replicas(cluster, namespace)
     steps = events(cluster, namespace, "Scaled")
     last = settled["replicas"].get("lastScaleTime")

@@ -256,6 +256,43 @@ class LocalCluster:
             _log(f"stopped {', '.join(stopped) or 'nothing (not running)'}"
                  + (f"; swept {len(strays)} stray process(es)" if strays else ""))
 
+    def restart_apiserver(self, down_for: float = 0.0) -> float:
+        """Stop kube-apiserver (SIGTERM, as a rolling control-plane upgrade does), keep it down
+        `down_for` seconds, start it again with the same flags (etcd keeps the state); the
+        seconds until /readyz answered again after the start."""
+        pid = self._pid("kube-apiserver")
+        if pid is None or not _terminate(pid):
+            raise ClusterError("kube-apiserver is not running")
+        time.sleep(down_for)
+        t = time.monotonic()
+        self._start("kube-apiserver", self._apiserver_args())
+        self._wait(self.is_up, "kube-apiserver after its restart", 90)
+        return time.monotonic() - t
+
+    def wait_controllers(self, timeout: float = 240.0) -> float:
+        """Wait until kube-controller-manager acts again (a new namespace gets its default
+        ServiceAccount); the seconds it took. After an API server restart its informers
+        re-establish their watches at their own pace (about a minute here: it runs without
+        leader election, so nothing restarts it as a kubeadm static pod would be)."""
+        t = time.monotonic()
+        n = 0
+        while True:
+            n += 1
+            ns = f"probe-controllers-{os.getpid()}-{n}"
+            self.kubectl("create", "namespace", ns, check=False)
+            deadline = time.monotonic() + 5
+            ok = False
+            while not ok and time.monotonic() < deadline:
+                ok = self.kubectl("get", "sa", "default", "-n", ns, check=False).returncode == 0
+                time.sleep(0.2)
+            self.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+            if ok:
+                return time.monotonic() - t
+            if time.monotonic() - t > timeout:
+                raise ClusterError(f"kube-controller-manager did not act within {timeout:.0f}s "
+                                   f"after the API server restart; its log:\n"
+                                   + _tail(self.logs / "kube-controller-manager.log"))
+
     def status(self) -> dict[str, bool]:
         real = ({"containerd": self.node._alive("containerd"),
                  "kubelet": self.node._alive("kubelet")} if self.with_real_node else {})

@@ -1,9 +1,10 @@
 """The monitoring half of a resync pass: read the sidecars' stats, merge them into the profile's
 metrics, advance its alerts and autoscale its target.
 
-The decisions are pure functions (logic/stats, logic/monitor, logic/scaling); this module does
-the I/O around them (GetStats, the scale subresource, Events, the operator's /metrics) and keeps
-their state in the object's memo between passes.
+Three steps, each returning data (`compose_status` in logic/status turns it into status): stats
+(GetStats), alerts (Events on transitions, the PrometheusRule) and scaling (the scale
+subresource). The decisions are pure functions (logic/stats, logic/monitor, logic/scaling); this
+module does the I/O around them and keeps their state in the profile's MonitorState.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 import datetime as dt
 import math
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
@@ -21,57 +23,18 @@ from perfpilot_operator.clients.agents import Target, bounded_gather
 from perfpilot_operator.logic import monitor as mon
 from perfpilot_operator.logic import prometheusrule as promrule
 from perfpilot_operator.logic import stats
-from perfpilot_operator.logic.alerting import AlertState, Transition
+from perfpilot_operator.logic.alerting import Transition
 from perfpilot_operator.logic.conditions import PodView, now_iso
-from perfpilot_operator.logic.scaling import Decision, ScalerState, decide, parse_time
+from perfpilot_operator.logic.scaling import Decision, ScalerState, decide
+from perfpilot_operator.logic.status import Cond, Observed
 from perfpilot_operator.runtime import Runtime
+from perfpilot_operator.state import MonitorState, resume
 
-
-@dataclass
-class MonitorState:
-    """Per-profile state kept across passes. After an operator restart (or a leader change) it
-    is rebuilt by `resume` from the profile's status: the last step's time and the windows
-    (see ScalerState.resumed); stats start from a baseline (stats.first_sight); alerts
-    re-evaluate."""
-
-    snapshots: dict[str, stats.Snapshot] = field(default_factory=dict)   # pod@ip -> cumulative
-    last_look: float | None = None   # monotonic time of the previous GetStats round
-    alerts: dict[str, AlertState] = field(default_factory=dict)
-    scaler: ScalerState = field(default_factory=ScalerState)
-    last_scale_eval: float = 0.0
-    last_scale_time: str | None = None
-    replicas: dict[str, Any] | None = None
-    rule_synced: Any = None      # the PrometheusRule spec last written (None: never / deleted)
-    generations: dict[str, int] = field(default_factory=dict)   # this pass's GetStats answers
-
-
-def resume(status: dict[str, Any]) -> MonitorState:
-    """The state of a profile this operator has not observed yet, from its status: no step
-    sooner than one interval after status.replicas.lastScaleTime, no window shortened."""
-    replicas = status.get("replicas")
-    if not isinstance(replicas, dict) or not replicas:
-        return MonitorState()
-    last = replicas.get("lastScaleTime")
-    return MonitorState(scaler=ScalerState(resumed=True),
-                        last_scale_eval=parse_time(last) or 0.0,
-                        last_scale_time=last if isinstance(last, str) else None,
-                        replicas=dict(replicas))
+__all__ = ["MonitorState", "Observed", "observe", "post_event", "resume"]
 
 
 def _iso(ts: float) -> str:
     return now_iso(dt.datetime.fromtimestamp(ts, dt.UTC))
-
-
-@dataclass
-class Outcome:
-    """What one pass adds to the status, plus conditions to set."""
-
-    status: dict[str, Any]
-    conditions: list[tuple[str, bool, str, str]]
-    unreachable: dict[str, str]
-    # pod name -> the config generation its sidecar reports running (GetStats): the truth about
-    # what it runs, e.g. a restarted sidecar container is back at its admission-time config.
-    generations: dict[str, int] = field(default_factory=dict)
 
 
 async def post_event(rt: Runtime, body: Any, type_: str, reason: str, message: str,
@@ -83,21 +46,30 @@ async def post_event(rt: Runtime, body: Any, type_: str, reason: str, message: s
         logger.warning(f"could not post Event {reason}: {e}")
 
 
-async def _collect(rt: Runtime, state: MonitorState, pods: list[PodView], token: str,
-                   namespace: str, name: str) -> tuple[list[stats.Snapshot], dict[str, str]]:
-    """Deltas since the previous pass from every reachable sidecar; failures by pod name."""
+@dataclass(frozen=True)
+class Stats:
+    """One GetStats round: the profile's metric values, who did not answer, and the
+    generation each answering sidecar reports running."""
+
+    values: dict[str, float]
+    unreachable: dict[str, str]
+    generations: dict[str, int]
+
+
+async def read_stats(rt: Runtime, state: MonitorState, pods: list[PodView],
+                     target: Callable[[PodView], Target], spec: dict[str, Any],
+                     namespace: str, name: str) -> Stats:
+    """Deltas since the previous round from every reachable sidecar, merged into metrics."""
     live = [p for p in pods if p.running and p.injected and p.ip]
-    port = rt.settings.sidecar.grpc_port
 
     def call(p: PodView) -> Any:
-        return lambda: rt.agents.get_stats(Target(p.ip or "", port, token))
+        return lambda: rt.agents.get_stats(target(p))
 
     looked = time.monotonic()
     since_last_look = None if state.last_look is None else looked - state.last_look
     state.last_look = looked
     results = await bounded_gather([call(p) for p in live], limit=rt.settings.rollout_concurrency)
-    deltas, failures = [], {}
-    state.generations = {}
+    deltas, failures, generations = [], {}, {}
     keys = set()
     for p, r in zip(live, results):
         key = f"{p.name}@{p.ip}"
@@ -107,7 +79,7 @@ async def _collect(rt: Runtime, state: MonitorState, pods: list[PodView], token:
         if isinstance(r, BaseException):
             failures[p.name] = code
             continue
-        state.generations[p.name] = int(r.generation)
+        generations[p.name] = int(r.generation)
         snap = stats.from_proto(r)
         prev = state.snapshots.get(key)
         deltas.append(stats.delta(prev, snap) if prev is not None
@@ -115,24 +87,17 @@ async def _collect(rt: Runtime, state: MonitorState, pods: list[PodView], token:
         state.snapshots[key] = snap
     for gone in set(state.snapshots) - keys:
         del state.snapshots[gone]
-    return deltas, failures
-
-
-async def observe(*, rt: Runtime, memo: Any, body: kopf.Body, namespace: str, name: str,
-                  spec: dict[str, Any], pods: list[PodView], token: str,
-                  hpas: list[dict[str, Any]], logger: Any) -> Outcome:
-    state: MonitorState = getattr(memo, "monitor", None) or resume(dict(body.get("status") or {}))
-    memo.monitor = state
-    now = time.time()
-    deltas, unreachable = await _collect(rt, state, pods, token, namespace, name)
     values = stats.profile_metrics(deltas, memory_limit_bytes=mon.sidecar_memory_limit(spec))
     for metric, value in values.items():
         prom.set_or_clear(prom.PROFILE_METRIC, (namespace, name, metric), value)
+    return Stats(values, failures, generations)
 
-    status: dict[str, Any] = {}
-    conditions: list[tuple[str, bool, str, str]] = []
 
-    # Alerts.
+async def advance_alerts(rt: Runtime, state: MonitorState, body: kopf.Body, spec: dict[str, Any],
+                         values: dict[str, float], now: float, logger: Any
+                         ) -> tuple[list[dict[str, Any]], Cond]:
+    """status.activeAlerts and the Alerting condition; Events on transitions."""
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     rules = mon.alert_rules(spec)
     state.alerts, changes = mon.advance_alerts(rules, state.alerts, values, now)
     for ch in changes:
@@ -143,43 +108,50 @@ async def observe(*, rt: Runtime, memo: Any, body: kopf.Body, namespace: str, na
                              f"{ch.rule.name} ({ch.rule.severity}) firing: {text}", logger)
         elif ch.transition is Transition.RESOLVED:
             await post_event(rt, body, "Normal", "AlertResolved",
-                             f"{ch.rule.name} resolved: {ch.rule.metric} = {value}", logger)
+                             f"{ch.rule.name} resolved: {ch.rule.metric} = {shown}", logger)
         elif ch.transition is Transition.PENDING:
             await post_event(rt, body, "Normal", "AlertPending",
                              f"{ch.rule.name} pending for {ch.rule.for_seconds:g}s: {text}", logger)
     active = mon.active_alerts(rules, state.alerts, _iso)
-    status["activeAlerts"] = active
     prom.clear_profile(prom.ALERT_ACTIVE, namespace, name)
     for a in active:
         prom.ALERT_ACTIVE.labels(namespace, name, a["name"], a["severity"], a["state"]).set(1)
+    await _sync_prometheus_rule(rt, state, body, rules, logger)
     firing = [a for a in active if a["state"] == "firing"]
     if firing:
-        conditions.append(("Alerting", True, "AlertsFiring",
-                           "; ".join(f"{a['name']}: {a.get('message', '')}" for a in firing)))
-    else:
-        pending = [a["name"] for a in active]
-        conditions.append(("Alerting", False, "NoAlertsFiring",
-                           f"pending: {', '.join(pending)}" if pending else "no alert firing"))
+        return active, Cond("Alerting", True, "AlertsFiring",
+                            "; ".join(f"{a['name']}: {a.get('message', '')}" for a in firing))
+    pending = [a["name"] for a in active]
+    return active, Cond("Alerting", False, "NoAlertsFiring",
+                        f"pending: {', '.join(pending)}" if pending else "no alert firing")
 
-    await _sync_prometheus_rule(rt, state, body, rules, logger)
 
-    # Autoscaling.
+async def observe(*, rt: Runtime, state: MonitorState, body: kopf.Body, spec: dict[str, Any],
+                  pods: list[PodView], target: Callable[[PodView], Target],
+                  hpas: list[dict[str, Any]], logger: Any) -> Observed:
+    """Stats, then alerts, then autoscaling; what they add to status, as data."""
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    now = time.time()
+    read = await read_stats(rt, state, pods, target, spec, namespace, name)
+    active, alerting = await advance_alerts(rt, state, body, spec, read.values, now, logger)
+    status: dict[str, Any] = {"activeAlerts": active}
+    conditions = [alerting]
     auto = mon.autoscaling(spec)
     if auto is None:
         state.scaler = ScalerState()
         state.replicas = None
         if spec.get("autoscaling"):
-            conditions.append(("ScalingActive", False, "NoTarget",
-                               "spec.autoscaling needs spec.target (the workload to scale)"))
+            conditions.append(Cond("ScalingActive", False, "NoTarget",
+                                   "spec.autoscaling needs spec.target (the workload to scale)"))
     else:
-        status_replicas, cond = await _autoscale(rt, state, auto, namespace, name, values,
-                                                 hpas, now, body, logger)
-        if status_replicas is not None:
-            status["replicas"] = status_replicas
+        replicas, cond = await _autoscale(rt, state, auto, namespace, name, read.values, hpas,
+                                          now, body, logger, missing=len(read.unreachable))
+        if replicas is not None:
+            status["replicas"] = replicas
         if cond is not None:
             conditions.append(cond)
-    return Outcome(status=status, conditions=conditions, unreachable=unreachable,
-                   generations=dict(state.generations))
+    return Observed(unreachable=read.unreachable, generations=read.generations, status=status,
+                    conditions=tuple(conditions))
 
 
 PROMETHEUS_RULES_RECHECK = 60.0
@@ -223,14 +195,14 @@ async def _sync_prometheus_rule(rt: Runtime, state: MonitorState, body: kopf.Bod
 
 async def _autoscale(rt: Runtime, state: MonitorState, auto: mon.Autoscaling, namespace: str,
                      name: str, values: dict[str, float], hpas: list[dict[str, Any]],
-                     now: float, body: kopf.Body, logger: Any
-                     ) -> tuple[dict[str, Any] | None, tuple[str, bool, str, str] | None]:
+                     now: float, body: kopf.Body, logger: Any, missing: int = 0
+                     ) -> tuple[dict[str, Any] | None, Cond | None]:
     ref = auto.target_ref
     owner = next((h["name"] for h in hpas
                   if h["target"].get("kind") == ref.get("kind")
                   and h["target"].get("name") == ref.get("name")), None)
     if owner:
-        return state.replicas, ("ScalingActive", False, "HPAConflict",
+        return state.replicas, Cond("ScalingActive", False, "HPAConflict",
                                 f"HorizontalPodAutoscaler {owner!r} also scales "
                                 f"{ref['kind']}/{ref['name']}; delete it or spec.autoscaling")
     if now - state.last_scale_eval < auto.interval and state.replicas is not None:
@@ -240,17 +212,17 @@ async def _autoscale(rt: Runtime, state: MonitorState, auto: mon.Autoscaling, na
         current = await rt.scale.replicas(namespace, ref)
     except Exception as e:  # noqa: BLE001 - reported on the condition
         reason = getattr(e, "reason", None) or type(e).__name__
-        return state.replicas, ("ScalingActive", False, "TargetUnreadable",
+        return state.replicas, Cond("ScalingActive", False, "TargetUnreadable",
                                 f"cannot read the scale of {ref['kind']}/{ref['name']}: {reason}")
     metric = values.get(auto.metric, math.nan)
     decision: Decision = decide(state.scaler, now=now, current=current, metric=metric,
-                                spec=auto.spec)
+                                spec=auto.spec, missing=missing)
     if decision.changes(current):
         try:
             await rt.scale.set_replicas(namespace, ref, decision.replicas)
         except Exception as e:  # noqa: BLE001
             reason = getattr(e, "reason", None) or type(e).__name__
-            return state.replicas, ("ScalingActive", False, "ScaleFailed",
+            return state.replicas, Cond("ScalingActive", False, "ScaleFailed",
                                     f"cannot scale {ref['kind']}/{ref['name']}: {reason}")
         state.last_scale_time = _iso(now)
         direction = "up" if decision.replicas > current else "down"
@@ -265,5 +237,5 @@ async def _autoscale(rt: Runtime, state: MonitorState, auto: mon.Autoscaling, na
                       "reason": decision.message[:1000]}
     if state.last_scale_time:
         state.replicas["lastScaleTime"] = state.last_scale_time
-    return state.replicas, ("ScalingActive", decision.scaling_active, decision.reason,
+    return state.replicas, Cond("ScalingActive", decision.scaling_active, decision.reason,
                             decision.message)

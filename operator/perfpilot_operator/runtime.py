@@ -7,6 +7,7 @@ from typing import Any
 
 from perfpilot_operator.clients.agents import AgentClients
 from perfpilot_operator.settings import Settings
+from perfpilot_operator.state import ProfileState
 
 
 @dataclass
@@ -24,7 +25,8 @@ class Runtime:
     leadership: Any = None                # perfpilot_operator.leader.Leadership
     # kopf's index of ReplicaSets whose pods the API server refuses (handlers/indexes.py).
     refusals: Any = None
-    tokens: dict[str, str] = field(default_factory=dict)   # namespace -> agent token
-    # (namespace, name) -> per-profile memory (generations applied, alert and scaler state),
-    # shared by the spec handlers and the resync loop: see handlers/profiles.profile_state.
-    profiles: dict[tuple[str, str], Any] = field(default_factory=dict)
+    # kopf's index (namespace, ReplicaSet) -> its controller (handlers/indexes.py).
+    replicaset_owners: Any = None
+    # (namespace, name) -> per-profile memory (stats baselines, alert and scaler state, the pass
+    # lock), shared by the spec handlers and the resync loop: see handlers/profiles.profile_state.
+    profiles: dict[tuple[str, str], ProfileState] = field(default_factory=dict)

@@ -66,6 +66,11 @@ class Settings:
     rpc_timeout: float = 2.0
     resync_interval: float = 5.0
     """Seconds between the periodic pass (late pods, stats, alerts, autoscaling, coverage)."""
+    recreate_uninjected: bool = False
+    """The coverage watchdog: restart (as `kubectl rollout restart`) a Deployment whose opted-in
+    pods run without the sidecar. Off: the audit only advises (condition, Event, metric)."""
+    recreate_interval: float = 600.0
+    """The watchdog restarts one Deployment at most once per this many seconds."""
     metrics_port: int = 8080                # -1: no /metrics server
     metrics_host: str = "0.0.0.0"
     health_port: int = 8081
@@ -108,6 +113,8 @@ class Settings:
                                          str(d.rollout_concurrency))),
             rpc_timeout=parse_duration(_env("PERFPILOT_RPC_TIMEOUT", "2s")),
             resync_interval=parse_duration(_env("PERFPILOT_RESYNC_INTERVAL", "5s")),
+            recreate_uninjected=_env("PERFPILOT_RECREATE_UNINJECTED", "false") == "true",
+            recreate_interval=parse_duration(_env("PERFPILOT_RECREATE_INTERVAL", "10m")),
             metrics_port=int(_env("PERFPILOT_METRICS_PORT", str(d.metrics_port))),
             metrics_host=_env("PERFPILOT_METRICS_HOST", d.metrics_host),
             health_port=int(_env("PERFPILOT_HEALTH_PORT", str(d.health_port))),

@@ -595,6 +595,9 @@ NOT_GRANTED: set[tuple[str, str, str]] = {
     ("admissionregistration.k8s.io", "validatingwebhookconfigurations", "create")}
 # Granted by the Role in the release's namespace, not cluster-wide.
 NAMESPACED_ONLY = {("coordination.k8s.io", "leases", v) for v in ("get", "create", "update")}
+APPS = {"deployments"}
+# Granted only when a value turns the feature on (value -> what it adds).
+OPTIONAL_NEEDS = {"recreateUninjected.enabled=true": {("apps", "deployments", "patch")}}
 
 
 def _plural(snake: str) -> str:
@@ -684,7 +687,7 @@ def client_needs() -> set[Need]:
                 res = _plural(what) + (f"/{sub}" if sub else "")
                 group = "" if res in CORE else "admissionregistration.k8s.io" \
                     if res in ADMISSION else "coordination.k8s.io" if res in COORDINATION \
-                    else None
+                    else "apps" if res in APPS else None
                 assert group is not None, (
                     f"{path.name}: {node.attr} calls an API this test does not know; add its "
                     f"group here and the rule to charts/perfpilot/templates/clusterrole.yaml")
@@ -772,7 +775,14 @@ def test_clusterrole_grants_exactly_what_the_operator_calls(default: list[dict[s
         ("apps", "deployments/scale", "get"), ("apps", "deployments/scale", "patch"),
         ("apps", "statefulsets/scale", "get"), ("apps", "statefulsets/scale", "patch"),
         ("apps", "replicasets/scale", "get"), ("apps", "replicasets/scale", "patch"),
+        ("apps", "deployments", "patch"),
     }, "the operator's API calls changed: update the ClusterRole/Role and this list"
+    optional = set().union(*OPTIONAL_NEEDS.values())
+    for value, extra in OPTIONAL_NEEDS.items():
+        with_it = granted(one(render(value), "ClusterRole"))
+        expected_with = (needs - NOT_GRANTED - NAMESPACED_ONLY - optional) | extra
+        assert set(with_it) == expected_with, (value, sorted(set(with_it) ^ expected_with))
+    needs -= optional
     cluster_rules = granted(one(default, "ClusterRole"))
     role_rules = granted(one(default, "Role"))
     assert set(role_rules) == NAMESPACED_ONLY

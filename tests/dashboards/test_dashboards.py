@@ -93,15 +93,15 @@ def known_label_values() -> dict[tuple[str, str], set[str]]:
     """(series, label) -> every value the code can put there, from the code's constants."""
     from perfpilot_agent.metrics.collectors import QUANTILES
     from perfpilot_operator.logic.alerting import Phase
-    from perfpilot_operator.logic.conditions import PodCounts
     from perfpilot_operator.logic.stats import METRICS as PROFILE_METRICS
+    from perfpilot_operator.logic.status import Resize, Rollout, compose_status
 
-    handlers = Path(dashboards.ROOT, "operator/perfpilot_operator/handlers/profiles.py")
-    assert '"stale": len(stale)' in handlers.read_text(), "the pods{state=stale} series moved"
+    # perfpilot_operator_pods{state} is set for every key of status.pods (profilepass.run).
+    pod_states = set(compose_status(generation=0, previous={}, pods=[], rollout=Rollout(),
+                                    resize=Resize(), refusals=[], observed=None)["pods"])
     return {
         ("perfpilot_operator_profile_metric", "metric"): set(PROFILE_METRICS),
-        ("perfpilot_operator_pods", "state"):
-            set(PodCounts(0, 0, 0, 0, ()).as_status()) | {"stale"},
+        ("perfpilot_operator_pods", "state"): pod_states,
         ("perfpilot_operator_alert_active", "state"):
             {p.value for p in Phase if p.name != "INACTIVE"},
         **{(f"perfpilot_sidecar_{n}", "quantile"): {q for q, _ in QUANTILES}

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import logging
 import time
 import types
 from typing import Any
@@ -14,68 +13,41 @@ from typing import Any
 from perfpilot.v1 import agent_pb2 as pb
 from perfpilot_operator import monitoring
 from perfpilot_operator.clients.agents import Target
-from perfpilot_operator.handlers.profiles import sync
 from perfpilot_operator.logic import monitor as mon
-from perfpilot_operator.logic.conditions import PodView, now_iso
+from perfpilot_operator.logic.conditions import now_iso
+from perfpilot_operator.logic.status import condition
+from tests.operator.fakecluster import LOG, Cluster, FakeScale, FakeSidecars, pods, runtime
 
-LOG = logging.getLogger("test")
-
-
-class FakeSidecars:
-    """Sidecars by IP: the generation each runs; Configure from the operator always applies."""
-
-    def __init__(self, generations: dict[str, int]) -> None:
-        self.generations = generations
-        self.configured: list[str] = []
-
-    async def configure(self, target: Target, request: pb.ConfigureRequest) -> pb.ConfigureResponse:
-        self.configured.append(target.host)
-        self.generations[target.host] = request.generation
-        return pb.ConfigureResponse(applied_generation=request.generation, applied=True)
-
-    async def forget(self, address: str) -> None:
-        pass
+PODS = pods(3)
 
 
-def runtime(agents: Any) -> Any:
-    async def ensure_token(namespace: str, name: str) -> str:
-        return "token"
-    settings = types.SimpleNamespace(
-        sidecar=types.SimpleNamespace(grpc_port=9090, token_secret="perfpilot-agent-token"),
-        rollout_concurrency=4)
-    return types.SimpleNamespace(settings=settings, agents=agents, resize=False,
-                                 kube=types.SimpleNamespace(ensure_token=ensure_token))
+def run_pass(cluster: Cluster) -> dict[str, Any]:
+    """One resync beat (GetStats, then Configure where needed); the profile's status after it."""
+    asyncio.run(cluster.beat())
+    cluster.deliver_status()
+    return dict(cluster.profiles["ns"][0]["status"])
 
 
-PODS = [PodView(f"p{i}", f"127.1.0.{i}", True, True) for i in range(3)]
-
-
-def run_pass(rt: Any, memo: Any, sidecars: FakeSidecars, generation: int = 6) -> dict[str, Any]:
-    async def observe(token: str) -> monitoring.Outcome:
-        return monitoring.Outcome(status={}, conditions=[], unreachable={},
-                                  generations={p.name: sidecars.generations[p.ip or ""]
-                                               for p in PODS})
-    return asyncio.run(sync(rt=rt, memo=memo, namespace="ns", name="prof", generation=generation,
-                            spec={}, status={}, pods=PODS, logger=LOG, observe=observe))
-
-
-def config_applied(status: dict[str, Any]) -> dict[str, Any]:
-    return next(c for c in status["conditions"] if c["type"] == "ConfigApplied")
+def setup(sidecars: FakeSidecars, generation: int = 6) -> Cluster:
+    cluster = Cluster(runtime(sidecars))
+    cluster.add("ns", {}, PODS, generation=generation)
+    return cluster
 
 
 def test_restarted_and_ahead_sidecars_are_brought_back_in_the_next_pass() -> None:
     sidecars = FakeSidecars({p.ip or "": 6 for p in PODS})
-    rt, memo = runtime(sidecars), types.SimpleNamespace()
-    status = run_pass(rt, memo, sidecars)
+    cluster = setup(sidecars)
+    status = run_pass(cluster)
     assert sidecars.configured == [] and status["pods"]["configured"] == 3
     # p1's container restarts (same pod, same IP: admission-time config, generation 0); p2 is
     # pushed to 2**62 from inside its pod.
     sidecars.generations["127.1.0.1"] = 0
     sidecars.generations["127.1.0.2"] = 2**62
-    status = run_pass(rt, memo, sidecars)
+    status = run_pass(cluster)
     assert sorted(sidecars.configured) == ["127.1.0.1", "127.1.0.2"]
     assert set(sidecars.generations.values()) == {6}
-    assert status["pods"]["configured"] == 3 and config_applied(status)["status"] == "True"
+    assert status["pods"]["configured"] == 3
+    assert condition(status, "ConfigApplied")["status"] == "True"
 
 
 def test_a_sidecar_counts_configured_only_while_it_reports_the_generation() -> None:
@@ -86,31 +58,17 @@ def test_a_sidecar_counts_configured_only_while_it_reports_the_generation() -> N
             return pb.ConfigureResponse(applied_generation=self.generations[target.host])
 
     sidecars = Refusing({"127.1.0.0": 6, "127.1.0.1": 6, "127.1.0.2": 9})
-    status = run_pass(runtime(sidecars), types.SimpleNamespace(), sidecars)
+    status = run_pass(setup(sidecars))
     assert status["pods"]["configured"] == 2
-    assert config_applied(status)["status"] == "False"
-    assert "2/3 sidecars at generation 6" in config_applied(status)["message"]
-    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert condition(status, "ConfigApplied")["status"] == "False"
+    assert "2/3 sidecars at generation 6" in condition(status, "ConfigApplied")["message"]
+    degraded = condition(status, "Degraded")
     assert degraded["status"] == "True" and "kept generation 9" in degraded["message"]
 
 
 AUTO = {"target": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "app"},
         "autoscaling": {"maxReplicas": 10, "metric": "queue_depth", "target": 1,
                         "interval": "15s"}}
-
-
-class FakeScale:
-    def __init__(self, replicas: int) -> None:
-        self.current, self.reads = replicas, 0
-        self.writes: list[int] = []
-
-    async def replicas(self, namespace: str, ref: Any) -> int:
-        self.reads += 1
-        return self.current
-
-    async def set_replicas(self, namespace: str, ref: Any, n: int) -> None:
-        self.writes.append(n)
-        self.current = n
 
 
 def autoscale(state: monitoring.MonitorState, scale: FakeScale, now: float) -> Any:

@@ -16,6 +16,8 @@ from typing import Any, cast
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from perfpilot_operator.logic.coverage import RESTARTED_AT
+
 TOKEN_SECRET_KEY = "token"
 
 
@@ -35,6 +37,7 @@ class Kube:
         self.admission = client.AdmissionregistrationV1Api(api)
         self.custom = client.CustomObjectsApi(api)
         self.version_api = client.VersionApi(api)
+        self.apps = client.AppsV1Api(api)
 
     async def server_minor(self) -> int:
         info = await asyncio.to_thread(self.version_api.get_code)
@@ -142,6 +145,14 @@ class Kube:
                 if e.status not in (403, 404):  # the namespace is going away: nothing to tell
                     raise
         await asyncio.to_thread(run)
+
+    async def restart_deployment(self, namespace: str, name: str) -> None:
+        """What `kubectl rollout restart deployment/<name>` does: a new pod-template annotation,
+        so the Deployment replaces its pods at its own pace (maxSurge/maxUnavailable)."""
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        patch = {"spec": {"template": {"metadata": {"annotations": {
+            RESTARTED_AT: now}}}}}
+        await asyncio.to_thread(self.apps.patch_namespaced_deployment, name, namespace, patch)
 
     async def ensure_token(self, namespace: str, name: str) -> str:
         """The namespace's agent token Secret; created with a random token when missing."""

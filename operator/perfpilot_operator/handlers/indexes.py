@@ -7,17 +7,25 @@ from typing import Any
 import kopf
 
 from perfpilot_operator.logic.conditions import PodView, Refusal, refusal
-from perfpilot_operator.logic.injection import ANNOTATION_INJECTED, is_injected
+from perfpilot_operator.logic.injection import ANNOTATION_INJECTED, OPT_IN_LABEL, is_injected
 
 
 @kopf.index("perfpilot.io", "v1alpha1", "perfprofiles")  # type: ignore[arg-type]  # kopf-kwargs
 def profiles_by_namespace(namespace: str, name: str, body: kopf.Body, **_: Any
                           ) -> dict[str, dict[str, Any]]:
     meta = body.get("metadata", {})
-    return {namespace: {"metadata": {"name": name, "namespace": namespace,
+    # Everything a resync pass reads (it walks this index instead of listing the profiles):
+    # the identity its Events and PrometheusRule owner reference need, spec, status.
+    return {namespace: {"apiVersion": body.get("apiVersion", "perfpilot.io/v1alpha1"),
+                        "kind": body.get("kind", "PerfProfile"),
+                        "metadata": {"name": name, "namespace": namespace,
+                                     "uid": meta.get("uid", ""),
+                                     "resourceVersion": meta.get("resourceVersion", ""),
                                      "generation": meta.get("generation", 0),
-                                     "creationTimestamp": meta.get("creationTimestamp", "")},
-                        "spec": dict(body.get("spec", {}))}}
+                                     "creationTimestamp": meta.get("creationTimestamp", ""),
+                                     "deletionTimestamp": meta.get("deletionTimestamp")},
+                        "spec": dict(body.get("spec", {})),
+                        "status": dict(body.get("status") or {})}}
 
 
 @kopf.index("autoscaling", "v2", "horizontalpodautoscalers")  # type: ignore[arg-type]  # kopf-kwargs
@@ -41,6 +49,10 @@ def pods_by_namespace(namespace: str, name: str, body: kopf.Body, **_: Any
         injected=is_injected(dict(body))
         and meta.get("annotations", {}).get(ANNOTATION_INJECTED) == "true",
         shape=shape,
+        owner=next(((o.get("kind", ""), o.get("name", "")) for o in meta.get("ownerReferences") or []
+                    if o.get("controller")), None),
+        opted_in=(meta.get("labels") or {}).get(OPT_IN_LABEL) == "true",
+        template_hash=(meta.get("labels") or {}).get("pod-template-hash"),
     )
     return {namespace: (dict(meta.get("labels") or {}), view)}
 
@@ -53,3 +65,14 @@ def refusals_by_namespace(namespace: str, body: kopf.Body, **_: Any
     `{}`, not None, when it stops refusing: kopf keeps an object's previous entry on None."""
     found = refusal(dict(body))
     return {namespace: found} if found is not None else {}
+
+
+@kopf.index("apps", "v1", "replicasets")  # type: ignore[arg-type]  # kopf-kwargs
+def replicaset_owners(namespace: str, name: str, body: kopf.Body, **_: Any
+                      ) -> dict[tuple[str, str], tuple[str, str]]:
+    """(namespace, ReplicaSet) -> its controller ("Deployment", name): the coverage audit names
+    the workload to restart without reading ReplicaSets (the watch above is shared)."""
+    owner = next(((o.get("kind", ""), o.get("name", ""))
+                  for o in body.get("metadata", {}).get("ownerReferences") or []
+                  if o.get("controller")), None)
+    return {(namespace, name): owner} if owner is not None else {}

@@ -28,7 +28,7 @@ NATIVE_SIDECAR_MINOR = 29   # SidecarContainers is on by default from 1.29
 @kopf.on.startup(id="startup")  # type: ignore[arg-type]  # kopf-kwargs
 async def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Logger,
                   profiles_by_namespace: Any, pods_by_namespace: Any, hpas_by_namespace: Any,
-                  refusals_by_namespace: Any, **_: Any) -> None:
+                  refusals_by_namespace: Any, replicaset_owners: Any, **_: Any) -> None:
     cfg: Settings = getattr(memo, "settings", None) or Settings.from_env()
     # Watches never go blind: server-side timeouts plus kopf's inactivity detector.
     settings.watching.server_timeout = 300
@@ -63,6 +63,7 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Lo
                 f"cannot serve /metrics on {cfg.metrics_host}:{cfg.metrics_port}: {e.strerror}; "
                 f"set PERFPILOT_METRICS_PORT to a free port (-1 turns it off)") from e
     rt.refusals = refusals_by_namespace     # kopf keeps it current; every profile pass reads it
+    rt.replicaset_owners = replicaset_owners   # the coverage audit's workload of each pod
     memo.runtime = rt
 
     settings.admission.server = kopf.WebhookServer(

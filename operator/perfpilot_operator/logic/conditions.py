@@ -43,6 +43,11 @@ class PodView:
     # {"spec": {"containers": [{name, resources}], "initContainers": [...]}}: what a resize
     # decision needs, nothing more (the index holds one per pod).
     shape: dict[str, Any] | None = field(default=None, compare=False, hash=False)
+    # Its controller from ownerReferences, ("ReplicaSet", "web-5d8f"); None: a bare pod. With
+    # `opted_in` (perfpilot.io/inject=true), what the coverage audit advises re-creating.
+    owner: tuple[str, str] | None = field(default=None, compare=False, hash=False)
+    opted_in: bool = field(default=False, compare=False, hash=False)
+    template_hash: str | None = field(default=None, compare=False, hash=False)  # its label
 
 
 @dataclass(frozen=True)

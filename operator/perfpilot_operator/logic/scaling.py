@@ -92,24 +92,31 @@ def decide(
     current: int,
     metric: float | None,
     spec: AutoscalingSpec,
+    missing: int = 0,
 ) -> Decision:
-    """One evaluation; mutates `state` (the recommendation history)."""
+    """One evaluation; mutates `state` (the recommendation history). `missing`: sidecars that
+    did not answer this round; with any missing, a value from the others is not the workload's,
+    so the scaler holds (a step on part of the pods could be undone when the rest answer)."""
     if metric is None or math.isnan(metric):
+        why = (f"no sidecar answered GetStats ({missing} unreachable)" if missing
+               else "no fresh value of the metric")
         fallback = {"scaleToMin": spec.min_replicas,
                     "scaleToMax": spec.max_replicas}.get(spec.on_missing_metrics)
         if fallback is not None:
             return Decision(fallback, "MissingMetrics",
-                            f"no fresh value of the metric; onMissingMetrics "
-                            f"{spec.on_missing_metrics}: {current} -> {fallback} replicas",
-                            scaling_active=False)
+                            f"{why}; onMissingMetrics {spec.on_missing_metrics}: "
+                            f"{current} -> {fallback} replicas", scaling_active=False)
         clamped = min(max(current, spec.min_replicas), spec.max_replicas)
         if clamped != current:
             return Decision(clamped, "OutOfRange",
                             f"no metric; {current} replicas is outside [{spec.min_replicas}, "
                             f"{spec.max_replicas}]", scaling_active=False)
-        return Decision(current, "MissingMetrics",
-                        f"no fresh value of the metric; holding {current} replicas",
+        return Decision(current, "MissingMetrics", f"{why}; holding {current} replicas",
                         scaling_active=False)
+    if missing:
+        return Decision(current, "MetricsIncomplete",
+                        f"{missing} sidecar(s) did not answer GetStats; holding {current} "
+                        f"replicas until every sidecar reports", scaling_active=False)
 
     if state.started is None:
         state.started, state.initial = now, current
