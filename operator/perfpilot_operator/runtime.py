@@ -20,6 +20,9 @@ class Runtime:
     prometheus_rules: bool = False        # monitoring.coreos.com/v1 PrometheusRule is served
     prometheus_rules_checked: float | None = None   # monotonic time of the last discovery
     ca_bundle: bytes = b""
+    # namespace -> [(labels, PodView)]: kopf's index of opted-in pods (a server-side filtered
+    # watch) plus the coverage audit's finds (handlers/indexes.CoveredPods).
+    pods: Any = None
     # kopf's index of ReplicaSets whose pods the API server refuses (handlers/indexes.py).
     refusals: Any = None
     tokens: dict[str, str] = field(default_factory=dict)   # namespace -> agent token

@@ -41,6 +41,9 @@ class Settings:
     rpc_timeout: float = 2.0
     resync_interval: float = 5.0
     """Seconds between the periodic pass (late pods, stats, alerts, autoscaling, coverage)."""
+    audit_interval: float = 30.0
+    """Seconds between the coverage audit's LISTs of a profile's pods that did not opt in (a new
+    profile or selector is audited at the next pass)."""
     metrics_port: int = 8080                # -1: no /metrics server
     metrics_host: str = "0.0.0.0"
     health_port: int = 8081
@@ -76,6 +79,7 @@ class Settings:
                                          str(d.rollout_concurrency))),
             rpc_timeout=parse_duration(_env("PERFPILOT_RPC_TIMEOUT", "2s")),
             resync_interval=parse_duration(_env("PERFPILOT_RESYNC_INTERVAL", "5s")),
+            audit_interval=parse_duration(_env("PERFPILOT_AUDIT_INTERVAL", "30s")),
             metrics_port=int(_env("PERFPILOT_METRICS_PORT", str(d.metrics_port))),
             metrics_host=_env("PERFPILOT_METRICS_HOST", d.metrics_host),
             health_port=int(_env("PERFPILOT_HEALTH_PORT", str(d.health_port))),

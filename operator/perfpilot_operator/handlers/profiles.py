@@ -291,9 +291,9 @@ def profile_state(rt: Runtime, namespace: str, name: str) -> Any:
 @kopf.on.create(GROUP, VERSION, PLURAL, id="reconcile-create")
 @kopf.on.update(GROUP, VERSION, PLURAL, id="reconcile-spec", field="spec")  # type: ignore[arg-type]  # kopf-kwargs
 async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: Any, namespace: str, name: str,
-                    logger: Any, pods_by_namespace: Any, **_: Any) -> None:
+                    logger: Any, **_: Any) -> None:
     await _reconcile(body, patch, profile_state(memo.runtime, namespace, name), namespace, name,
-                     logger, pods_by_namespace)
+                     logger, memo.runtime.pods)
 
 
 async def resync_loop(rt: Runtime, settings: kopf.OperatorSettings, profiles_by_namespace: Any,

@@ -12,7 +12,7 @@ from perfpilot_operator.certs import ensure_webhook_certs
 from perfpilot_operator import metrics as prom
 from perfpilot_operator.clients import kube as kube_client
 from perfpilot_operator.clients.agents import AgentClients
-from perfpilot_operator.handlers import profiles
+from perfpilot_operator.handlers import indexes, profiles
 from perfpilot_operator.logic import resize, webhooks
 from perfpilot_operator.runtime import Runtime
 from perfpilot_operator.settings import Settings
@@ -59,6 +59,12 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Lo
                 f"set PERFPILOT_METRICS_PORT to a free port (-1 turns it off)") from e
     rt.refusals = refusals_by_namespace     # kopf keeps it current; every profile pass reads it
     memo.runtime = rt
+    # Opted-in pods and ReplicaSets only, filtered by the API server; plus the coverage audit.
+    indexes.filter_watches(settings)
+    rt.pods = indexes.CoveredPods(pods_by_namespace, api)
+    memo.audit_task = asyncio.create_task(
+        indexes.audit_loop(rt.pods, profiles_by_namespace, tick=cfg.resync_interval,
+                           interval=cfg.audit_interval), name="perfpilot-coverage-audit")
 
     settings.admission.server = kopf.WebhookServer(
         addr=cfg.webhook_host, port=cfg.webhook_port, host=cfg.webhook_url_host,
@@ -78,8 +84,7 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Lo
                                               client=client(webhooks.PROFILE_HANDLER_ID)))
     # The periodic pass over every profile (kopf keeps the indexes current meanwhile).
     memo.resync_task = asyncio.create_task(
-        profiles.resync_loop(rt, settings, profiles_by_namespace, pods_by_namespace,
-                             hpas_by_namespace),
+        profiles.resync_loop(rt, settings, profiles_by_namespace, rt.pods, hpas_by_namespace),
         name="perfpilot-resync")
     logger.info(f"perfpilot operator ready: Kubernetes 1.{minor}, native sidecars "
                 f"{'on' if native else 'off'}, in-place resize {'on' if rt.resize else 'off'}, webhooks on {cfg.webhook_host}:{cfg.webhook_port}")
@@ -87,10 +92,11 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Lo
 
 @kopf.on.cleanup(id="cleanup")
 async def cleanup(memo: Any, **_: Any) -> None:
-    task: asyncio.Task[None] | None = getattr(memo, "resync_task", None)
-    if task is not None:
+    tasks = [t for t in (getattr(memo, "resync_task", None), getattr(memo, "audit_task", None))
+             if t is not None]
+    for task in tasks:
         task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+    await asyncio.gather(*tasks, return_exceptions=True)
     rt: Runtime | None = getattr(memo, "runtime", None)
     if rt is not None:
         await rt.agents.close()
