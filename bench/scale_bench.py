@@ -231,8 +231,8 @@ def run(small: bool, log: Callable[[str], None] = _print) -> dict[str, Entry]:
             log("starting the local control plane")
             cluster.up()
             started = True
-        sc = Scale(cluster, spec, log, webhook_port=WEBHOOK_PORT + base,
-                   health_port=HEALTH_PORT + base, metrics_port=METRICS_PORT + base)
+        sc = Scale(cluster, spec, log, ports=(WEBHOOK_PORT + base, HEALTH_PORT + base,
+                                              METRICS_PORT + base))
         sc.close()            # leftovers of a crashed run
         sc.prepare()
         sc.start_agents()

@@ -67,9 +67,10 @@ class ScaleSpec:
         return self.profiles * self.replicas
 
     def nodes(self) -> int:
-        """Room for every pod with a quarter spare (the scheduler spreads, the others are
-        bound round-robin)."""
-        return max(2, math.ceil((self.injected + self.other_pods) * 1.25 / self.pods_per_node))
+        """The cluster's two default nodes (110 pods each) plus room for every pod with a
+        quarter spare on nodes of `pods_per_node` (the scheduler spreads; other pods are bound
+        round-robin to the added nodes only, never beyond a node's capacity)."""
+        return 2 + math.ceil((self.injected + self.other_pods) * 1.25 / self.pods_per_node)
 
     def namespace(self, i: int) -> str:
         return f"{self.prefix}-pp-{i}"
@@ -149,11 +150,13 @@ class Scale:
     """The scenario's objects and processes on one LocalCluster; `close()` removes both."""
 
     def __init__(self, cluster: LocalCluster, spec: ScaleSpec, log: Log = _print, *,
-                 webhook_port: int, health_port: int, metrics_port: int) -> None:
+                 ports: tuple[int, int, int] | None = None) -> None:
+        """`ports`: webhook, health and metrics ports of the operator `start_operator` runs
+        (None: the caller runs the operator, as the e2e suite does)."""
         from kubernetes import client, config
 
         self.cluster, self.spec, self.log = cluster, spec, log
-        self.ports = (webhook_port, health_port, metrics_port)
+        self.ports = ports
         cfg = client.Configuration()
         config.load_kube_config(config_file=str(cluster.kubeconfig), client_configuration=cfg)
         cfg.connection_pool_maxsize = 32
@@ -197,6 +200,7 @@ class Scale:
 
     # ---------------------------------------------------------------- processes
     def start_operator(self) -> None:
+        assert self.ports is not None, "Scale(ports=...) runs an operator"
         webhook, health, metrics = self.ports
         env = dev.operator_env(self.cluster, webhook_port=webhook, health_port=health,
                                metrics_port=metrics, resync=self.spec.resync)
@@ -279,7 +283,7 @@ class Scale:
         count = s.other_pods if count is None else count
         namespaces = [s.other_namespace(i) for i in range(s.other_namespaces)]
         self._create_namespaces(namespaces)
-        nodes = [f"kwok-node-{i}" for i in range(s.nodes())]
+        nodes = [f"kwok-node-{i}" for i in range(2, s.nodes())]
         done = [0]
         lock = threading.Lock()
         t0 = time.monotonic()
@@ -375,6 +379,7 @@ class Scale:
     # ---------------------------------------------------------------- teardown
     def close(self, timeout: float = 600) -> None:
         """Stop our processes, then delete every namespace the scenario created."""
+        ran_operator = OPERATOR in self.procs
         for name in (OPERATOR, FLEET, PODRUNNER):
             if name in self.procs:
                 dev.stop(self.cluster, name)
@@ -382,9 +387,10 @@ class Scale:
         c = self.cluster
         if not c.is_up():
             return
-        for kind, name in (("mutatingwebhookconfiguration", "perfpilot-pod-injector"),
-                           ("validatingwebhookconfiguration", "perfpilot-profile-validator")):
-            c.kubectl("delete", kind, name, "--ignore-not-found", check=False)
+        if ran_operator:        # its webhook configurations point at a port nobody serves now
+            for kind, name in (("mutatingwebhookconfiguration", "perfpilot-pod-injector"),
+                               ("validatingwebhookconfiguration", "perfpilot-profile-validator")):
+                c.kubectl("delete", kind, name, "--ignore-not-found", check=False)
         names = c.kubectl("get", "ns", "-l", f"{SCALE_LABEL}={self.spec.prefix}", "-o", "name",
                           check=False).stdout.split()
         if names:
