@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import agent_bench, node_bench, operator_bench, report
+from bench import agent_bench, node_bench, operator_bench, report, shared_bench
 from bench.common import Entry, cpu_pressure_text, failed_entry
 from bench.procs import PY, ChildFailed, Procs
 
@@ -144,6 +144,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: dict[str, Entry] = {}
     try:
         results.update(agent_bench.run(quick, want, log=lambda s: print(s, flush=True)))
+        if any(want(k) for k in shared_bench.UNITS):
+            t1 = time.monotonic()
+            print("  shared_bench (real redis-server, sidecar replicas) ...", flush=True)
+            results.update({k: v for k, v in shared_bench.run(quick, want).items() if want(k)})
+            print(f"  shared_bench: {time.monotonic() - t1:.1f}s", flush=True)
         if any(want(k) for k in KERNEL_KEYS):
             t1 = time.monotonic()
             print("  kernels_bench ...", flush=True)
@@ -167,7 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = meta(label + (f" (only {', '.join(prefixes)})" if prefixes else ""), started, wall, load_before, psi_before)
     missing = [k for k in report.REQUIRED if want(k) and k not in results]
     for k in missing:
-        results[k] = failed_entry(agent_bench.UNITS.get(k) or KERNEL_KEYS.get(k, "?"), "no result was produced")
+        results[k] = failed_entry(agent_bench.UNITS.get(k) or shared_bench.UNITS.get(k) or KERNEL_KEYS.get(k, "?"),
+                                  "no result was produced")
     paths = report.write(results, info, ns.out, stem="partial" if prefixes else "latest")
     print()
     print(report.table(results))

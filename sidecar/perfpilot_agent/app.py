@@ -35,10 +35,11 @@ from perfpilot_agent.liveconfig import LiveConfig, merge_proto, proto_from_dict,
 from perfpilot_agent.metrics.collectors import AgentCollector
 from perfpilot_agent.metrics.definitions import MetricsServer
 from perfpilot_agent.runtime.admission import Admission
-from perfpilot_agent.runtime.cache import TTLCache
+from perfpilot_agent.runtime.cache import Change, TTLCache, change_message
 from perfpilot_agent.runtime.compute import KernelRunner, PoolFactory, load_registry
 from perfpilot_agent.runtime.heartbeat import ProcessSampler, Sample
 from perfpilot_agent.runtime.monitor import Monitor, RpcStats
+from perfpilot_agent.runtime.sharedslot import SharedSlot
 from perfpilot_agent.runtime.snapshot import PoolView, Snapshot
 from perfpilot_agent.server.agent import AgentServicer
 from perfpilot_agent.server.auth import BearerTokenInterceptor
@@ -72,6 +73,10 @@ class AgentApp:
         self.events = EventBus(subscriber_capacity=settings.event_buffer)
         self.cache = TTLCache(max_entries=self.config.cache.max_entries, ttl=self.config.cache.ttl,
                               max_bytes=settings.cache_max_bytes, clock=clock)
+        self.cache.subscribe(self._publish_cache_change)
+        self.shared = SharedSlot(self.cache, profile=settings.profile,
+                                 password=settings.cache_shared_password,
+                                 client_name=f"perfpilot:{settings.pod_name or os.getpid()}")
         self.monitor = Monitor(max_ops=settings.max_ops)
         self.rpc_stats = RpcStats()
         self.sampler = ProcessSampler(min_interval=settings.heartbeat_sample_interval)
@@ -174,10 +179,18 @@ class AgentApp:
             heartbeat=mon.heartbeat, app_total=mon.app_total, ops=dict(mon.ops), kernels=dict(mon.kernels),
             refused_op_observations=mon.refused_observations,
             cache=replace(self.cache.counters), cache_entries=len(self.cache), cache_max_entries=self.cache.max_entries,
-            cache_bytes=self.cache.bytes,
+            cache_bytes=self.cache.bytes, l1=replace(self.monitor.l1), shared_cache=self.shared.view(),
             events_published=dict(self.events.published), events_dropped=self.events.dropped_total,
             event_watchers=len(self.events.subscribers),
         )
+
+    def _publish_cache_change(self, change: Change) -> None:
+        """Every write and invalidation reaches the clients' L1s as one CACHE_CHANGED event."""
+        msg = change_message(change)
+        if msg is not None:
+            self.events.publish(pb.EVENT_TYPE_CACHE_CHANGED, f"cache {change.kind}: {change.removed} dependents dropped"
+                                if change.kind == "put" else f"cache invalidate: {change.removed} entries removed",
+                                cache=msg)
 
     # -- live config ---------------------------------------------------------------------------
 
@@ -202,6 +215,7 @@ class AgentApp:
     def _apply_now(self, old: LiveConfig, new: LiveConfig) -> None:
         """The cheap parts: cache sizing, admission limit, thread pool."""
         self.cache.reconfigure(max_entries=new.cache.max_entries, ttl=new.cache.ttl)
+        self.shared.apply(new.cache.shared)
         self.runner.admission.limit = new.pools.max_queue
         if self._executor is None or old.pools.thread_workers != new.pools.thread_workers:
             previous = self._executor
@@ -317,6 +331,7 @@ class AgentApp:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.runner.close()
+        await self.shared.close()
         if self.metrics is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.metrics.close)
         if self._executor is not None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from perfpilot_contract.paths import default_socket_path
+from perfpilot_contract.sharedcache import PASSWORD_ENV
 
 DEFAULT_PORT = 50051
 DEFAULT_METRICS_PORT = 9464
@@ -64,6 +65,14 @@ class Settings:
     """Seconds a psutil sample is reused for."""
     log_level: str = "INFO"
     """Python logging level."""
+    profile: str = ""
+    """<namespace>/<name> of the PerfProfile (env PERFPILOT_PROFILE, set by the webhook): the shared
+    cache tier's default key prefix, so the replicas of one profile share entries."""
+    pod_name: str = ""
+    """env PERFPILOT_POD_NAME: names this replica in the shared tier's invalidation messages' logs."""
+    cache_shared_password: str | None = field(default=None, repr=False)
+    """env PERFPILOT_CACHE_SHARED_PASSWORD, from cache.shared.credentialsSecret (env only: never a flag,
+    which `ps` would show)."""
 
 
 # flag, env, type, help. Types: str/int/float; "token-file" and "config" are read specially.
@@ -135,6 +144,9 @@ def load_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | No
             parser.error(f"cannot read --token-file {token_file}: {exc}")
     elif env.get("PERFPILOT_TOKEN"):
         s.token = env["PERFPILOT_TOKEN"].strip().encode()
+    s.profile = env.get("PERFPILOT_PROFILE", "")
+    s.pod_name = env.get("PERFPILOT_POD_NAME", "")
+    s.cache_shared_password = env.get(PASSWORD_ENV) or None
     config_text = values.pop("config", None)
     if config_text:
         try:

@@ -31,7 +31,7 @@ class Limit:
     """One live-config field: durations in nanoseconds, `kernels` bounds are item counts."""
 
     path: str
-    """CRD path under `spec`, e.g. "pools.maxQueue"."""
+    """CRD path under `spec`, e.g. "pools.maxQueue" or "cache.l1.ttl" (section first)."""
     kind: Kind
     lo: int
     hi: int
@@ -73,19 +73,74 @@ HEARTBEAT_INTERVAL = Limit("heartbeat.interval", "duration", 100 * MS, 10 * MIN,
                            "Unset with timeout set: max(5s, 2 × timeout)", schema_default=False)
 HEARTBEAT_TIMEOUT = Limit("heartbeat.timeout", "duration", 1 * MS, 1 * MIN, 200 * MS,
                           "< interval. Unset: min(200ms, interval / 2)", schema_default=False)
+L1_ENABLED = Limit("cache.l1.enabled", "bool", 0, 1, False,
+                   "the app-side near-cache of the perfpilot client, kept coherent by the sidecar's events")
+L1_MAX_ENTRIES = Limit("cache.l1.maxEntries", "int", 0, 1_000_000, 1000,
+                       "per client process; least recently used go first; 0 keeps nothing")
+L1_MAX_BYTES = Limit("cache.l1.maxBytes", "int", 0, 1 << 30, 16 << 20,
+                     "per client process, keys + values; least recently used go first")
+L1_TTL = Limit("cache.l1.ttl", "duration", 0, 1 * H, 10 * S,
+               "never longer than the entry's time left in the sidecar; 0s keeps nothing")
+L1_MAX_VALUE_BYTES = Limit("cache.l1.maxValueBytes", "int", 0, 4 << 20, 64 << 10,
+                           "larger values stay in the sidecar's cache only")
 KERNELS_WARM = Limit("kernels.warm", "kernels", 0, MAX_WARM, (),
                      "unique names, each one of " + ", ".join(KERNEL_NAMES))
 KERNELS_PARALLEL = Limit("kernels.parallel", "bool", 0, 1, True,
                          "numba parallel=True inside one kernel call")
+SHARED_TIMEOUT = Limit("cache.shared.timeout", "duration", 1 * MS, 10 * S, 50 * MS,
+                       "longest a shared-tier read adds to a local miss (then: a miss), and the connect timeout")
+SHARED_MAX_PENDING = Limit("cache.shared.maxPendingWrites", "int", 1, 1_000_000, 10_000,
+                           "writes and invalidations waiting for Redis; beyond it a write is dropped "
+                           "and its key invalidated everywhere later")
 
 LIMITS: tuple[Limit, ...] = (
     PROCESS_WORKERS, THREAD_WORKERS, MAX_QUEUE, BATCH_SIZE, BATCH_WAIT,
-    CACHE_TTL, CACHE_MAX_ENTRIES, HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT,
-    KERNELS_WARM, KERNELS_PARALLEL,
+    CACHE_TTL, CACHE_MAX_ENTRIES,
+    L1_ENABLED, L1_MAX_ENTRIES, L1_MAX_BYTES, L1_TTL, L1_MAX_VALUE_BYTES,
+    HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT,
+    KERNELS_WARM, KERNELS_PARALLEL, SHARED_TIMEOUT, SHARED_MAX_PENDING,
 )
 BY_PATH: dict[str, Limit] = {limit.path: limit for limit in LIMITS}
 SECTIONS: tuple[str, ...] = ("pools", "cache", "heartbeat", "kernels")
 """The live-config sections of a PerfProfile spec, in wire order."""
 
+@dataclass(frozen=True)
+class Text:
+    """One string field of the live config: the CRD states the same pattern and maxLength."""
+
+    path: str
+    pattern: str
+    max_length: int
+    note: str = ""
+
+
+SHARED_URL = Text("cache.shared.url",
+                  r"^rediss?://[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?(/[0-9]{1,2})?$", 300,
+                  "required; redis://host[:port][/db], rediss:// for TLS; no credentials in it")
+SHARED_KEY_PREFIX = Text("cache.shared.keyPrefix", r"^[A-Za-z0-9:/._-]*$", 128,
+                         "empty: perfpilot:<namespace>/<profile>: (replicas of one profile share keys)")
+SHARED_USERNAME = Text("cache.shared.username", r"^[A-Za-z0-9._@-]*$", 128, "Redis ACL user; empty: default")
+SHARED_SECRET_NAME = Text("cache.shared.credentialsSecret.name",
+                          r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$", 253,
+                          "Secret in the pod's namespace; needs a pod restart to change")
+SHARED_SECRET_KEY = Text("cache.shared.credentialsSecret.key", r"^[-._a-zA-Z0-9]+$", 253,
+                         "key holding the password")
+TEXTS: tuple[Text, ...] = (SHARED_URL, SHARED_KEY_PREFIX, SHARED_USERNAME, SHARED_SECRET_NAME, SHARED_SECRET_KEY)
+TEXT_BY_PATH: dict[str, Text] = {t.path: t for t in TEXTS}
+
 CACHE_PUT_TTL = CACHE_TTL
 """CachePut's per-entry ttl follows cache.ttl's bounds (0s: the value is not stored)."""
+
+# -- cache dependencies (CachePut.dependencies, CacheInvalidate): bounds the sidecar checks ---------
+MAX_KEY_BYTES = 1024
+"""Longest cache key or prefix, in UTF-8 bytes."""
+MAX_TAG_BYTES = 256
+"""Longest dependency tag, in UTF-8 bytes."""
+MAX_DEPENDENCIES = 32
+"""Most keys, prefixes and tags (each) one entry may depend on, or one CacheInvalidate may name as tags."""
+MAX_INVALIDATE_KEYS = 1000
+"""Most exact keys one CacheInvalidate may name."""
+MAX_CHANGE_KEYS = 1000
+"""Most keys one CACHE_CHANGED event lists; beyond it the event says `truncated` (every L1 clears)."""
+MAX_STALENESS_SAMPLES = 10_000
+"""Most staleness observations one RecordTimings may carry."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import agent_bench, report
+from bench import agent_bench, report, shared_bench
 from bench.common import entry, failed_entry, percentile
 from bench.run import KERNEL_KEYS
 
@@ -37,7 +37,7 @@ def test_entry_ratio_is_value_over_baseline() -> None:
 
 
 def test_every_required_key_has_a_producer() -> None:
-    produced = set(agent_bench.UNITS) | set(KERNEL_KEYS)
+    produced = set(agent_bench.UNITS) | set(KERNEL_KEYS) | set(shared_bench.UNITS)
     assert set(report.REQUIRED) <= produced
     assert set(produced) <= set(report.TARGETS)
 

@@ -49,6 +49,8 @@ def render() -> str:
         if not limit.schema_default:
             default += " (effective)"
         rows.append(f"| `{limit.path}` | {typ} | {lo} | {hi} | {default} | {limit.note} |")
+    for text in L.TEXTS:
+        rows.append(f"| `{text.path}` | string |  | {text.max_length} chars |  | {text.note} |")
     rows.append("")
     rows.append(f"Known kernels: {', '.join(f'`{k}`' for k in L.KERNEL_NAMES)}. "
                 f"`CachePut.ttl` follows `cache.ttl`'s bounds (0s: the value is not stored).")

@@ -41,11 +41,21 @@ def _known() -> frozenset[str]:
     return frozenset(L.KERNEL_NAMES)
 
 
+SHARED_URL = "redis://redis.cache.svc:6379/0"
+
+
 def _doc(fields: dict[str, Any]) -> dict[str, Any]:
+    """A profile setting `fields` (dotted paths; a cache.shared field brings the required url along)."""
     doc = copy.deepcopy(BASE)
     for path, value in fields.items():
-        section, name = path.split(".")
-        doc["spec"].setdefault(section, {})[name] = value
+        *parents, name = path.split(".")
+        node = doc["spec"]
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[name] = value
+    shared = doc["spec"].get("cache", {}).get("shared")
+    if shared is not None:
+        shared.setdefault("url", SHARED_URL)
     return doc
 
 
@@ -94,9 +104,10 @@ def _value(limit: L.Limit, v: int) -> Any:
 
 
 def _read(cfg: LiveConfig, limit: L.Limit) -> Any:
-    section, name = limit.path.split(".")
-    attr = re.sub(r"[A-Z]", lambda m: "_" + m.group(0).lower(), name)
-    return getattr(getattr(cfg, section), attr)
+    node: Any = cfg
+    for part in limit.path.split("."):
+        node = getattr(node, re.sub(r"[A-Z]", lambda m: "_" + m.group(0).lower(), part))
+    return node
 
 
 NUMERIC = [lim for lim in L.LIMITS if lim.kind in ("int", "duration")]
@@ -107,10 +118,60 @@ def test_chart_crd_is_the_same_file() -> None:
     assert CHART_CRD.read_bytes() == (Path(__file__).resolve().parents[2] / "crds" / "perfprofile.yaml").read_bytes()
 
 
+def _leaves(path: str, node: dict[str, Any]) -> set[str]:
+    """The leaf fields under `path` (objects with properties are walked, e.g. cache.l1)."""
+    props = node.get("properties")
+    if node.get("type") != "object" or not props:
+        return {path}
+    return {leaf for name, sub in props.items() for leaf in _leaves(f"{path}.{name}", sub)}
+
+
 def test_every_live_field_of_the_crd_is_in_the_contract() -> None:
-    crd_fields = {f"{section}.{name}" for section in L.SECTIONS
-                  for name in (resolve(SCHEMA, f"spec.{section}") or {}).get("properties", {})}
-    assert crd_fields == set(L.BY_PATH)
+    crd_fields = {leaf for section in L.SECTIONS
+                  for leaf in _leaves(section, resolve(SCHEMA, f"spec.{section}") or {})}
+    assert crd_fields == set(L.BY_PATH) | set(L.TEXT_BY_PATH)
+
+
+@pytest.mark.parametrize("text", L.TEXTS, ids=lambda t: t.path)
+def test_crd_patterns_are_the_contracts(text: L.Text) -> None:
+    node = resolve(SCHEMA, f"spec.{text.path}")
+    assert node is not None and (node["pattern"], node["maxLength"]) == (text.pattern, text.max_length)
+
+
+@pytest.mark.parametrize("text", L.TEXTS, ids=lambda t: t.path)
+def test_string_fields_refused_naming_the_field(text: L.Text) -> None:
+    """A value the CRD pattern refuses is refused by the sidecar too, naming the field."""
+    bad = "Bad Value!" if text is not L.SHARED_URL else "http://x"
+    fields: dict[str, Any] = {text.path: bad}
+    if text.path.startswith("cache.shared.credentialsSecret."):
+        other = "key" if text.path.endswith(".name") else "name"
+        fields = {"cache.shared.credentialsSecret": {"name": "redis-auth", "key": "password", text.path.rsplit(".", 1)[1]: bad}}
+        assert other in fields["cache.shared.credentialsSecret"]
+    assert any(e.startswith(f"spec.{text.path}:") for e in validate(_doc(fields), SCHEMA))
+    _refused(fields, text.path)
+    too_long = {text.path: "a" * (text.max_length + 1)} if "credentialsSecret" not in text.path else None
+    if too_long is not None and text is not L.SHARED_URL:
+        _refused(too_long, text.path)
+
+
+def test_shared_tier_end_to_end() -> None:
+    """A full cache.shared walks through; credentials appear only as a Secret reference."""
+    cfg = _sidecar({"cache.shared": {"url": "rediss://redis-0.redis:6380/3", "keyPrefix": "agent:",
+                                     "username": "perfpilot", "timeout": "20ms", "maxPendingWrites": 5,
+                                     "credentialsSecret": {"name": "redis-auth", "key": "password"}}})
+    shared = cfg.cache.shared
+    assert shared is not None and shared.endpoint() == (True, "redis-0.redis", 6380, 3)
+    assert (shared.key_prefix, shared.username, shared.timeout, shared.max_pending_writes) == ("agent:", "perfpilot", 0.02, 5)
+    assert shared.credentials is not None and shared.credentials.name == "redis-auth"
+    assert _sidecar({"cache.ttl": "1m"}).cache.shared is None  # absent: off
+
+
+def test_shared_url_with_credentials_is_refused_without_echoing_them() -> None:
+    fields = {"cache.shared.url": "redis://user:hunter2@redis:6379"}
+    assert any(e.startswith("spec.cache.shared.url:") for e in validate(_doc(fields), SCHEMA))
+    with pytest.raises(InvalidArgument, match="cache.shared.url must not carry credentials") as info:
+        merge_proto(LiveConfig(), configure_request(_doc(fields)["spec"], 7).config, _known)
+    assert "hunter2" not in str(info.value)
 
 
 @pytest.mark.parametrize("limit", NUMERIC, ids=lambda lim: lim.path)

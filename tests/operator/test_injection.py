@@ -198,3 +198,25 @@ def test_pull_policy_of_the_sidecar_image() -> None:
     assert sidecar["imagePullPolicy"] == "Never"
     assert "imagePullPolicy" not in _sidecar(apply(POD, inject(POD, PROFILE,
                                                                SidecarTemplate()).changes))
+
+
+def test_shared_cache_password_comes_from_the_apps_secret_by_reference() -> None:
+    """cache.shared.credentialsSecret becomes a secretKeyRef env var of the sidecar (optional: a
+    missing Secret degrades the shared tier, it never keeps the pod from starting); the password
+    itself never appears in the pod spec or the live config the operator sends."""
+    import json
+
+    from perfpilot_contract.sharedcache import PASSWORD_ENV
+
+    profile = copy.deepcopy(PROFILE)
+    profile["spec"]["cache"] = {"shared": {"url": "redis://redis:6379/0",
+                                           "credentialsSecret": {"name": "redis-auth", "key": "password"}}}
+    sidecar = _sidecar(apply(POD, inject(POD, profile, SidecarTemplate()).changes))
+    env = {e["name"]: e for e in sidecar["env"]}
+    assert env[PASSWORD_ENV] == {"name": PASSWORD_ENV, "valueFrom": {"secretKeyRef": {
+        "name": "redis-auth", "key": "password", "optional": True}}}
+    assert json.loads(env["PERFPILOT_CONFIG"]["value"])["cache"]["shared"]["credentialsSecret"] == {
+        "name": "redis-auth", "key": "password"}
+    profile["spec"]["cache"]["shared"].pop("credentialsSecret")
+    plain = _sidecar(apply(POD, inject(POD, profile, SidecarTemplate()).changes))
+    assert PASSWORD_ENV not in {e["name"] for e in plain["env"]}

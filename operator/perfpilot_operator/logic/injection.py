@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from perfpilot_contract.liveconfig import live_sections
+from perfpilot_contract.sharedcache import PASSWORD_ENV
 
 ANNOTATION_INJECTED = "perfpilot.io/injected"
 ANNOTATION_GENERATION = "perfpilot.io/profile-generation"
@@ -109,10 +110,22 @@ def shm_mount(container: dict[str, Any]) -> dict[str, Any] | None:
                  if m.get("mountPath", "").rstrip("/") == SHM_DIR), None)
 
 
+def shared_cache_env(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """The shared cache tier's password as an env var from the profile's credentialsSecret (in the
+    pod's namespace). The kubelet resolves it: the operator never reads the Secret. optional: a
+    missing Secret or key leaves the tier unauthenticated (reported as down), never an unstartable pod."""
+    ref = ((spec.get("cache") or {}).get("shared") or {}).get("credentialsSecret")
+    if not ref:
+        return []
+    return [{"name": PASSWORD_ENV, "valueFrom": {"secretKeyRef": {
+        "name": ref["name"], "key": ref["key"], "optional": True}}}]
+
+
 def sidecar_container(profile_ns: str, profile_name: str, tmpl: SidecarTemplate,
                       resources: dict[str, Any], config: str = "{}",
                       security: dict[str, Any] | None = None,
-                      shm_volume: str = SHM_VOLUME) -> dict[str, Any]:
+                      shm_volume: str = SHM_VOLUME,
+                      extra_env: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The sidecar's container spec. Its command line is what the e2e pod runner executes."""
     env = [
         {"name": "PERFPILOT_SOCKET", "value": tmpl.socket_path},
@@ -126,6 +139,7 @@ def sidecar_container(profile_ns: str, profile_name: str, tmpl: SidecarTemplate,
         {"name": "PERFPILOT_TOKEN", "valueFrom": {"secretKeyRef": {
             "name": tmpl.token_secret, "key": "token"}}},
         *({"name": k, "value": v} for k, v in tmpl.extra_env),
+        *(extra_env or ()),
     ]
     container: dict[str, Any] = {
         "name": SIDECAR_NAME,
@@ -201,7 +215,7 @@ def inject(pod: dict[str, Any], profile: dict[str, Any], tmpl: SidecarTemplate) 
     sidecar = sidecar_container(meta["namespace"], meta["name"], tmpl,
                                 _resources(spec.get("resources", {}).get("sidecar")),
                                 initial_config(spec), security_context(pod_spec),
-                                shm_volume)
+                                shm_volume, shared_cache_env(spec))
     changes: dict[str, Any] = {}
     if tmpl.native_sidecar:
         changes["spec.initContainers"] = [*copy.deepcopy(pod_spec.get("initContainers", [])),

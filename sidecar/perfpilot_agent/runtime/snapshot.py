@@ -9,13 +9,14 @@ server import cycle, and the two views cannot drift apart.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from perfpilot.v1 import agent_pb2 as pb
 from perfpilot_agent.runtime.cache import CacheCounters
 from perfpilot_agent.runtime.heartbeat import Sample
 from perfpilot_agent.runtime.histogram import Histogram, quantiles_proto
-from perfpilot_agent.runtime.monitor import OpRecord
+from perfpilot_agent.runtime.monitor import L1Record, OpRecord
+from perfpilot_agent.runtime.sharedstats import SharedView
 
 
 @dataclass(frozen=True)
@@ -57,9 +58,11 @@ class Snapshot:
     cache_entries: int
     cache_max_entries: int
     cache_bytes: int
+    l1: L1Record
     events_published: Mapping[int, int]
     events_dropped: int
     event_watchers: int
+    shared_cache: SharedView = field(default_factory=SharedView)
 
 
 def _op_stats(name: str, rec: OpRecord) -> pb.OpStats:
@@ -79,12 +82,19 @@ def stats_proto(s: Snapshot) -> pb.GetStatsResponse:
                                 cache_hits=rec.cache_hits, quantiles=quantiles_proto(rec.latency))
                  for name, rec in sorted(s.kernels.items())],
         cache=pb.CacheStats(hits=c.hits, misses=c.misses, evictions=c.evictions, expirations=c.expirations,
-                            invalidations=c.invalidations, entries=s.cache_entries, max_entries=s.cache_max_entries),
+                            invalidations=c.invalidations, entries=s.cache_entries, max_entries=s.cache_max_entries,
+                            dependency_invalidations=c.dependency_invalidations, l1=s.l1.to_proto()),
         pool=pb.PoolStats(workers=s.pool.workers, busy=s.pool.busy, queue_depth=s.pool.queue_depth,
                           max_queue=s.max_queue, completed=s.pool.completed, failed=s.pool.failed,
                           restarts=s.pool.restarts),
         rejected=dict(s.rejected), refused_op_observations=s.refused_op_observations,
     )
+    sh, shc = s.shared_cache, s.shared_cache.counters
+    out.shared_cache.CopyFrom(pb.SharedCacheStats(
+        configured=sh.configured, up=sh.up, hits=shc.hits, misses=shc.misses, errors=shc.errors, writes=shc.writes,
+        writes_dropped=shc.writes_dropped, invalidations_sent=shc.invalidations_sent,
+        invalidations_received=shc.invalidations_received, resyncs=shc.resyncs, last_error=sh.last_error,
+        down_since_unix_nano=sh.down_since_unix_nano, pending=sh.pending, skipped=shc.skipped))
     if s.sample is not None:
         out.cpu_percent = s.sample.cpu_percent
         out.rss_bytes = s.sample.rss_bytes
