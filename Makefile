@@ -8,7 +8,7 @@ CACHE     ?= $(HOME)/.cache/perfpilot
 STATE     := e2e/.state
 export PERFPILOT_CACHE := $(CACHE)
 
-.PHONY: help venv debs grafana-schema lint protos protos-check dashboards dashboards-check unit e2e e2e-cluster peers test demo dev-up dev-down cluster-build cluster-up cluster-env cluster-down bench bench-quick bench-operator bench-node images clean
+.PHONY: help venv debs grafana-schema lint protos protos-check dashboards dashboards-check unit e2e e2e-cluster peers test demo dev-up dev-down cluster-build cluster-up cluster-env cluster-down bench bench-quick bench-operator bench-node bench-scale images clean
 
 help: ## list targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -93,6 +93,9 @@ bench-quick: venv ## quick benchmarks (< 3 min) -> bench/results/latest.json
 
 bench-operator: venv cluster-build debs ## operator figures only (~3 min; not with `make e2e`) -> bench/results/operator.json
 	@$(PY) -m bench.operator_bench
+
+bench-scale: venv cluster-build debs ## 100 profiles x 10 injected pods + 10,000 other pods (~15 min; own cluster when none runs) -> bench/results/scale.json
+	@$(PY) -m bench.scale_bench
 
 bench-node: venv cluster-build debs ## real-node figures only (~5 min; own cluster) -> bench/results/node.json
 	@$(PY) -m bench.node_bench

@@ -408,28 +408,49 @@ class LocalCluster:
 
     def _create_nodes(self) -> None:
         """kwok nodes with loopback pod CIDRs (127.1.N.0/24): pods get 127.x IPs."""
-        items = []
-        for i in range(NODE_COUNT):
-            items.append({
-                "apiVersion": "v1",
-                "kind": "Node",
-                "metadata": {
-                    "name": f"kwok-node-{i}",
-                    "annotations": {"kwok.x-k8s.io/node": "fake",
-                                    "node.alpha.kubernetes.io/ttl": "0"},
-                    "labels": {"type": "kwok", "kubernetes.io/hostname": f"kwok-node-{i}",
-                               "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
-                               "node-role.kubernetes.io/agent": ""},
-                },
-                "spec": {"podCIDR": f"127.{self.ports.pod_octet}.{i}.0/24",
-                         "podCIDRs": [f"127.{self.ports.pod_octet}.{i}.0/24"]},
-                "status": {
-                    "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110"},
-                    "capacity": {"cpu": "32", "memory": "256Gi", "pods": "110"},
-                },
-            })
-        self.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
-                                                           "items": items}))
+        self.kubectl("apply", "-f", "-", input=json.dumps({
+            "apiVersion": "v1", "kind": "List", "items": [self._node(i) for i in range(NODE_COUNT)]}))
+
+    def _node(self, i: int, pods: int = 110) -> dict[str, object]:
+        return {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": f"kwok-node-{i}",
+                "annotations": {"kwok.x-k8s.io/node": "fake",
+                                "node.alpha.kubernetes.io/ttl": "0"},
+                "labels": {"type": "kwok", "kubernetes.io/hostname": f"kwok-node-{i}",
+                           "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
+                           "node-role.kubernetes.io/agent": ""},
+            },
+            "spec": {"podCIDR": f"127.{self.ports.pod_octet}.{i}.0/24",
+                     "podCIDRs": [f"127.{self.ports.pod_octet}.{i}.0/24"]},
+            "status": {
+                "allocatable": {"cpu": "32", "memory": "256Gi", "pods": str(pods)},
+                "capacity": {"cpu": "32", "memory": "256Gi", "pods": str(pods)},
+            },
+        }
+
+    def ensure_kwok_nodes(self, count: int, pods: int = 110, timeout: float = 120) -> None:
+        """At least `count` Ready kwok nodes; the ones added take `pods` pods each (at most 250:
+        a node's pod CIDR is a /24). For the scale scenario (e2e/harness/scale.py)."""
+        if not 1 <= pods <= 250 or count > 250:
+            raise ValueError(f"{count} nodes of {pods} pods: at most 250 nodes of 250 pods "
+                             f"(one /24 of 127.{self.ports.pod_octet}.N.0 each)")
+        have = set(self.kubectl("get", "nodes", "-l", "type=kwok", "-o",
+                                "jsonpath={.items[*].metadata.name}").stdout.split())
+        new = [self._node(i, pods) for i in range(count) if f"kwok-node-{i}" not in have]
+        if new:
+            self.kubectl("apply", "-f", "-", input=json.dumps(
+                {"apiVersion": "v1", "kind": "List", "items": new}), timeout=120)
+
+        def ready() -> bool:
+            out = self.kubectl("get", "nodes", "-l", "type=kwok", "-o", "json", check=False)
+            nodes = json.loads(out.stdout)["items"] if out.returncode == 0 else []
+            return sum(1 for n in nodes if any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in n.get("status", {}).get("conditions", []))) >= count
+        self._wait(ready, f"{count} kwok nodes Ready", timeout)
 
     def _ensure_kubelet_client_cert(self) -> None:
         """The API server's identity towards kubelets (logs, exec, port-forward)."""

@@ -62,6 +62,12 @@ def podrunner_command() -> list[str]:
     return [sys.executable, "-m", "e2e.harness.podrunner"]
 
 
+def fleet_command(record: Path | None = None) -> list[str]:
+    """The agent fleet (e2e/harness/fleet.py): real agents for pods labelled perfpilot.io/host=fleet."""
+    return [sys.executable, "-m", "e2e.harness.fleet",
+            *(["--record", str(record)] if record is not None else [])]
+
+
 def wait_healthy(cluster: LocalCluster, proc: subprocess.Popen[bytes], health_port: int,
                  timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout

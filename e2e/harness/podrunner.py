@@ -176,8 +176,10 @@ class PodRunner:
     def sync(self) -> None:
         """One level-triggered pass: start what should run, stop what should not."""
         try:
-            pods = self._core.list_pod_for_all_namespaces(label_selector="perfpilot.io/profile",
-                                                          _request_timeout=10)
+            # Pods the agent fleet hosts (e2e/harness/fleet.py) are left out by the API server.
+            pods = self._core.list_pod_for_all_namespaces(
+                label_selector="perfpilot.io/profile,perfpilot.io/host!=fleet",
+                _request_timeout=10)
         except Exception as e:  # the API server restarting must not kill the runner
             _log(f"listing pods failed: {e}")
             return

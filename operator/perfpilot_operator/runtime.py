@@ -23,6 +23,9 @@ class Runtime:
     ca_bundle: bytes = b""
     certs: Any = None                     # an object with ca_bundle() (certs.py), read per pass
     leadership: Any = None                # perfpilot_operator.leader.Leadership
+    # namespace -> [(labels, PodView)]: kopf's index of opted-in pods (a server-side filtered
+    # watch) plus the coverage audit's finds (handlers/indexes.CoveredPods).
+    pods: Any = None
     # kopf's index of ReplicaSets whose pods the API server refuses (handlers/indexes.py).
     refusals: Any = None
     # kopf's index (namespace, ReplicaSet) -> its controller (handlers/indexes.py).

@@ -71,6 +71,9 @@ class Settings:
     pods run without the sidecar. Off: the audit only advises (condition, Event, metric)."""
     recreate_interval: float = 600.0
     """The watchdog restarts one Deployment at most once per this many seconds."""
+    audit_interval: float = 30.0
+    """Seconds between the coverage audit's LISTs of a profile's pods that did not opt in (a new
+    profile or selector is audited at the next pass)."""
     metrics_port: int = 8080                # -1: no /metrics server
     metrics_host: str = "0.0.0.0"
     health_port: int = 8081
@@ -115,6 +118,7 @@ class Settings:
             resync_interval=parse_duration(_env("PERFPILOT_RESYNC_INTERVAL", "5s")),
             recreate_uninjected=_env("PERFPILOT_RECREATE_UNINJECTED", "false") == "true",
             recreate_interval=parse_duration(_env("PERFPILOT_RECREATE_INTERVAL", "10m")),
+            audit_interval=parse_duration(_env("PERFPILOT_AUDIT_INTERVAL", "30s")),
             metrics_port=int(_env("PERFPILOT_METRICS_PORT", str(d.metrics_port))),
             metrics_host=_env("PERFPILOT_METRICS_HOST", d.metrics_host),
             health_port=int(_env("PERFPILOT_HEALTH_PORT", str(d.health_port))),

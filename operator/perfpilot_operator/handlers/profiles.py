@@ -102,7 +102,7 @@ async def reconcile(event: kopf.RawEvent, body: kopf.Body, memo: Any, namespace:
     generation = int(body.get("metadata", {}).get("generation", 0))
     if generation <= getattr(state, "seen_generation", 0):
         return      # status/metadata writes (ours included), or a generation already applied
-    await _resync_one(rt, settings, dict(body), pods_by_namespace, None,
+    await _resync_one(rt, settings, dict(body), rt.pods, None,
                       logging.getLogger("perfpilot_operator.profiles"))
 
 

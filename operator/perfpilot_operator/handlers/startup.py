@@ -14,7 +14,7 @@ from perfpilot_operator.certs import ensure_webhook_certs
 from perfpilot_operator import metrics as prom
 from perfpilot_operator.clients import kube as kube_client
 from perfpilot_operator.clients.agents import AgentClients
-from perfpilot_operator.handlers import profiles
+from perfpilot_operator.handlers import indexes, profiles
 from perfpilot_operator.leader import Leadership, LeaseElector, always_leader
 from perfpilot_operator.logic import resize
 from perfpilot_operator.logic.lease import LeaseTimings
@@ -65,6 +65,9 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Lo
     rt.refusals = refusals_by_namespace     # kopf keeps it current; every profile pass reads it
     rt.replicaset_owners = replicaset_owners   # the coverage audit's workload of each pod
     memo.runtime = rt
+    # Opted-in pods and ReplicaSets only, filtered by the API server; plus the coverage audit.
+    indexes.filter_watches(settings)
+    rt.pods = indexes.CoveredPods(pods_by_namespace, api)
 
     settings.admission.server = kopf.WebhookServer(
         addr=cfg.webhook_host, port=cfg.webhook_port, host=cfg.webhook_url_host,
@@ -82,7 +85,7 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Lo
     # Only the leader runs the periodic pass and keeps the webhook configurations; every
     # replica serves the webhooks (kopf keeps the indexes current on all of them).
     memo.leader_task = asyncio.create_task(
-        lead(rt, settings, profiles_by_namespace, pods_by_namespace, hpas_by_namespace),
+        lead(rt, settings, profiles_by_namespace, rt.pods, hpas_by_namespace),
         name="perfpilot-leader")
     logger.info(f"perfpilot operator ready: Kubernetes 1.{minor}, native sidecars "
                 f"{'on' if native else 'off'}, in-place resize {'on' if rt.resize else 'off'}, "
@@ -103,6 +106,9 @@ async def lead(rt: Runtime, settings: kopf.OperatorSettings, profiles_by_namespa
         tasks = [asyncio.create_task(profiles.resync_loop(
             rt, settings, profiles_by_namespace, pods_by_namespace, hpas_by_namespace),
             name="perfpilot-resync")]
+        tasks.append(asyncio.create_task(indexes.audit_loop(
+            rt.pods, profiles_by_namespace, tick=rt.settings.resync_interval,
+            interval=rt.settings.audit_interval), name="perfpilot-coverage-audit"))
         if rt.settings.register_webhooks:
             tasks.append(asyncio.create_task(_keep_webhooks(keeper, rt.settings.resync_interval),
                                              name="perfpilot-webhooks"))

@@ -1,0 +1,233 @@
+"""The agent fleet: many real agents in one process, one per injected pod, on the pod's own IP.
+
+1,000 sidecar processes do not fit here (each is a Python interpreter with grpc, NumPy and
+psutil: ~60 MB), so for pods labelled `perfpilot.io/host=fleet` this process runs the real
+`AgentApp` (the sidecar's own servicer, auth interceptor, decode guard, live config, TTL cache,
+monitor and event bus) once per pod, bound to the pod's 127.x IP and the injected port, with the
+pod's injected env resolved as a kubelet would (fieldRefs, the token Secret). The pod runner
+(e2e/harness/podrunner.py) starts full sidecar processes for every other injected pod.
+
+How faithful it is: the operator talks to one real gRPC server per pod over TCP, with the real
+Configure / GetStats / Heartbeat code and the token check. What differs from a sidecar process:
+the agents share one process, event loop and GIL (their latencies include each other's work, a
+worst case), there is no Unix socket and no /metrics listener, and no kernel pool (the scale
+profiles set pools.processWorkers 0: heartbeat-only agents, as the CRD documents); the psutil
+sample in Heartbeat/GetStats is the fleet process's.
+
+With `--record FILE` it appends one line per applied Configure and per GetStats:
+`<unix time> configure|stats <namespace>/<pod> <generation>`; the scale benchmark reads it.
+
+    python -m e2e.harness.fleet [--record FILE]      # runs until SIGTERM
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from e2e.harness.cluster import LocalCluster
+from e2e.harness.podrunner import INJECTED, resolve_env, sidecar_spec
+
+FLEET_LABEL = "perfpilot.io/host"
+FLEET_SELECTOR = f"{FLEET_LABEL}=fleet"
+
+
+def _log(msg: str) -> None:
+    print(f"[fleet {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def wanted(pod: dict[str, Any]) -> bool:
+    """A pod the fleet hosts an agent for: injected, Running, with an IP, not going away."""
+    meta, status = pod.get("metadata", {}), pod.get("status") or {}
+    return ((meta.get("annotations") or {}).get(INJECTED) == "true"
+            and status.get("phase") == "Running" and bool(status.get("podIP"))
+            and not meta.get("deletionTimestamp") and sidecar_spec(pod) is not None)
+
+
+class PodFeed(threading.Thread):
+    """LIST then WATCH pods matching `selector` (server-side), handing each event to `emit`
+    on the event loop; re-lists after an error or 410 Gone."""
+
+    def __init__(self, core: Any, selector: str, loop: asyncio.AbstractEventLoop,
+                 emit: Any) -> None:
+        super().__init__(daemon=True, name="fleet-pod-feed")
+        self.core, self.selector, self.loop, self.emit = core, selector, loop, emit
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        from kubernetes import watch
+
+        while not self.stopping.is_set():
+            try:
+                out = self.core.list_pod_for_all_namespaces(label_selector=self.selector,
+                                                            _preload_content=False)
+                data = json.loads(out.data)
+                self.loop.call_soon_threadsafe(self.emit, "SYNC", data["items"])
+                rv = data["metadata"]["resourceVersion"]
+                for ev in watch.Watch().stream(self.core.list_pod_for_all_namespaces,
+                                               label_selector=self.selector,
+                                               resource_version=rv, timeout_seconds=300,
+                                               deserialize=False):
+                    self.loop.call_soon_threadsafe(self.emit, ev["type"], [ev["object"]])
+                    if self.stopping.is_set():
+                        return
+            except Exception as e:  # noqa: BLE001 - the API server restarting must not end us
+                if not self.stopping.is_set():
+                    _log(f"pod feed: {type(e).__name__}: {str(e)[:200]}; re-listing")
+                    self.stopping.wait(1.0)
+
+
+class Fleet:
+    """pod uid -> a running AgentApp, kept level with the pods the feed reports."""
+
+    def __init__(self, cluster: LocalCluster, *, selector: str = FLEET_SELECTOR,
+                 record: Path | None = None) -> None:
+        from kubernetes import client, config
+
+        self.api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
+        self.core = client.CoreV1Api(self.api)
+        self.selector = selector
+        self.apps: dict[str, Any] = {}            # uid -> AgentApp
+        self.keys: dict[str, str] = {}            # uid -> namespace/name
+        self.pods: dict[str, dict[str, Any]] = {}  # uid -> latest pod
+        self.secrets: dict[tuple[str, str, str], str | None] = {}
+        self.record: IO[str] | None = record.open("a", buffering=1) if record else None
+        self.registry: Any = None
+        self.changed = asyncio.Event()
+
+    def read_secret(self, namespace: str, name: str, key: str) -> str | None:
+        import base64
+
+        from kubernetes.client.exceptions import ApiException
+
+        if (namespace, name, key) not in self.secrets:
+            try:
+                data = self.core.read_namespaced_secret(name, namespace).data or {}
+            except ApiException:
+                return None       # not cached: asked again at the next change
+            self.secrets[(namespace, name, key)] = (base64.b64decode(data[key]).decode()
+                                                    if key in data else None)
+        return self.secrets[(namespace, name, key)]
+
+    def on_event(self, kind: str, pods: list[dict[str, Any]]) -> None:
+        if kind == "SYNC":
+            self.pods = {p["metadata"]["uid"]: p for p in pods}
+        elif kind == "DELETED":
+            for p in pods:
+                self.pods.pop(p["metadata"]["uid"], None)
+        elif kind in ("ADDED", "MODIFIED"):
+            for p in pods:
+                self.pods[p["metadata"]["uid"]] = p
+        self.changed.set()
+
+    def _note(self, what: str, key: str, generation: int) -> None:
+        if self.record is not None:
+            self.record.write(f"{time.time():.6f} {what} {key} {generation}\n")
+
+    async def start_app(self, uid: str, pod: dict[str, Any]) -> None:
+        from perfpilot_agent.app import AgentApp
+        from perfpilot_agent.config import load_settings
+
+        meta = pod["metadata"]
+        key = f"{meta['namespace']}/{meta['name']}"
+        container = sidecar_spec(pod)
+        assert container is not None
+        try:
+            env = await asyncio.to_thread(resolve_env, container, pod, self.read_secret)
+        except LookupError:
+            return                                   # the token Secret is not there yet
+        settings = load_settings([], env=env)
+        settings = dataclasses.replace(settings, listen_host=pod["status"]["podIP"],
+                                       socket_path="", metrics_port=-1)
+        app = AgentApp(settings, registry_loader=lambda: self.registry)
+        configure, snapshot = app.configure, app.snapshot
+
+        def recorded_configure(generation: int, msg: Any, *, operator: bool = False) -> bool:
+            applied = configure(generation, msg, operator=operator)
+            if applied:
+                self._note("configure", key, generation)
+            return applied
+
+        def recorded_snapshot() -> Any:
+            self._note("stats", key, app.generation)
+            return snapshot()
+
+        app.configure = recorded_configure   # type: ignore[method-assign]
+        app.snapshot = recorded_snapshot     # type: ignore[method-assign]
+        self.apps[uid], self.keys[uid] = app, key
+        try:
+            await app.start()
+        except Exception as e:  # noqa: BLE001 - one pod's failure never stops the fleet
+            _log(f"{key}: agent did not start on {settings.listen_host}: {e}")
+            self.apps.pop(uid, None)
+
+    async def stop_app(self, uid: str) -> None:
+        app = self.apps.pop(uid, None)
+        self.keys.pop(uid, None)
+        if app is not None:
+            await app.stop(grace=0.5)
+
+    async def reconcile(self) -> None:
+        want = {uid for uid, p in self.pods.items() if wanted(p)}
+        gone = [uid for uid in self.apps if uid not in want]
+        new = [uid for uid in want if uid not in self.apps]
+        if gone:
+            await asyncio.gather(*(self.stop_app(u) for u in gone))
+        if new:
+            await asyncio.gather(*(self.start_app(u, self.pods[u]) for u in new))
+        if gone or new:
+            _log(f"hosting {len(self.apps)} agents (+{len(new)} -{len(gone)})")
+
+    async def run(self, stop: asyncio.Event) -> None:
+        from perfpilot_agent.runtime.compute import load_registry
+
+        self.registry = load_registry()        # once for all agents (the kernels' names)
+        feed = PodFeed(self.core, self.selector, asyncio.get_running_loop(), self.on_event)
+        feed.start()
+        _log(f"hosting agents for pods {self.selector}")
+        try:
+            while not stop.is_set():
+                waiter = asyncio.ensure_future(self.changed.wait())
+                stopper = asyncio.ensure_future(stop.wait())
+                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                stopper.cancel()
+                self.changed.clear()
+                await asyncio.sleep(0.1)        # batch a burst of pod events
+                await self.reconcile()
+        finally:
+            feed.stopping.set()
+            await asyncio.gather(*(self.stop_app(u) for u in list(self.apps)))
+            _log("stopped every agent")
+
+
+async def amain(record: Path | None) -> None:
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await Fleet(LocalCluster(), record=record).run(stop)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m e2e.harness.fleet",
+                                 description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--record", type=Path, default=None,
+                    help="append applied Configures and GetStats calls to this file")
+    args = ap.parse_args(argv)
+    asyncio.run(amain(args.record))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
