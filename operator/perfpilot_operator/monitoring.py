@@ -83,14 +83,14 @@ async def post_event(rt: Runtime, body: Any, type_: str, reason: str, message: s
         logger.warning(f"could not post Event {reason}: {e}")
 
 
-async def _collect(rt: Runtime, state: MonitorState, pods: list[PodView], token: str,
+async def _collect(rt: Runtime, state: MonitorState, pods: list[PodView],
                    namespace: str, name: str) -> tuple[list[stats.Snapshot], dict[str, str]]:
     """Deltas since the previous pass from every reachable sidecar; failures by pod name."""
     live = [p for p in pods if p.running and p.injected and p.ip]
     port = rt.settings.sidecar.grpc_port
 
     def call(p: PodView) -> Any:
-        return lambda: rt.agents.get_stats(Target(p.ip or "", port, token))
+        return lambda: rt.agents.get_stats(Target(p.ip or "", port))
 
     looked = time.monotonic()
     since_last_look = None if state.last_look is None else looked - state.last_look
@@ -119,12 +119,12 @@ async def _collect(rt: Runtime, state: MonitorState, pods: list[PodView], token:
 
 
 async def observe(*, rt: Runtime, memo: Any, body: kopf.Body, namespace: str, name: str,
-                  spec: dict[str, Any], pods: list[PodView], token: str,
+                  spec: dict[str, Any], pods: list[PodView],
                   hpas: list[dict[str, Any]], logger: Any) -> Outcome:
     state: MonitorState = getattr(memo, "monitor", None) or resume(dict(body.get("status") or {}))
     memo.monitor = state
     now = time.time()
-    deltas, unreachable = await _collect(rt, state, pods, token, namespace, name)
+    deltas, unreachable = await _collect(rt, state, pods, namespace, name)
     values = stats.profile_metrics(deltas, memory_limit_bytes=mon.sidecar_memory_limit(spec))
     for metric, value in values.items():
         prom.set_or_clear(prom.PROFILE_METRIC, (namespace, name, metric), value)

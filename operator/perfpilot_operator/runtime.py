@@ -22,7 +22,6 @@ class Runtime:
     ca_bundle: bytes = b""
     # kopf's index of ReplicaSets whose pods the API server refuses (handlers/indexes.py).
     refusals: Any = None
-    tokens: dict[str, str] = field(default_factory=dict)   # namespace -> agent token
     # (namespace, name) -> per-profile memory (generations applied, alert and scaler state),
     # shared by the spec handlers and the resync loop: see handlers/profiles.profile_state.
     profiles: dict[tuple[str, str], Any] = field(default_factory=dict)

@@ -56,7 +56,7 @@ async def sync(*, rt: Runtime, memo: Any, namespace: str, name: str, generation:
                spec: dict[str, Any], status: dict[str, Any], pods: list[PodView],
                logger: logging.Logger | logging.LoggerAdapter[Any],
                observe: Any = None, refusals: list[Refusal] | None = None) -> dict[str, Any]:
-    """One pass; returns the new status. `observe(token)`, when given, runs the monitoring
+    """One pass; returns the new status. `observe()`, when given, runs the monitoring
     half (stats, alerts, autoscaling) and returns a monitoring.Outcome."""
     # Channels to sidecars whose pods are gone are closed (housekeeping only: which config a
     # sidecar runs is never remembered, see logic/readback).
@@ -68,17 +68,10 @@ async def sync(*, rt: Runtime, memo: Any, namespace: str, name: str, generation:
     memo.addresses = live
     failures: dict[str, str] = {}
 
-    # The sidecars read this Secret at start (a required env var): create it before any pod.
-    try:
-        token = await rt.kube.ensure_token(namespace, rt.settings.sidecar.token_secret)
-    except ApiException as e:
-        if e.status == 403 and "being terminated" in str(e.body):
-            return dict(status)      # the namespace is going away with the profile: nothing to do
-        raise
     # What each sidecar reports running (GetStats, then Configure's answer) is the truth, not
     # what this operator sent it earlier: a restarted sidecar container is back at its
     # admission-time config, a sidecar pushed ahead from inside the pod is not the profile's.
-    outcome = await observe(token) if observe is not None else None
+    outcome = await observe() if observe is not None else None
     unreachable = dict(outcome.unreachable) if outcome is not None else {}
     reported: dict[str, int] = dict(outcome.generations) if outcome is not None else {}
     todo = to_configure(pods, reported, generation, unreachable)
@@ -86,7 +79,7 @@ async def sync(*, rt: Runtime, memo: Any, namespace: str, name: str, generation:
         request = configure_request(spec, generation)
 
         def call(p: PodView) -> Any:
-            target = Target(p.ip or "", port, token)
+            target = Target(p.ip or "", port)
             return lambda: with_retries(lambda: rt.agents.configure(target, request))
 
         results = await bounded_gather([call(p) for p in todo],
@@ -241,9 +234,9 @@ async def _reconcile_once(body: kopf.Body, patch: kopf.Patch, memo: Any, namespa
     if hpas_by_namespace is not None:
         hpas = list(hpas_by_namespace.get(namespace, []))
 
-        async def observe(token: str) -> monitoring.Outcome:
+        async def observe() -> monitoring.Outcome:
             return await monitoring.observe(rt=rt, memo=memo, body=body, namespace=namespace,
-                                            name=name, spec=spec, pods=pods, token=token,
+                                            name=name, spec=spec, pods=pods,
                                             hpas=hpas, logger=logger)
     new = await sync(rt=rt, memo=memo, namespace=namespace, name=name, generation=generation,
                      spec=spec, status=dict(body.get("status", {})), pods=pods, logger=logger,

@@ -8,10 +8,11 @@ from typing import Any
 
 import kopf
 
-from perfpilot_operator.certs import ensure_webhook_certs
+from perfpilot_operator.certs import write_identity
 from perfpilot_operator import metrics as prom
 from perfpilot_operator.clients import kube as kube_client
-from perfpilot_operator.clients.agents import AgentClients
+from perfpilot_operator.clients.agents import AgentClients, ClientIdentity
+from perfpilot_operator.clients.casecret import ensure_ca
 from perfpilot_operator.handlers import profiles
 from perfpilot_operator.logic import resize, webhooks
 from perfpilot_operator.runtime import Runtime
@@ -45,8 +46,12 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Lo
     if cfg.webhook_service:
         ns, svc = cfg.webhook_service.split("/", 1)
         names = [f"{svc}.{ns}.svc", f"{svc}.{ns}.svc.cluster.local", svc, *names]
-    certs = ensure_webhook_certs(cfg.cert_dir, names)
-    rt = Runtime(settings=cfg, agents=AgentClients(timeout=cfg.rpc_timeout), kube=kube,
+    # The CA is shared by every replica (a Secret in cfg.namespace); this replica's serving and
+    # client certificates are issued from it, so all replicas serve under one caBundle.
+    certs = write_identity(await ensure_ca(kube.core, cfg.namespace), cfg.cert_dir, names)
+    key, cert = certs.client_pair()
+    rt = Runtime(settings=cfg, agents=AgentClients(ClientIdentity(key, cert), timeout=cfg.rpc_timeout),
+                 kube=kube,
                  scale=kube_client.ScaleClient(api), native_sidecar=native,
                  resize=minor >= resize.RESIZE_MIN_MINOR,
                  ca_bundle=certs.ca_bundle())
