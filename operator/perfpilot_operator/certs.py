@@ -124,15 +124,15 @@ def _san(name: str) -> x509.GeneralName:
 
 
 def issue(ca: Authority, common_name: str, *, names: tuple[str, ...] | list[str] = (), client: bool = False,
-          now: dt.datetime) -> tuple[bytes, bytes]:
-    """(key PEM, certificate PEM) signed by `ca`, valid until the CA expires."""
+          now: dt.datetime, not_after: dt.datetime | None = None) -> tuple[bytes, bytes]:
+    """(key PEM, certificate PEM) signed by `ca`, valid until the CA expires (or `not_after`)."""
     key = ec.generate_private_key(ec.SECP256R1())
     usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
     builder = (x509.CertificateBuilder()
                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
                .issuer_name(ca.cert.subject).public_key(key.public_key())
                .serial_number(x509.random_serial_number())
-               .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(ca.expires())
+               .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(not_after or ca.expires())
                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
                .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()),

@@ -93,6 +93,7 @@ class AgentApp:
         self.unix_server: aio.Server | None = None
         self.tcp_server: aio.Server | None = None
         self.tcp_port: int | None = None
+        self.tls_cert = b""                 # the control port's self-signed certificate (public)
         self.health_server: aio.Server | None = None
         self.health_port: int | None = None
         self.metrics: MetricsServer | None = None
@@ -266,8 +267,8 @@ class AgentApp:
             self.tcp_server = self._server(options, interceptors=(ClientCertInterceptor(self.auth),
                                                                   DecodeInterceptor(self.malformed)),
                                            servicer=self.control_servicer)
-            self.tcp_port = self.tcp_server.add_secure_port(f"{self.settings.listen_host}:{self.settings.port}",
-                                                            server_credentials(ca))
+            creds, self.tls_cert = server_credentials(ca)
+            self.tcp_port = self.tcp_server.add_secure_port(f"{self.settings.listen_host}:{self.settings.port}", creds)
             await self.tcp_server.start()
         elif self.settings.port >= 0:
             log.warning("no --ca-file (PERFPILOT_CA_FILE): the TCP control port is off; the operator "

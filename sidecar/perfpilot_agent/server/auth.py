@@ -34,7 +34,7 @@ SOCKET_REFUSAL = ("Configure is operator-only: the perfpilot operator sets the l
                   "TCP control port with mutual TLS; the app may not call it over the Unix socket "
                   "(change the PerfProfile instead)")
 
-Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]]
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable["grpc.RpcMethodHandler[Any, Any] | None"]]
 
 
 def _unparsed(data: bytes) -> None:

@@ -61,11 +61,12 @@ def load_ca(path: str) -> bytes:
     return data
 
 
-def server_credentials(ca_pem: bytes, now: dt.datetime | None = None) -> grpc.ServerCredentials:
-    """mTLS credentials for the control port: a fresh key, client certificates of `ca_pem` required."""
+def server_credentials(ca_pem: bytes, now: dt.datetime | None = None) -> tuple[grpc.ServerCredentials, bytes]:
+    """mTLS credentials for the control port (a fresh key, client certificates of `ca_pem`
+    required) and the public certificate they serve."""
     key_pem, cert_pem = self_signed(now)
-    return grpc.ssl_server_credentials([(key_pem, cert_pem)], root_certificates=ca_pem,
-                                       require_client_auth=True)
+    creds = grpc.ssl_server_credentials([(key_pem, cert_pem)], root_certificates=ca_pem, require_client_auth=True)
+    return creds, cert_pem
 
 
 def problem(auth_context: Mapping[str, Iterable[bytes]]) -> str | None:
