@@ -113,6 +113,8 @@ def test_default_render_has_the_expected_objects(default: list[dict[str, Any]]) 
         # the pre-delete hook that removes the operator's webhook configurations
         ("ServiceAccount", "webhook-cleanup"), ("ClusterRole", "webhook-cleanup"),
         ("ClusterRoleBinding", "webhook-cleanup"), ("Job", "webhook-cleanup"),
+        # the CA Secret of the operator's own namespace (role-ca.yaml)
+        ("Role", "operator-ca"), ("RoleBinding", "operator-ca"),
         # one per Grafana dashboard in charts/perfpilot/dashboards/
         ("ConfigMap", "dashboards"), ("ConfigMap", "dashboards"),
     ])
@@ -712,6 +714,11 @@ def granted(role: dict[str, Any]) -> dict[Need, set[str] | None]:
 
 def test_clusterrole_grants_exactly_what_the_operator_calls(default: list[dict[str, Any]]) -> None:
     needs = kopf_needs() | client_needs()
+    # Secrets: only the CA Secret of the operator's own namespace, granted by a Role (role-ca.yaml).
+    secrets = {n for n in needs if n[1] == "secrets"}
+    assert secrets == {("", "secrets", "get"), ("", "secrets", "create"), ("", "secrets", "update")}
+    assert set(granted(one(default, "Role", "operator-ca"))) == secrets
+    needs -= secrets
     # The concrete list, so that a reader (and a reviewer of a change) sees it.
     assert needs == {
         ("perfpilot.io", "perfprofiles", "list"), ("perfpilot.io", "perfprofiles", "watch"),
@@ -723,7 +730,6 @@ def test_clusterrole_grants_exactly_what_the_operator_calls(default: list[dict[s
         ("", "events", "create"),
         ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
         ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
-        ("", "secrets", "get"), ("", "secrets", "create"),
         ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "get"),
         ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "create"),
         ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "update"),
@@ -745,8 +751,8 @@ def test_clusterrole_grants_exactly_what_the_operator_calls(default: list[dict[s
 
 
 def test_named_grants_are_the_objects_the_code_touches(default: list[dict[str, Any]]) -> None:
-    """get/update of the webhook configurations and get of Secrets are limited by name."""
-    from perfpilot_operator.logic.injection import SidecarTemplate
+    """get/update of the webhook configurations and of the CA Secret are limited by name."""
+    from perfpilot_operator.clients.casecret import SECRET_NAME
     from perfpilot_operator.logic.webhooks import MUTATING_NAME, VALIDATING_NAME
 
     rules = granted(one(default, "ClusterRole"))
@@ -754,9 +760,15 @@ def test_named_grants_are_the_objects_the_code_touches(default: list[dict[str, A
     for verb in ("get", "update"):
         assert rules[(adm, "mutatingwebhookconfigurations", verb)] == {MUTATING_NAME}
         assert rules[(adm, "validatingwebhookconfigurations", verb)] == {VALIDATING_NAME}
-    assert rules[("", "secrets", "get")] == {SidecarTemplate().token_secret}
-    # create cannot be limited by name in RBAC
-    assert rules[("", "secrets", "create")] is None
+    assert not any(r == "secrets" for _, r, _ in rules)    # no Secret outside its own namespace
+    role = one(default, "Role", "operator-ca")
+    assert role["metadata"]["namespace"] == one(default, "Deployment")["metadata"]["namespace"]
+    # create cannot be limited by name in RBAC: it is limited to the operator's namespace
+    assert granted(role) == {("", "secrets", "get"): {SECRET_NAME}, ("", "secrets", "update"): {SECRET_NAME},
+                             ("", "secrets", "create"): None}
+    binding = one(default, "RoleBinding", "operator-ca")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"][0]["name"] == one(default, "ServiceAccount")["metadata"]["name"]
     hook = granted(one(default, "ClusterRole", "webhook-cleanup"))
     assert hook == {(adm, "mutatingwebhookconfigurations", "delete"): {MUTATING_NAME},
                     (adm, "validatingwebhookconfigurations", "delete"): {VALIDATING_NAME}}

@@ -38,20 +38,15 @@ class FakeSidecars:
 
 
 def runtime(agents: Any) -> Any:
-    async def ensure_token(namespace: str, name: str) -> str:
-        return "token"
-    settings = types.SimpleNamespace(
-        sidecar=types.SimpleNamespace(grpc_port=9090, token_secret="perfpilot-agent-token"),
-        rollout_concurrency=4)
-    return types.SimpleNamespace(settings=settings, agents=agents, resize=False,
-                                 kube=types.SimpleNamespace(ensure_token=ensure_token))
+    settings = types.SimpleNamespace(sidecar=types.SimpleNamespace(grpc_port=9090), rollout_concurrency=4)
+    return types.SimpleNamespace(settings=settings, agents=agents, resize=False, kube=None)
 
 
 PODS = [PodView(f"p{i}", f"127.1.0.{i}", True, True) for i in range(3)]
 
 
 def run_pass(rt: Any, memo: Any, sidecars: FakeSidecars, generation: int = 6) -> dict[str, Any]:
-    async def observe(token: str) -> monitoring.Outcome:
+    async def observe() -> monitoring.Outcome:
         return monitoring.Outcome(status={}, conditions=[], unreachable={},
                                   generations={p.name: sidecars.generations[p.ip or ""]
                                                for p in PODS})

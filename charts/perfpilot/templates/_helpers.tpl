@@ -71,8 +71,8 @@ MUTATING_NAME and VALIDATING_NAME); the RBAC and the uninstall hook name them.
 */}}
 {{- define "perfpilot.mutatingWebhookName" -}}perfpilot-pod-injector{{- end }}
 {{- define "perfpilot.validatingWebhookName" -}}perfpilot-profile-validator{{- end }}
-{{/* The per-namespace agent token Secret the operator creates (SidecarTemplate.token_secret). */}}
-{{- define "perfpilot.tokenSecretName" -}}perfpilot-agent-token{{- end }}
+{{/* The operator's CA Secret in its own namespace (clients/casecret.py SECRET_NAME). */}}
+{{- define "perfpilot.caSecretName" -}}perfpilot-operator-ca{{- end }}
 {{/*
 The label the pod webhook sets on every pod it injects (injection.py, LABEL_PROFILE; the value is
 the profile's name) and the sidecar container's metrics port name (sidecar_container()); the
