@@ -10,7 +10,6 @@ import grpc
 import numpy as np
 import pytest
 from google.protobuf import duration_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from perfpilot.v1 import agent_pb2 as pb
 from tests.sidecar.conftest import Agent, FakePools, MakeAgent, rpc_error
