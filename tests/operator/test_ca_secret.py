@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import ssl
 from pathlib import Path
@@ -14,6 +15,7 @@ from kubernetes.client.exceptions import ApiException
 from perfpilot_contract.trust import OPERATOR_CLIENT_NAME
 from perfpilot_operator import certs
 from perfpilot_operator.clients.casecret import SECRET_NAME, ensure_ca_sync
+from perfpilot_operator.pki import ReplicaPKI
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -151,3 +153,26 @@ def test_every_replica_serves_under_one_ca_bundle(tmp_path: Path) -> None:
         client = x509.load_pem_x509_certificate(replica.client_pair()[1])
         client.verify_directly_issued_by(ca)
         assert client.subject.rfc4514_string() == f"CN={OPERATOR_CLIENT_NAME}"
+
+
+def test_a_running_replica_follows_the_rotation_without_a_restart(tmp_path: Path) -> None:
+    """ReplicaPKI.refresh: a rotated Secret grows the caBundle at once; when the old CA nears its
+    end the leaves are re-issued from the new one and the webhook's SSL context reloads them."""
+    core = FakeCore()
+    pki = ReplicaPKI(core, "perfpilot-system", tmp_path, ["svc.ns.svc"])
+    seen: list[bytes] = []
+    pki.listeners.append(lambda p: seen.append(p.ca_bundle))
+    asyncio.run(pki.start(now=NOW))
+    first_leaf = pki.certs.cert.read_bytes() if pki.certs else b""
+    assert asyncio.run(pki.refresh(now=NOW + dt.timedelta(days=1))) is False and seen == []
+    due = NOW + dt.timedelta(days=certs.CA_DAYS) * 0.7
+    assert asyncio.run(pki.refresh(now=due)) is True
+    assert seen and seen[-1].count(b"BEGIN CERTIFICATE") == 2       # old and new CA trusted
+    old, new = pki.bundle.authorities if pki.bundle else ()
+    late = old.expires() - dt.timedelta(days=certs.MIN_ISSUER_DAYS / 2 - 1)
+    assert asyncio.run(pki.refresh(now=late)) is True
+    assert pki.certs is not None and pki.certs.cert.read_bytes() != first_leaf
+    leaf = x509.load_pem_x509_certificate(pki.certs.cert.read_bytes())
+    leaf.verify_directly_issued_by(new.cert)                       # issued by the new CA now
+    client = x509.load_pem_x509_certificate(pki.client_identity().cert)
+    client.verify_directly_issued_by(new.cert)

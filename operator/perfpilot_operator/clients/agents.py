@@ -110,6 +110,16 @@ class AgentClients:
             self._channels[target.address] = ch
         return pb_grpc.AgentStub(ch)
 
+    def use(self, identity: ClientIdentity) -> None:
+        """Present `identity` from now on (a re-issued certificate): every channel is re-made;
+        the old ones close after in-flight calls had their deadline."""
+        self.identity = identity
+        stale = list(self._channels.values())
+        self._channels.clear()
+        loop = asyncio.get_running_loop()
+        for ch in stale:
+            loop.create_task(ch.close(grace=self.timeout))
+
     async def forget(self, address: str) -> None:
         """Drop a channel (the pod went away, or its sidecar restarted with a new key)."""
         ch = self._channels.pop(address, None)

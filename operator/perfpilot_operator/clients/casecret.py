@@ -64,6 +64,7 @@ def ensure_ca_sync(core: Any, namespace: str, name: str = SECRET_NAME,
     raise RuntimeError(f"the CA Secret {where} kept changing under {ATTEMPTS} attempts")
 
 
-async def ensure_ca(core: Any, namespace: str, name: str = SECRET_NAME) -> CABundle:
+async def ensure_ca(core: Any, namespace: str, name: str = SECRET_NAME,
+                    now: dt.datetime | None = None) -> CABundle:
     """ensure_ca_sync in a thread (the kubernetes client blocks)."""
-    return await asyncio.to_thread(ensure_ca_sync, core, namespace, name)
+    return await asyncio.to_thread(ensure_ca_sync, core, namespace, name, now)

@@ -8,11 +8,10 @@ from typing import Any
 
 import kopf
 
-from perfpilot_operator.certs import write_identity
 from perfpilot_operator import metrics as prom
 from perfpilot_operator.clients import kube as kube_client
-from perfpilot_operator.clients.agents import AgentClients, ClientIdentity
-from perfpilot_operator.clients.casecret import ensure_ca
+from perfpilot_operator.clients.agents import AgentClients
+from perfpilot_operator.pki import ReplicaPKI
 from perfpilot_operator.handlers import profiles
 from perfpilot_operator.logic import resize, webhooks
 from perfpilot_operator.runtime import Runtime
@@ -48,13 +47,19 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Lo
         names = [f"{svc}.{ns}.svc", f"{svc}.{ns}.svc.cluster.local", svc, *names]
     # The CA is shared by every replica (a Secret in cfg.namespace); this replica's serving and
     # client certificates are issued from it, so all replicas serve under one caBundle.
-    certs = write_identity(await ensure_ca(kube.core, cfg.namespace), cfg.cert_dir, names)
-    key, cert = certs.client_pair()
-    rt = Runtime(settings=cfg, agents=AgentClients(ClientIdentity(key, cert), timeout=cfg.rpc_timeout),
+    pki = ReplicaPKI(kube.core, cfg.namespace, cfg.cert_dir, names)
+    certs = await pki.start()
+    rt = Runtime(settings=cfg, agents=AgentClients(pki.client_identity(), timeout=cfg.rpc_timeout),
                  kube=kube,
                  scale=kube_client.ScaleClient(api), native_sidecar=native,
                  resize=minor >= resize.RESIZE_MIN_MINOR,
-                 ca_bundle=certs.ca_bundle())
+                 ca_bundle=pki.ca_bundle)
+
+    def certificates_changed(p: ReplicaPKI) -> None:     # a rotated CA or re-issued certificates
+        rt.ca_bundle = p.ca_bundle
+        rt.agents.use(p.client_identity())
+    pki.listeners.append(certificates_changed)
+    memo.pki_task = asyncio.create_task(pki.run(), name="perfpilot-certificates")
     if cfg.metrics_port >= 0:
         try:
             prom.serve(cfg.metrics_port, cfg.metrics_host)
@@ -67,7 +72,8 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Lo
 
     settings.admission.server = kopf.WebhookServer(
         addr=cfg.webhook_host, port=cfg.webhook_port, host=cfg.webhook_url_host,
-        certfile=str(certs.cert), pkeyfile=str(certs.key), cafile=str(certs.ca))
+        certfile=str(certs.cert), pkeyfile=str(certs.key), cafile=str(certs.ca),
+        context=pki.context)    # ReplicaPKI reloads it with re-issued certificates
     settings.admission.managed = None   # we render the configurations (namespaceSelector)
     if cfg.register_webhooks:
         def client(path: str) -> dict[str, Any]:
@@ -92,10 +98,11 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Lo
 
 @kopf.on.cleanup(id="cleanup")
 async def cleanup(memo: Any, **_: Any) -> None:
-    task: asyncio.Task[None] | None = getattr(memo, "resync_task", None)
-    if task is not None:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+    for name in ("resync_task", "pki_task"):
+        task: asyncio.Task[None] | None = getattr(memo, name, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
     rt: Runtime | None = getattr(memo, "runtime", None)
     if rt is not None:
         await rt.agents.close()
