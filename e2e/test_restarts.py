@@ -71,8 +71,8 @@ def all_configured(cluster: LocalCluster, ns: str, generation: int, n: int
 def generation_of(cluster: LocalCluster, ns: str, ip: str) -> int | None:
     try:
         return int(agent_config(cluster, ns, ip).generation)
-    except grpc.RpcError:
-        return None      # not serving yet (a fresh process)
+    except (grpc.RpcError, OSError):
+        return None      # not serving yet (a fresh process): no TLS handshake, or no answer
 
 
 def sidecar_pid(cluster: LocalCluster, ns: str, pod: str) -> int | None:
