@@ -38,3 +38,11 @@ def control_channel(identity: ClientIdentity, ip: str, port: int = SIDECAR_PORT)
     creds = grpc.ssl_channel_credentials(pinned, private_key=identity.key, certificate_chain=identity.cert)
     return grpc.secure_channel(f"{ip}:{port}", creds,
                                options=[("grpc.ssl_target_name_override", AGENT_SERVER_NAME)])
+
+
+async def aio_control_channel(identity: ClientIdentity, ip: str, port: int = SIDECAR_PORT) -> grpc.aio.Channel:
+    """control_channel for asyncio callers."""
+    pinned = await fetch_server_cert(Target(ip, port), identity, 5.0)
+    creds = grpc.ssl_channel_credentials(pinned, private_key=identity.key, certificate_chain=identity.cert)
+    return grpc.aio.secure_channel(f"{ip}:{port}", creds,
+                                   options=[("grpc.ssl_target_name_override", AGENT_SERVER_NAME)])
