@@ -4,13 +4,14 @@ inject, configure, reconfigure live without restarts, refuse conflicting profile
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import json
 from typing import Any
 
 import grpc
 import pytest
 
-from e2e.harness.cluster import LocalCluster
+from e2e.harness.cluster import BIN, ROOT, LocalCluster
 from e2e.harness.trust import control_channel, operator_identity
 from perfpilot_contract.trust import AGENT_SERVER_NAME
 from perfpilot_operator.clients.agents import Target, fetch_server_cert
@@ -79,6 +80,15 @@ def no_control_from_the_app_namespace(cluster: LocalCluster, ns: str, ip: str) -
         with pytest.raises(grpc.RpcError) as ei:
             pb_grpc.AgentStub(ch).Configure(pb.ConfigureRequest(generation=99), timeout=5)
         assert ei.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+    grpcurl = BIN / "grpcurl"          # `make peers`: a client built only from protos/
+    if grpcurl.exists():
+        proto = ["-import-path", str(ROOT / "protos"), "-proto", "perfpilot/v1/agent.proto", "-max-time", "10"]
+        out = subprocess.run([str(grpcurl), "-plaintext", *proto, "-d", '{"generation": "99"}',
+                              f"{ip}:50052", "perfpilot.v1.Agent/Configure"], capture_output=True, text=True)
+        assert out.returncode == 64 + 16 and "Unauthenticated" in out.stdout + out.stderr, out
+        out = subprocess.run([str(grpcurl), "-insecure", *proto, "-d", '{"generation": "99"}',
+                              f"{ip}:50051", "perfpilot.v1.Agent/Configure"], capture_output=True, text=True)
+        assert 0 < out.returncode < 64 and "Failed to dial" in out.stdout + out.stderr, out
     assert agent_config(cluster, ns, ip).generation == 1
 
 

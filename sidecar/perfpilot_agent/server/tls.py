@@ -17,10 +17,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import grpc
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from perfpilot_contract.trust import AGENT_SERVER_NAME, OPERATOR_CLIENT_NAME
 
@@ -30,6 +26,12 @@ SERVER_CERT_DAYS = 3650
 
 def self_signed(now: dt.datetime | None = None) -> tuple[bytes, bytes]:
     """(private key PEM, certificate PEM) for AGENT_SERVER_NAME, made fresh in memory."""
+    # Imported here: ~0.2-0.3 s that an agent without a control port (no --ca-file) never pays.
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
     now = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(minutes=5)
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, AGENT_SERVER_NAME)])
@@ -47,6 +49,8 @@ def self_signed(now: dt.datetime | None = None) -> tuple[bytes, bytes]:
 
 def load_ca(path: str) -> bytes:
     """The CA bundle PEM at `path`; ValueError naming the file and the fix when unusable."""
+    from cryptography import x509
+
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
