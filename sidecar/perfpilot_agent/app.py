@@ -85,7 +85,7 @@ class AgentApp:
         self.health = Health()
         self.auth = Refusals()
         self.servicer = AgentServicer(self)
-        # The TCP listener's callers passed the operator's credential: their Configure wins.
+        # The control port's callers proved the operator's certificate: their Configure wins.
         self.control_servicer = AgentServicer(self, operator=True)
         self.malformed = DecodeGuard(self.rpc_stats.record)
         self.metrics_registry = metrics_registry or CollectorRegistry()
@@ -190,10 +190,10 @@ class AgentApp:
     def configure(self, generation: int, msg: pb.AgentConfig, *, operator: bool = False) -> bool:
         """Validate and apply; False when `generation` is not newer than the applied one.
 
-        From the operator (`operator`: the authenticated TCP listener) any other generation
-        applies, lower ones too: the operator sends its profile's current generation, and a
-        generation pushed ahead of it from inside the pod (over the socket) must not lock the
-        operator out forever. A repeat of the applied generation stays a no-op."""
+        From the operator (`operator`: the mutual-TLS control port, the only listener that serves
+        Configure) any other generation applies, lower ones too: the operator sends its profile's
+        current generation (a profile re-created starts over at 1). Without `operator` (in-process
+        callers) only newer generations apply. A repeat of the applied generation stays a no-op."""
         new = merge_proto(self.config, msg, self.runner.known_kernels)
         if generation == self.generation or (generation < self.generation and not operator):
             return False
