@@ -127,12 +127,19 @@ class AgentClients:
             await ch.close()
 
     async def _call(self, target: Target, call: Callable[[pb_grpc.AgentAsyncStub], Awaitable[T]]) -> T:
+        """`call` on the target's channel. UNAVAILABLE on a channel pinned earlier may be a
+        sidecar restarted with a new key: the channel is dropped and the call made once more on
+        a freshly pinned one (a sidecar that is down fails that at once: connection refused)."""
+        pinned_earlier = target.address in self._channels
         try:
             return await call(await self.stub(target))
         except grpc.aio.AioRpcError as e:
-            if e.code() == grpc.StatusCode.UNAVAILABLE:
-                await self.forget(target.address)     # the next call pins the sidecar's key again
-            raise
+            if e.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
+            await self.forget(target.address)
+            if not pinned_earlier:
+                raise
+        return await call(await self.stub(target))
 
     async def configure(self, target: Target, request: pb.ConfigureRequest
                         ) -> pb.ConfigureResponse:
