@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from bench import l1_bench
 from bench.common import Entry, entry, failed_entry, free_port, median
 from bench.procs import PY, Child, ChildFailed, Procs, tree_cpu_ns, tree_cpu_seconds, tree_rss, wait_serving
 from perfpilot_contract.limits import KERNEL_NAMES
@@ -46,6 +47,7 @@ UNITS: dict[str, str] = {
     "load_p99_ms": "ms",
     "load_errors": "calls",
     "load_calls_per_s": "calls/s",
+    **l1_bench.UNITS,
 }
 """Every key this module produces, with its unit (also used for placeholders when a phase fails)."""
 
@@ -445,6 +447,7 @@ PHASES: list[tuple[tuple[str, ...], Callable[[bool, Want], dict[str, Entry]]]] =
     (("events_per_s",), events),
     (("idle_rss_mb_heartbeat_only", "idle_rss_mb_kernels_warm", "idle_cpu_millicores", "load_p50_ms", "load_p99_ms",
       "load_errors", "load_calls_per_s", "cache_hit_speedup", "kernel_cache_hit_speedup"), footprint_cache_load),
+    (tuple(l1_bench.UNITS), l1_bench.run),
 ]
 
 

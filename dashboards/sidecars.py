@@ -252,6 +252,38 @@ def build() -> Dashboard:
         "sidecar's memory limit: lower cache.maxEntries or raise the limit.",
         [Query(f"perfpilot_sidecar_cache_bytes{{{SEL}}}", "{{pod}}")], unit="bytes"),
         width=12, height=8)
+    lay.add(timeseries(
+        "L1 (in-app near-cache) hit ratio",
+        "Reads the apps' perfpilot clients answered from their in-process L1 (cache.l1), over "
+        "the window and since the sidecar started; L1 hits never reach the sidecar, so they are "
+        "not in the cache hit ratio above. Low with L1 on: cache.l1.maxEntries or maxBytes too "
+        "small for the working set, values over cache.l1.maxValueBytes, or many writes "
+        "invalidating entries (invalidations below).",
+        [Query(f"{_rate('perfpilot_sidecar_cache_l1_hits_total', 'pod')} / "
+               f"({_rate('perfpilot_sidecar_cache_l1_hits_total', 'pod')} + "
+               f"{_rate('perfpilot_sidecar_cache_l1_misses_total', 'pod')} > 0)", "{{pod}}"),
+         Query(f"perfpilot_sidecar_cache_l1_hit_ratio{{{SEL}}}", "{{pod}} since start")],
+        unit="percentunit", max_val=1),
+        width=12, height=8)
+    lay.add(timeseries(
+        "L1 invalidations, evictions and resyncs",
+        "Entries per second the clients' L1s dropped because the sidecar announced a write or "
+        "invalidation, evicted because L1 was full, and resyncs (L1 cleared because a client's "
+        "event stream broke or lost events; above 0 means restarts or a client too slow to read "
+        "its events).",
+        [Query(_rate("perfpilot_sidecar_cache_l1_invalidations_total", "pod"), "{{pod}} invalidated"),
+         Query(_rate("perfpilot_sidecar_cache_l1_evictions_total", "pod"), "{{pod}} evicted"),
+         Query(_rate("perfpilot_sidecar_cache_l1_resyncs_total", "pod"), "{{pod}} resyncs"),
+         Query(_rate("perfpilot_sidecar_cache_dependency_invalidations_total", "pod"),
+               "{{pod}} dependents dropped (sidecar)")], unit="ops"),
+        width=12, height=8)
+    lay.add(timeseries(
+        "L1 staleness (event delivery)",
+        "Time from a write or invalidation in the sidecar to a client's L1 applying it: the "
+        "longest an L1 may serve a value already changed. Growing: the app's event loop or "
+        "threads are starved (CPU), or the sidecar is overloaded.",
+        _quantiles("perfpilot_sidecar_cache_l1_staleness_seconds", "pod"), unit="s"),
+        width=24, height=8)
 
     lay.row("Resources and events")
     lay.add(timeseries(

@@ -119,6 +119,12 @@ INVALID: list[Invalid] = [
             (f"{A0}.threshold", "should be greater than or equal to 0")),
     Invalid("range-cache-maxentries", {"spec.cache.maxEntries": 10_000_001},
             ("spec.cache.maxEntries", "should be less than or equal to 10000000")),
+    Invalid("range-l1-maxbytes", {"spec.cache.l1": {"maxBytes": (1 << 30) + 1}},
+            ("spec.cache.l1.maxBytes", "should be less than or equal to 1073741824")),
+    Invalid("range-l1-ttl", {"spec.cache.l1": {"ttl": "2h"}},
+            ("spec.cache.l1.ttl", "must be between 0s and 1h, got 2h")),
+    Invalid("type-l1-enabled", {"spec.cache.l1": {"enabled": "yes"}},
+            ("spec.cache.l1.enabled", "must be of type boolean")),
     # --- cross-field rules (CEL)
     Invalid("min-above-max", {f"{AS}.minReplicas": 5, f"{AS}.maxReplicas": 3},
             (f"{AS}.minReplicas", "minReplicas (5) must be <= maxReplicas (3)")),
@@ -331,7 +337,10 @@ def test_example_is_accepted_with_defaults(crd: LocalCluster, namespace: str, pa
     assert spec["heartbeat"] == written["spec"].get("heartbeat", {})
     pools = {"processWorkers": 2, "threadWorkers": 8, "batchWait": "10ms"}
     assert spec["pools"] == {**pools, **written["spec"].get("pools", {})}
-    assert spec["cache"] == {"ttl": "5m", "maxEntries": 10000, **written["spec"].get("cache", {})}
+    l1 = {"enabled": False, "maxEntries": 1000, "maxBytes": 16 << 20, "ttl": "10s", "maxValueBytes": 64 << 10}
+    written_cache = written["spec"].get("cache", {})
+    assert spec["cache"] == {"ttl": "5m", "maxEntries": 10000, **written_cache,
+                             "l1": {**l1, **written_cache.get("l1", {})}}
     assert spec["kernels"]["parallel"] is True
     assert spec["kernels"]["warm"] == written["spec"].get("kernels", {}).get("warm", [])
     sidecar = spec["resources"]["sidecar"]
@@ -445,7 +454,8 @@ def test_one_member_of_a_pair_and_caching_off_are_accepted(crd: LocalCluster, na
     assert spec["pools"] == {"maxQueue": 64, "processWorkers": 2, "threadWorkers": 8,
                              "batchWait": "10ms"}
     assert spec["heartbeat"] == {"interval": "150ms"}
-    assert spec["cache"] == {"ttl": "0s", "maxEntries": 0}
+    assert {k: v for k, v in spec["cache"].items() if k != "l1"} == {"ttl": "0s", "maxEntries": 0}
+    assert spec["cache"]["l1"]["enabled"] is False  # the near-cache's default: off
     assert spec["kernels"]["warm"] == list(KERNEL_NAMES)
 
 

@@ -60,11 +60,14 @@ def test_caching_off_and_max_queue_alone_configure_every_sidecar(cluster: LocalC
         assert cfg.generation == 1
         assert (cfg.config.cache.ttl.seconds, cfg.config.cache.ttl.nanos, cfg.config.cache.max_entries) == (0, 0, 0)
         assert (cfg.config.pools.max_queue, cfg.config.pools.batch_size) == (64, 64)
+        assert not cfg.config.cache.l1.enabled  # the apps' near-cache: off unless the profile says so
 
     # Caching back on, live: a Configure the sidecars accept.
     cluster.kubectl("patch", "perfprofile", "agents", "-n", namespace, "--type=merge", "-p",
-                    '{"spec": {"cache": {"ttl": "30s", "maxEntries": 100}}}')
+                    '{"spec": {"cache": {"ttl": "30s", "maxEntries": 100, "l1": {"enabled": true, "maxEntries": 500}}}}')
     wait_for(lambda: configured(2), "2/2 sidecars configured at generation 2", timeout=60)
     for p in pods:
         cfg = agent_config(cluster, namespace, p["status"]["podIP"])
         assert (cfg.config.cache.ttl.seconds, cfg.config.cache.max_entries) == (30, 100)
+        l1 = cfg.config.cache.l1  # what every app client of this sidecar now applies, live
+        assert (l1.enabled, l1.max_entries, l1.max_bytes, l1.ttl.seconds) == (True, 500, 16 << 20, 10)

@@ -99,6 +99,9 @@ async def startup() -> AsyncAgentClient:
             m.mark_error()
     try:
         await agent.cache_put("user/42", b"{}", ttl=60)
+        # dropped (in the sidecar and in every app process's L1) when user/42 changes
+        await agent.cache_put("profile/42", b"{}", depends_on=["user/42"], tags=["profiles"])
+        assert_type(agent.config.cache.l1.enabled, bool)
     except Overloaded:
         log.warning("sidecar busy; not cached")
     return agent

@@ -37,7 +37,7 @@ from perfpilot_agent.liveconfig import LiveConfig, merge_proto, proto_from_dict,
 from perfpilot_agent.metrics.collectors import AgentCollector
 from perfpilot_agent.metrics.definitions import MetricsServer
 from perfpilot_agent.runtime.admission import Admission
-from perfpilot_agent.runtime.cache import TTLCache
+from perfpilot_agent.runtime.cache import Change, TTLCache, change_message
 from perfpilot_agent.runtime.compute import KernelRunner, PoolFactory, load_registry
 from perfpilot_agent.runtime.heartbeat import ProcessSampler, Sample
 from perfpilot_agent.runtime.monitor import Monitor, RpcStats
@@ -75,6 +75,7 @@ class AgentApp:
         self.events = EventBus(subscriber_capacity=settings.event_buffer)
         self.cache = TTLCache(max_entries=self.config.cache.max_entries, ttl=self.config.cache.ttl,
                               max_bytes=settings.cache_max_bytes, clock=clock)
+        self.cache.subscribe(self._publish_cache_change)
         self.monitor = Monitor(max_ops=settings.max_ops)
         self.rpc_stats = RpcStats()
         self.sampler = ProcessSampler(min_interval=settings.heartbeat_sample_interval)
@@ -180,10 +181,18 @@ class AgentApp:
             heartbeat=mon.heartbeat, app_total=mon.app_total, ops=dict(mon.ops), kernels=dict(mon.kernels),
             refused_op_observations=mon.refused_observations,
             cache=replace(self.cache.counters), cache_entries=len(self.cache), cache_max_entries=self.cache.max_entries,
-            cache_bytes=self.cache.bytes,
+            cache_bytes=self.cache.bytes, l1=replace(self.monitor.l1),
             events_published=dict(self.events.published), events_dropped=self.events.dropped_total,
             event_watchers=len(self.events.subscribers),
         )
+
+    def _publish_cache_change(self, change: Change) -> None:
+        """Every write and invalidation reaches the clients' L1s as one CACHE_CHANGED event."""
+        msg = change_message(change)
+        if msg is not None:
+            self.events.publish(pb.EVENT_TYPE_CACHE_CHANGED, f"cache {change.kind}: {change.removed} dependents dropped"
+                                if change.kind == "put" else f"cache invalidate: {change.removed} entries removed",
+                                cache=msg)
 
     # -- live config ---------------------------------------------------------------------------
 

@@ -10,6 +10,11 @@
     agent.config.pools.batch_size              # live config; agent.on_config_change(callback)
     out = agent.run_kernel("cosine_topk", query=q, matrix=m, k=5)   # NumPy in, NumPy out ([client-kernels])
     agent.cache_put("user/42", b"..."); agent.cache_get("user/42"); agent.cache_invalidate("user/")
+    agent.cache_put("profile/42", b"...", depends_on=["user/42"], tags=["profiles"])  # dropped with user/42
+
+With `cache.l1.enabled` in the PerfProfile, cache_get answers from an in-process near-cache (L1)
+kept coherent by the sidecar's events (stale for at most one event delivery; off while the event
+stream is down): docs/sidecar.md, "Cache tiers".
 
 AsyncAgentClient has the same methods as coroutines; PerfpilotMiddleware (perfpilot_client.asgi)
 times every route of an ASGI app. Failed calls raise PerfpilotError subclasses. This package needs

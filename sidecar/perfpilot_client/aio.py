@@ -21,9 +21,20 @@ from grpc import aio
 
 from perfpilot.v1 import agent_pb2 as pb
 from perfpilot.v1 import agent_pb2_grpc as pb_grpc
-from perfpilot_client.base import ClientBase, ConfigCallback, ReadyWait, require_numpy, rpc_name
+from perfpilot_client.base import (
+    ClientBase,
+    ConfigCallback,
+    ReadyWait,
+    invalidate_request,
+    invalidated_prefixes,
+    put_request,
+    require_numpy,
+    rpc_name,
+    watch_request,
+)
 from perfpilot_client.config import AgentConfig
 from perfpilot_client.errors import PerfpilotError, from_rpc_error
+from perfpilot_client.timings import STATS_INTERVAL
 
 log = logging.getLogger(__name__)
 Req = TypeVar("Req")
@@ -43,9 +54,11 @@ class AsyncAgentClient(ClientBase):
         batch_size: int | None = None,
         batch_wait: float | None = None,
         max_message_bytes: int = 64 << 20,
+        near_cache: bool = True,
     ) -> None:
         super().__init__(target, timeout=timeout, shm_threshold=shm_threshold,
-                         batch_size=batch_size, batch_wait=batch_wait, max_message_bytes=max_message_bytes)
+                         batch_size=batch_size, batch_wait=batch_wait, max_message_bytes=max_message_bytes,
+                         near_cache=near_cache)
         self._channel: aio.Channel | None = None
         self._stub: pb_grpc.AgentAsyncStub | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -144,20 +157,40 @@ class AsyncAgentClient(ClientBase):
         raise wait.error()
 
     async def cache_get(self, key: str) -> bytes | None:
-        """The cached value, or None."""
-        r = await self._call(self.stub.CacheGet, pb.CacheGetRequest(key=key))
-        return r.value if r.found else None
+        """The cached value, or None: from L1 when cache.l1 is on and its event stream is live, else
+        from the sidecar (then kept in L1)."""
+        if self._watcher is None:
+            await self._start_l1()
+        value = self.l1.get(key)
+        if value is not None:
+            return value
+        ticket = self.l1.ticket()
+        resp = await self._call(self.stub.CacheGet, pb.CacheGetRequest(key=key))
+        return self._l1_filled_from_get(key, resp, ticket)
 
-    async def cache_put(self, key: str, value: bytes, *, ttl: float | None = None) -> None:
-        """Store a value (ttl in seconds; None = the profile's cache.ttl)."""
-        req = pb.CachePutRequest(key=key, value=value)
-        if ttl is not None:
-            req.ttl.FromNanoseconds(int(ttl * 1e9))
-        await self._call(self.stub.CachePut, req)
+    async def cache_put(self, key: str, value: bytes, *, ttl: float | None = None, depends_on: Sequence[str] = (),
+                        depends_on_prefixes: Sequence[str] = (), tags: Sequence[str] = ()) -> None:
+        """Store a value (ttl in seconds; None = the profile's cache.ttl); see AgentClient.cache_put
+        for the dependencies."""
+        if self._watcher is None:
+            await self._start_l1()
+        req = put_request(key, value, ttl, depends_on, depends_on_prefixes, tags)
+        ticket = self.l1.ticket()
+        self._l1_after_put(req, await self._call(self.stub.CachePut, req), ticket)
 
-    async def cache_invalidate(self, prefix: str = "") -> int:
-        """Remove entries by key prefix; returns how many went."""
-        return int((await self._call(self.stub.CacheInvalidate, pb.CacheInvalidateRequest(prefix=prefix))).removed)
+    async def cache_invalidate(self, prefix: str = "", *, keys: Sequence[str] = (), tags: Sequence[str] = ()) -> int:
+        """Remove entries by key prefix ("" = all, unless keys or tags are given), exact keys and
+        tags, with everything depending on them; returns how many went."""
+        req = invalidate_request(prefix, keys, tags)
+        removed = int((await self._call(self.stub.CacheInvalidate, req)).removed)
+        self.l1.discard(prefixes=invalidated_prefixes(req), keys=req.keys, tags=req.tags)
+        return removed
+
+    async def _start_l1(self) -> None:
+        """First cache call: subscribe (the live config says whether L1 is on) and start the flusher
+        that reports L1's counters."""
+        await self._ensure_watcher()
+        self._start_flusher()
 
     async def run_kernel(self, kernel: str, /, *, use_cache: bool = False, **inputs: Any) -> dict[str, Any]:
         """Run a kernel: arrays become inputs, scalars params; returns NumPy arrays (needs the
@@ -201,7 +234,10 @@ class AsyncAgentClient(ClientBase):
 
     async def _flush_loop(self) -> None:
         while True:
-            await self._wake.wait()
+            try:  # a timeout flushes only the L1 counters, if they changed
+                await asyncio.wait_for(self._wake.wait(), STATS_INTERVAL)
+            except TimeoutError:
+                pass
             self._wake.clear()
             if not self._closed and len(self.timings.items) < self.timings.batch_size:
                 try:
@@ -276,23 +312,35 @@ class AsyncAgentClient(ClientBase):
         backoff = 0.1
         while not self._closed:
             try:
-                call = self.stub.WatchEvents(pb.WatchEventsRequest(types=[pb.EVENT_TYPE_CONFIG_APPLIED]),
-                                             metadata=self.metadata)
-                first = True
+                cache_events = self._wants_cache_events()
+                call = self.stub.WatchEvents(watch_request(cache_events), metadata=self.metadata)
+                first, switched = True, False
                 async for batch in call:
                     if first:
                         first = False
                         await self.refresh_config()
+                        self.l1.subscribed(cache_events=cache_events)
                         self._watching.set()
                         self._attempted.set()
                         backoff = 0.1
+                    self.l1.on_batch(batch)
                     for ev in batch.events:
-                        changed = self._adopt(ev.generation, ev.config)
-                        if changed is not None:
-                            await self._fire_async(changed)
+                        if ev.type == pb.EVENT_TYPE_CONFIG_APPLIED:
+                            changed = self._adopt(ev.generation, ev.config)
+                            if changed is not None:
+                                await self._fire_async(changed)
+                    if self.l1.wanted() != cache_events:
+                        switched = True
+                        break
                 self._watching.clear()
+                if switched:  # L1 turned on or off: resubscribe at once, with(out) the cache events
+                    call.cancel()
+                    self.l1.lost(count=False)
+                    continue
+                self.l1.lost()
             except (grpc.RpcError, PerfpilotError) as exc:
                 self._watching.clear()
+                self.l1.lost()
                 self._attempted.set()
                 if self._closed or (isinstance(exc, aio.AioRpcError) and exc.code() == grpc.StatusCode.CANCELLED):
                     return

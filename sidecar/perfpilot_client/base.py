@@ -8,13 +8,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from perfpilot.v1 import agent_pb2 as pb
 from perfpilot_client.channel import channel_options
 from perfpilot_client.config import AgentConfig, Pools, is_local, normalize_target
 from perfpilot_client.errors import SidecarUnavailable
+from perfpilot_client.nearcache import KEEPALIVE_SECONDS, NearCache, deps_from_proto
 from perfpilot_client.timings import Measure, TimingBuffer, default_buffer, set_default_buffer
 from perfpilot_client.shm import SegmentPool
 
@@ -81,6 +82,40 @@ class ReadyWait:
         return SidecarUnavailable(f"sidecar at {self.target} not ready after {self.timeout:g}s: {why}")
 
 
+def watch_request(cache_events: bool) -> pb.WatchEventsRequest:
+    """The watcher's subscription: config changes, and cache changes while L1 is on (a client with
+    L1 off is not sent every write of every process), with keepalives."""
+    types = [pb.EVENT_TYPE_CONFIG_APPLIED] + ([pb.EVENT_TYPE_CACHE_CHANGED] if cache_events else [])
+    req = pb.WatchEventsRequest(types=types)
+    req.keepalive.FromNanoseconds(int(KEEPALIVE_SECONDS * 1e9))
+    return req
+
+
+def put_request(key: str, value: bytes, ttl: float | None, depends_on: Sequence[str],
+                depends_on_prefixes: Sequence[str], tags: Sequence[str]) -> pb.CachePutRequest:
+    """A CachePut (ttl in seconds; None = the profile's cache.ttl)."""
+    req = pb.CachePutRequest(key=key, value=value, dependencies=pb.CacheDependencies(
+        keys=depends_on, prefixes=depends_on_prefixes, tags=tags))
+    if ttl is not None:
+        req.ttl.FromNanoseconds(int(ttl * 1e9))
+    return req
+
+
+def invalidate_request(prefix: str, keys: Sequence[str], tags: Sequence[str]) -> pb.CacheInvalidateRequest:
+    """A CacheInvalidate: by prefix ("" = all, unless keys or tags are given), exact keys, tags."""
+    return pb.CacheInvalidateRequest(prefix=prefix, keys=keys, tags=tags)
+
+
+def invalidated_prefixes(req: pb.CacheInvalidateRequest) -> tuple[str, ...]:
+    """The prefixes a CacheInvalidate removes (the sidecar's rule: "" is everything only alone)."""
+    return (req.prefix,) if req.prefix or not (req.keys or req.tags) else ()
+
+
+def get_ttl_left(resp: pb.CacheGetResponse) -> float | None:
+    """Seconds the L2 entry has left (None when the sidecar did not say)."""
+    return resp.ttl_remaining.ToNanoseconds() / 1e9 if resp.HasField("ttl_remaining") else None
+
+
 class ClientBase:
     """Target handling, the timings buffer and the live-config state of one client."""
 
@@ -93,6 +128,7 @@ class ClientBase:
         batch_size: int | None,
         batch_wait: float | None,
         max_message_bytes: int,
+        near_cache: bool = True,
     ) -> None:
         self.target = normalize_target(target)
         # Per-call metadata: none. The app talks to its sidecar over the Unix socket, which needs
@@ -111,6 +147,8 @@ class ClientBase:
         self._config: AgentConfig | None = None
         self._callbacks: list[ConfigCallback] = []
         self._lock = threading.Lock()
+        self.l1 = NearCache(allowed=near_cache)
+        self.timings.extra = self.l1.take_stats
 
     def set_default(self) -> None:
         """Make the module-level `perfpilot_client.measure("op")` record into this client."""
@@ -128,6 +166,34 @@ class ClientBase:
         """`with agent.measure("op"):`, `async with ...` or `@agent.measure("op")` on a function."""
         return Measure(self.timings, op)
 
+    # -- L1 around the cache calls (the sync and async clients make the calls) --------------------
+
+    def _l1_filled_from_get(self, key: str, resp: pb.CacheGetResponse, ticket: tuple[int, int]) -> bytes | None:
+        """What CacheGet answered; an L1 copy is kept when allowed (see NearCache.fill)."""
+        if not resp.found:
+            return None
+        if self.l1.settings.enabled:
+            self.l1.fill(key, resp.value, ttl_left=get_ttl_left(resp), deps=deps_from_proto(resp.dependencies),
+                         sequence=resp.sequence, ticket=ticket)
+        return resp.value
+
+    def _l1_after_put(self, req: pb.CachePutRequest, resp: pb.CachePutResponse, ticket: tuple[int, int]) -> None:
+        """Write-through: this client's L1 keeps what it wrote (read-your-writes), unless L2 does not."""
+        if not self.l1.settings.enabled:
+            return
+        cfg = self._config
+        if cfg is not None and cfg.cache.max_entries == 0:
+            self.l1.discard(keys=(req.key,))
+            return
+        ttl = req.ttl.ToNanoseconds() / 1e9 if req.HasField("ttl") else cfg.cache.ttl if cfg is not None else None
+        self.l1.fill(req.key, req.value, ttl_left=ttl, deps=deps_from_proto(req.dependencies),
+                     sequence=resp.sequence, ticket=ticket)
+
+    def _wants_cache_events(self) -> bool:
+        """For the next subscription: as the config says, or (config not read yet) whether L1 may be
+        used at all, so a profile with L1 on needs no second subscription at start."""
+        return self.l1.wanted() if self._config is not None else self.l1.allowed
+
     def _adopt(self, generation: int, msg: pb.AgentConfig) -> AgentConfig | None:
         """Store a config if newer; returns it when it changed (callbacks are then due)."""
         cfg = AgentConfig.from_proto(generation, msg)
@@ -140,4 +206,5 @@ class ClientBase:
             self.timings.batch_size = cfg.pools.batch_size
         if not self._batch_fixed[1]:
             self.timings.batch_wait = cfg.pools.batch_wait
+        self.l1.configure(cfg.cache)
         return cfg if old is not None and old != cfg else None  # the first load is not a change

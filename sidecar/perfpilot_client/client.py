@@ -18,7 +18,17 @@ import grpc
 
 from perfpilot.v1 import agent_pb2 as pb
 from perfpilot.v1 import agent_pb2_grpc as pb_grpc
-from perfpilot_client.base import ClientBase, ConfigCallback, ReadyWait, require_numpy, rpc_name
+from perfpilot_client.base import (
+    ClientBase,
+    ConfigCallback,
+    ReadyWait,
+    invalidate_request,
+    invalidated_prefixes,
+    put_request,
+    require_numpy,
+    rpc_name,
+    watch_request,
+)
 from perfpilot_client.config import AgentConfig
 from perfpilot_client.errors import PerfpilotError, from_rpc_error
 from perfpilot_client.timings import ThreadFlusher
@@ -41,9 +51,11 @@ class AgentClient(ClientBase):
         batch_size: int | None = None,
         batch_wait: float | None = None,
         max_message_bytes: int = 64 << 20,
+        near_cache: bool = True,
     ) -> None:
         super().__init__(target, timeout=timeout, shm_threshold=shm_threshold,
-                         batch_size=batch_size, batch_wait=batch_wait, max_message_bytes=max_message_bytes)
+                         batch_size=batch_size, batch_wait=batch_wait, max_message_bytes=max_message_bytes,
+                         near_cache=near_cache)
         self.channel = grpc.insecure_channel(self.target, options=self.channel_options)
         self.stub = pb_grpc.AgentStub(self.channel)
         self._flusher: ThreadFlusher | None = None
@@ -120,20 +132,41 @@ class AgentClient(ClientBase):
     # -- cache ---------------------------------------------------------------------------------------
 
     def cache_get(self, key: str) -> bytes | None:
-        """The cached value, or None."""
-        r = self._call(self.stub.CacheGet, pb.CacheGetRequest(key=key))
-        return r.value if r.found else None
+        """The cached value, or None: from L1 when cache.l1 is on and its event stream is live, else
+        from the sidecar (then kept in L1)."""
+        if self._watcher is None:
+            self._start_l1()
+        value = self.l1.get(key)
+        if value is not None:
+            return value
+        ticket = self.l1.ticket()
+        return self._l1_filled_from_get(key, self._call(self.stub.CacheGet, pb.CacheGetRequest(key=key)), ticket)
 
-    def cache_put(self, key: str, value: bytes, *, ttl: float | None = None) -> None:
-        """Store a value (ttl in seconds; None = the profile's cache.ttl)."""
-        req = pb.CachePutRequest(key=key, value=value)
-        if ttl is not None:
-            req.ttl.FromNanoseconds(int(ttl * 1e9))
-        self._call(self.stub.CachePut, req)
+    def cache_put(self, key: str, value: bytes, *, ttl: float | None = None, depends_on: Sequence[str] = (),
+                  depends_on_prefixes: Sequence[str] = (), tags: Sequence[str] = ()) -> None:
+        """Store a value (ttl in seconds; None = the profile's cache.ttl). The entry is dropped, in the
+        sidecar and in every L1, when a key in `depends_on` or under `depends_on_prefixes` is written
+        or invalidated, or one of its `tags` is invalidated."""
+        if self._watcher is None:
+            self._start_l1()
+        req = put_request(key, value, ttl, depends_on, depends_on_prefixes, tags)
+        ticket = self.l1.ticket()
+        self._l1_after_put(req, self._call(self.stub.CachePut, req), ticket)
 
-    def cache_invalidate(self, prefix: str = "") -> int:
-        """Remove entries by key prefix; returns how many went."""
-        return int(self._call(self.stub.CacheInvalidate, pb.CacheInvalidateRequest(prefix=prefix)).removed)
+    def cache_invalidate(self, prefix: str = "", *, keys: Sequence[str] = (), tags: Sequence[str] = ()) -> int:
+        """Remove entries by key prefix ("" = all, unless keys or tags are given), by exact keys and
+        by tags, with everything depending on them; returns how many went."""
+        req = invalidate_request(prefix, keys, tags)
+        removed = int(self._call(self.stub.CacheInvalidate, req).removed)
+        self.l1.discard(prefixes=invalidated_prefixes(req), keys=req.keys, tags=req.tags)
+        return removed
+
+    def _start_l1(self) -> None:
+        """First cache call: subscribe (the live config says whether L1 is on) and start the flusher
+        that reports L1's counters."""
+        self._ensure_watcher()
+        if self._flusher is None:
+            self._start_flusher()
 
     # -- kernels -------------------------------------------------------------------------------------
 
@@ -222,24 +255,36 @@ class AgentClient(ClientBase):
         backoff = 0.1
         while not self._closed.is_set():
             try:
-                call = self.stub.WatchEvents(pb.WatchEventsRequest(types=[pb.EVENT_TYPE_CONFIG_APPLIED]),
-                                             metadata=self.metadata)
+                cache_events = self._wants_cache_events()
+                call = self.stub.WatchEvents(watch_request(cache_events), metadata=self.metadata)
                 self._watch_call = call
-                first = True
+                first, switched = True, False
                 for batch in call:
                     if first:  # subscribed: now read the config so nothing between is missed
                         first = False
                         self.refresh_config()
+                        self.l1.subscribed(cache_events=cache_events)
                         self._watching.set()
                         self._attempted.set()
                         backoff = 0.1
+                    self.l1.on_batch(batch)
                     for ev in batch.events:
-                        changed = self._adopt(ev.generation, ev.config)
-                        if changed is not None:
-                            self._fire(changed)
-                self._watching.clear()  # the agent ended the stream (draining)
+                        if ev.type == pb.EVENT_TYPE_CONFIG_APPLIED:
+                            changed = self._adopt(ev.generation, ev.config)
+                            if changed is not None:
+                                self._fire(changed)
+                    if self.l1.wanted() != cache_events:
+                        switched = True
+                        break
+                self._watching.clear()
+                if switched:  # L1 turned on or off: resubscribe at once, with(out) the cache events
+                    call.cancel()
+                    self.l1.lost(count=False)
+                    continue
+                self.l1.lost()  # the agent ended the stream (draining)
             except (grpc.RpcError, PerfpilotError) as exc:
                 self._watching.clear()
+                self.l1.lost()
                 self._attempted.set()
                 if self._closed.is_set() or (isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.CANCELLED):
                     return

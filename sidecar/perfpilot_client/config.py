@@ -10,10 +10,10 @@ import os
 from dataclasses import dataclass, field
 
 from perfpilot.v1 import agent_pb2 as pb
-from perfpilot_contract.liveconfig import Cache, Heartbeat, Kernels, Pools, read_proto
+from perfpilot_contract.liveconfig import L1, Cache, Heartbeat, Kernels, Pools, read_proto
 from perfpilot_contract.paths import default_socket_path
 
-__all__ = ["AgentConfig", "Cache", "Heartbeat", "Kernels", "Pools", "default_target", "is_local",
+__all__ = ["L1", "AgentConfig", "Cache", "Heartbeat", "Kernels", "Pools", "default_target", "is_local",
            "normalize_target"]
 
 

@@ -32,6 +32,8 @@ P = ParamSpec("P")
 R = TypeVar("R")
 # Refused op names remembered for log-once (the sidecar caps distinct names; this bounds our memory).
 MAX_REFUSED_NAMES = 1000
+STATS_INTERVAL = 1.0
+"""The flusher also wakes this often to send the L1 counters (`extra`) when they changed."""
 
 
 class TimingBuffer:
@@ -49,6 +51,8 @@ class TimingBuffer:
         self.refused_ops: set[str] = set()
         self.on_first: Callable[[], None] = lambda: None
         self.on_full: Callable[[], None] = lambda: None
+        self.extra: Callable[[], pb.ClientCacheStats | None] = lambda: None
+        """The client's L1 counters since the last request, sent along (RecordTimingsRequest.cache)."""
 
     def add(self, op: str, seconds: float, error: bool) -> None:
         """Record one observation (hot path: no locks held across I/O, never blocks)."""
@@ -65,6 +69,7 @@ class TimingBuffer:
     def drain(self, limit: int = 100_000) -> pb.RecordTimingsRequest | None:
         """Pop up to `limit` observations grouped by op into one request (None when empty)."""
         items = self.items
+        cache = self.extra()
         by_op: dict[str, tuple[list[float], list[int]]] = {}
         n = 0
         while items and n < limit:
@@ -78,10 +83,11 @@ class TimingBuffer:
             entry[0].append(seconds)
             entry[1][0] += error
             n += 1
-        if not n:
+        if not n and cache is None:
             return None
         return pb.RecordTimingsRequest(
-            ops=[pb.OpObservations(op=op, durations_seconds=d, errors=e[0]) for op, (d, e) in by_op.items()]
+            ops=[pb.OpObservations(op=op, durations_seconds=d, errors=e[0]) for op, (d, e) in by_op.items()],
+            cache=cache,
         )
 
 
@@ -193,7 +199,7 @@ class ThreadFlusher:
 
     def _run(self) -> None:
         while True:
-            self._wake.wait()
+            self._wake.wait(STATS_INTERVAL)  # a timeout flushes only the L1 counters, if they changed
             self._wake.clear()
             if not self._closed and len(self.buffer.items) < self.buffer.batch_size:
                 self._full.wait(self.buffer.batch_wait)

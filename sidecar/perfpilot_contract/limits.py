@@ -31,7 +31,7 @@ class Limit:
     """One live-config field: durations in nanoseconds, `kernels` bounds are item counts."""
 
     path: str
-    """CRD path under `spec`, e.g. "pools.maxQueue"."""
+    """CRD path under `spec`, e.g. "pools.maxQueue" or "cache.l1.ttl" (section first)."""
     kind: Kind
     lo: int
     hi: int
@@ -73,6 +73,16 @@ HEARTBEAT_INTERVAL = Limit("heartbeat.interval", "duration", 100 * MS, 10 * MIN,
                            "Unset with timeout set: max(5s, 2 × timeout)", schema_default=False)
 HEARTBEAT_TIMEOUT = Limit("heartbeat.timeout", "duration", 1 * MS, 1 * MIN, 200 * MS,
                           "< interval. Unset: min(200ms, interval / 2)", schema_default=False)
+L1_ENABLED = Limit("cache.l1.enabled", "bool", 0, 1, False,
+                   "the app-side near-cache of the perfpilot client, kept coherent by the sidecar's events")
+L1_MAX_ENTRIES = Limit("cache.l1.maxEntries", "int", 0, 1_000_000, 1000,
+                       "per client process; least recently used go first; 0 keeps nothing")
+L1_MAX_BYTES = Limit("cache.l1.maxBytes", "int", 0, 1 << 30, 16 << 20,
+                     "per client process, keys + values; least recently used go first")
+L1_TTL = Limit("cache.l1.ttl", "duration", 0, 1 * H, 10 * S,
+               "never longer than the entry's time left in the sidecar; 0s keeps nothing")
+L1_MAX_VALUE_BYTES = Limit("cache.l1.maxValueBytes", "int", 0, 4 << 20, 64 << 10,
+                           "larger values stay in the sidecar's cache only")
 KERNELS_WARM = Limit("kernels.warm", "kernels", 0, MAX_WARM, (),
                      "unique names, each one of " + ", ".join(KERNEL_NAMES))
 KERNELS_PARALLEL = Limit("kernels.parallel", "bool", 0, 1, True,
@@ -80,7 +90,9 @@ KERNELS_PARALLEL = Limit("kernels.parallel", "bool", 0, 1, True,
 
 LIMITS: tuple[Limit, ...] = (
     PROCESS_WORKERS, THREAD_WORKERS, MAX_QUEUE, BATCH_SIZE, BATCH_WAIT,
-    CACHE_TTL, CACHE_MAX_ENTRIES, HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT,
+    CACHE_TTL, CACHE_MAX_ENTRIES,
+    L1_ENABLED, L1_MAX_ENTRIES, L1_MAX_BYTES, L1_TTL, L1_MAX_VALUE_BYTES,
+    HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT,
     KERNELS_WARM, KERNELS_PARALLEL,
 )
 BY_PATH: dict[str, Limit] = {limit.path: limit for limit in LIMITS}
@@ -89,3 +101,17 @@ SECTIONS: tuple[str, ...] = ("pools", "cache", "heartbeat", "kernels")
 
 CACHE_PUT_TTL = CACHE_TTL
 """CachePut's per-entry ttl follows cache.ttl's bounds (0s: the value is not stored)."""
+
+# -- cache dependencies (CachePut.dependencies, CacheInvalidate): bounds the sidecar checks ---------
+MAX_KEY_BYTES = 1024
+"""Longest cache key or prefix, in UTF-8 bytes."""
+MAX_TAG_BYTES = 256
+"""Longest dependency tag, in UTF-8 bytes."""
+MAX_DEPENDENCIES = 32
+"""Most keys, prefixes and tags (each) one entry may depend on, or one CacheInvalidate may name as tags."""
+MAX_INVALIDATE_KEYS = 1000
+"""Most exact keys one CacheInvalidate may name."""
+MAX_CHANGE_KEYS = 1000
+"""Most keys one CACHE_CHANGED event lists; beyond it the event says `truncated` (every L1 clears)."""
+MAX_STALENESS_SAMPLES = 10_000
+"""Most staleness observations one RecordTimings may carry."""

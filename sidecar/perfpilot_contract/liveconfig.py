@@ -41,11 +41,25 @@ class Pools:
 
 
 @dataclass(frozen=True)
+class L1:
+    """spec.cache.l1: the client's in-process near-cache (off by default; sizes per app process)."""
+
+    enabled: bool = bool(L.L1_ENABLED.default)
+    max_entries: int = L.L1_MAX_ENTRIES.number
+    max_bytes: int = L.L1_MAX_BYTES.number
+    ttl: float = _s(L.L1_TTL)
+    """Seconds."""
+    max_value_bytes: int = L.L1_MAX_VALUE_BYTES.number
+
+
+@dataclass(frozen=True)
 class Cache:
-    """spec.cache: default TTL (seconds; 0 = values without their own TTL are not cached) and capacity."""
+    """spec.cache: default TTL (seconds; 0 = values without their own TTL are not cached), capacity
+    and the clients' L1."""
 
     ttl: float = _s(L.CACHE_TTL)
     max_entries: int = L.CACHE_MAX_ENTRIES.number
+    l1: L1 = field(default_factory=L1)
 
 
 @dataclass(frozen=True)
@@ -117,6 +131,14 @@ def check_warm(names: Iterable[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _check_l1(m: pb.L1CacheConfig) -> L1:
+    if not m.HasField("ttl"):
+        raise ConfigError(f"{L.L1_TTL.path} is required when cache.l1 is set")
+    return L1(enabled=m.enabled, max_entries=check_int(L.L1_MAX_ENTRIES, m.max_entries),
+              max_bytes=check_int(L.L1_MAX_BYTES, m.max_bytes), ttl=check_duration(L.L1_TTL, m.ttl),
+              max_value_bytes=check_int(L.L1_MAX_VALUE_BYTES, m.max_value_bytes))
+
+
 def merge(current: LiveConfig, msg: pb.AgentConfig) -> LiveConfig:
     """Validate `msg` and return `current` with the sections present in `msg` replaced."""
     cfg = current
@@ -137,7 +159,8 @@ def merge(current: LiveConfig, msg: pb.AgentConfig) -> LiveConfig:
         if not c.HasField("ttl"):
             raise ConfigError("cache.ttl is required when cache is set")
         cfg = replace(cfg, cache=Cache(ttl=check_duration(L.CACHE_TTL, c.ttl),
-                                       max_entries=check_int(L.CACHE_MAX_ENTRIES, c.max_entries)))
+                                       max_entries=check_int(L.CACHE_MAX_ENTRIES, c.max_entries),
+                                       l1=_check_l1(c.l1) if c.HasField("l1") else L1()))
     if msg.HasField("heartbeat"):
         h = msg.heartbeat
         for name in ("interval", "timeout"):
@@ -159,13 +182,16 @@ def to_proto(cfg: LiveConfig) -> pb.AgentConfig:
     """The full config as a message (every section set)."""
     d = durations.to_proto
     ns = durations.seconds_to_ns
+    l1 = cfg.cache.l1
     return pb.AgentConfig(
         pools=pb.PoolsConfig(
             process_workers=cfg.pools.process_workers, thread_workers=cfg.pools.thread_workers,
             max_queue=cfg.pools.max_queue, batch_size=cfg.pools.batch_size,
             batch_wait=d(ns(cfg.pools.batch_wait)),
         ),
-        cache=pb.CacheConfig(ttl=d(ns(cfg.cache.ttl)), max_entries=cfg.cache.max_entries),
+        cache=pb.CacheConfig(ttl=d(ns(cfg.cache.ttl)), max_entries=cfg.cache.max_entries, l1=pb.L1CacheConfig(
+            enabled=l1.enabled, max_entries=l1.max_entries, max_bytes=l1.max_bytes, ttl=d(ns(l1.ttl)),
+            max_value_bytes=l1.max_value_bytes)),
         heartbeat=pb.HeartbeatConfig(interval=d(ns(cfg.heartbeat.interval)), timeout=d(ns(cfg.heartbeat.timeout))),
         kernels=pb.KernelsConfig(warm=list(cfg.kernels.warm), parallel=cfg.kernels.parallel),
     )
@@ -179,7 +205,8 @@ def read_proto(msg: pb.AgentConfig) -> LiveConfig:
     p, c, h, k = msg.pools, msg.cache, msg.heartbeat, msg.kernels
     return LiveConfig(
         pools=Pools(p.process_workers, p.thread_workers, p.max_queue, p.batch_size, sec(p.batch_wait)),
-        cache=Cache(sec(c.ttl), c.max_entries),
+        cache=Cache(sec(c.ttl), c.max_entries, L1(c.l1.enabled, c.l1.max_entries, c.l1.max_bytes, sec(c.l1.ttl),
+                                                  c.l1.max_value_bytes)),
         heartbeat=Heartbeat(sec(h.interval), sec(h.timeout)),
         kernels=Kernels(tuple(k.warm), k.parallel),
     )
@@ -229,6 +256,21 @@ def _clamp(limit: L.Limit, value: int) -> int:
     return max(limit.lo, min(limit.hi, value))
 
 
+def _l1_config(cache: Mapping[str, Any]) -> pb.L1CacheConfig:
+    """cache.l1 (absent or empty: the contract's defaults, sent whole like every section)."""
+    c = _section(cache, "l1", ("enabled", "maxEntries", "maxBytes", "ttl", "maxValueBytes")) if "l1" in cache else {}
+    enabled = c.get("enabled", L.L1_ENABLED.default)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"{L.L1_ENABLED.path} must be true or false, got {enabled!r}")
+    return pb.L1CacheConfig(
+        enabled=enabled,
+        max_entries=_int(L.L1_MAX_ENTRIES.path, c.get("maxEntries", L.L1_MAX_ENTRIES.number)),
+        max_bytes=_int(L.L1_MAX_BYTES.path, c.get("maxBytes", L.L1_MAX_BYTES.number)),
+        ttl=durations.to_proto(_ns(L.L1_TTL.path, c["ttl"]) if "ttl" in c else L.L1_TTL.number),
+        max_value_bytes=_int(L.L1_MAX_VALUE_BYTES.path, c.get("maxValueBytes", L.L1_MAX_VALUE_BYTES.number)),
+    )
+
+
 def agent_config(data: Mapping[str, Any]) -> pb.AgentConfig:
     """AgentConfig for CRD-shaped live sections; a present section is sent whole (defaults filled).
 
@@ -258,10 +300,11 @@ def agent_config(data: Mapping[str, Any]) -> pb.AgentConfig:
                 _ns("pools.batchWait", p["batchWait"]) if "batchWait" in p else L.BATCH_WAIT.number),
         ))
     if "cache" in data:
-        c = _section(data, "cache", ("ttl", "maxEntries"))
+        c = _section(data, "cache", ("ttl", "maxEntries", "l1"))
         msg.cache.CopyFrom(pb.CacheConfig(
             ttl=durations.to_proto(_ns("cache.ttl", c["ttl"]) if "ttl" in c else L.CACHE_TTL.number),
             max_entries=_int("cache.maxEntries", c.get("maxEntries", L.CACHE_MAX_ENTRIES.number)),
+            l1=_l1_config(c),
         ))
     if "heartbeat" in data:
         h = _section(data, "heartbeat", ("interval", "timeout"))

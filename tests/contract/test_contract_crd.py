@@ -44,8 +44,11 @@ def _known() -> frozenset[str]:
 def _doc(fields: dict[str, Any]) -> dict[str, Any]:
     doc = copy.deepcopy(BASE)
     for path, value in fields.items():
-        section, name = path.split(".")
-        doc["spec"].setdefault(section, {})[name] = value
+        *parents, name = path.split(".")
+        node = doc["spec"]
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[name] = value
     return doc
 
 
@@ -94,9 +97,10 @@ def _value(limit: L.Limit, v: int) -> Any:
 
 
 def _read(cfg: LiveConfig, limit: L.Limit) -> Any:
-    section, name = limit.path.split(".")
-    attr = re.sub(r"[A-Z]", lambda m: "_" + m.group(0).lower(), name)
-    return getattr(getattr(cfg, section), attr)
+    node: Any = cfg
+    for part in limit.path.split("."):
+        node = getattr(node, re.sub(r"[A-Z]", lambda m: "_" + m.group(0).lower(), part))
+    return node
 
 
 NUMERIC = [lim for lim in L.LIMITS if lim.kind in ("int", "duration")]
@@ -107,9 +111,17 @@ def test_chart_crd_is_the_same_file() -> None:
     assert CHART_CRD.read_bytes() == (Path(__file__).resolve().parents[2] / "crds" / "perfprofile.yaml").read_bytes()
 
 
+def _leaves(path: str, node: dict[str, Any]) -> set[str]:
+    """The leaf fields under `path` (objects with properties are walked, e.g. cache.l1)."""
+    props = node.get("properties")
+    if node.get("type") != "object" or not props:
+        return {path}
+    return {leaf for name, sub in props.items() for leaf in _leaves(f"{path}.{name}", sub)}
+
+
 def test_every_live_field_of_the_crd_is_in_the_contract() -> None:
-    crd_fields = {f"{section}.{name}" for section in L.SECTIONS
-                  for name in (resolve(SCHEMA, f"spec.{section}") or {}).get("properties", {})}
+    crd_fields = {leaf for section in L.SECTIONS
+                  for leaf in _leaves(section, resolve(SCHEMA, f"spec.{section}") or {})}
     assert crd_fields == set(L.BY_PATH)
 
 

@@ -53,6 +53,8 @@ spec.heartbeat.interval spec.heartbeat.timeout
 spec.pools.processWorkers spec.pools.threadWorkers spec.pools.maxQueue spec.pools.batchSize
 spec.pools.batchWait
 spec.cache.ttl spec.cache.maxEntries
+spec.cache.l1.enabled spec.cache.l1.maxEntries spec.cache.l1.maxBytes spec.cache.l1.ttl
+spec.cache.l1.maxValueBytes
 spec.kernels.warm spec.kernels.parallel
 spec.alerts[].name spec.alerts[].metric spec.alerts[].op spec.alerts[].threshold spec.alerts[].for
 spec.alerts[].severity
@@ -184,7 +186,7 @@ def test_duration_fields_share_one_pattern_and_guard() -> None:
     durations = [(p, s) for p, s in walk(SCHEMA) if s.get("pattern") == DURATION_PATTERN]
     assert {p for p, _ in durations} == {
         "spec.heartbeat.interval", "spec.heartbeat.timeout", "spec.pools.batchWait",
-        "spec.cache.ttl", "spec.alerts[].for", "spec.autoscaling.interval",
+        "spec.cache.ttl", "spec.cache.l1.ttl", "spec.alerts[].for", "spec.autoscaling.interval",
         "spec.autoscaling.scaleUp.stabilizationWindow",
         "spec.autoscaling.scaleDown.stabilizationWindow"}
     for path, sub in durations:
@@ -285,7 +287,9 @@ def test_minimal_example_defaults() -> None:
         # conversion fills them (tests/contract/test_crd_contract.py).
         "heartbeat": {},
         "pools": {"processWorkers": 2, "threadWorkers": 8, "batchWait": "10ms"},
-        "cache": {"ttl": "5m", "maxEntries": 10000},
+        "cache": {"ttl": "5m", "maxEntries": 10000,
+                  "l1": {"enabled": False, "maxEntries": 1000, "maxBytes": 16 << 20, "ttl": "10s",
+                         "maxValueBytes": 64 << 10}},
         "kernels": {"warm": [], "parallel": True},
     }
 

@@ -99,3 +99,17 @@ def test_first_sight_is_a_baseline_not_new_traffic() -> None:
     # ... but one that started since that look has only new traffic.
     young = _snap(10, (0, 5, 0, 0), errors=1)
     assert first_sight(young, since_last_look=15) == young
+
+
+def test_l1_hit_ratio_is_its_own_figure_and_cache_hit_ratio_keeps_its_meaning() -> None:
+    """L1 hits never reach the sidecar: cache_hit_ratio is over the reads that did (L1 misses);
+    cache_l1_hit_ratio is the clients' own, diffed and merged like every counter."""
+    from dataclasses import replace
+
+    a0 = replace(_snap(10, (0, 0, 0, 0)), l1_hits=100, l1_misses=100, cache_hits=50, cache_misses=50)
+    a1 = replace(_snap(20, (0, 0, 0, 0)), l1_hits=190, l1_misses=110, cache_hits=58, cache_misses=52)
+    b = replace(_snap(5, (0, 0, 0, 0)), l1_hits=0, l1_misses=0, cache_hits=0, cache_misses=0)
+    m = profile_metrics([delta(a0, a1), delta(_snap(100, (0, 0, 0, 0)), b)], memory_limit_bytes=None)
+    assert m["cache_l1_hit_ratio"] == 90 / 100 and m["cache_hit_ratio"] == 8 / 10
+    assert first_sight(a1, since_last_look=None).l1_hits == 0
+    assert math.isnan(profile_metrics([delta(a1, a1)], memory_limit_bytes=None)["cache_l1_hit_ratio"])

@@ -11,6 +11,7 @@ import asyncio
 from typing import Any
 
 import grpc
+import pytest
 from google.protobuf import duration_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -32,7 +33,11 @@ durations = st.builds(
 pools = st.builds(pb.PoolsConfig, process_workers=st.one_of(st.integers(-2, 70), i32),
                   thread_workers=st.one_of(st.integers(-2, 300), i32), max_queue=st.one_of(st.integers(-2, 2000), i32),
                   batch_size=st.one_of(st.integers(-2, 200), i32), batch_wait=durations)
-caches = st.builds(pb.CacheConfig, ttl=st.one_of(st.none(), durations), max_entries=st.integers(-(2**63), 2**63 - 1))
+i64 = st.integers(-(2**63), 2**63 - 1)
+l1s = st.builds(pb.L1CacheConfig, enabled=st.booleans(), max_entries=st.one_of(st.integers(-2, 2_000_000), i64),
+                max_bytes=st.one_of(st.integers(-2, 2**31), i64), ttl=st.one_of(st.none(), durations),
+                max_value_bytes=st.one_of(st.integers(-2, 5 << 20), i64))
+caches = st.builds(pb.CacheConfig, ttl=st.one_of(st.none(), durations), max_entries=i64, l1=st.one_of(st.none(), l1s))
 heartbeats = st.builds(pb.HeartbeatConfig, interval=st.one_of(st.none(), durations), timeout=st.one_of(st.none(), durations))
 kernel_names = st.one_of(st.sampled_from(["cosine_topk", "weighted_mean", "normalize_score"]), st.text(max_size=12))
 kernels = st.builds(pb.KernelsConfig, warm=st.lists(kernel_names, max_size=4), parallel=st.booleans())
@@ -60,6 +65,17 @@ def tensors(draw: Any) -> pb.Tensor:
     return t
 
 
+names = st.lists(st.one_of(st.text(max_size=8), st.text(min_size=250, max_size=1100)), max_size=40)
+dependencies = st.builds(pb.CacheDependencies, keys=names, prefixes=names, tags=names)
+cache_put_requests = st.builds(pb.CachePutRequest, key=st.text(max_size=12), value=st.binary(max_size=64),
+                               ttl=st.one_of(st.none(), durations), dependencies=st.one_of(st.none(), dependencies))
+cache_invalidate_requests = st.builds(
+    pb.CacheInvalidateRequest, prefix=st.text(max_size=12),
+    keys=st.one_of(names, st.lists(st.just("k"), min_size=999, max_size=1002)), tags=names)
+client_caches = st.builds(pb.ClientCacheStats, hits=st.integers(0, 2**64 - 1), misses=st.integers(0, 2**64 - 1),
+                          staleness_seconds=st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=5),
+                          staleness=st.one_of(st.none(), st.builds(pb.Histogram)))
+record_requests = st.builds(pb.RecordTimingsRequest, cache=client_caches)
 run_requests = st.builds(
     pb.RunKernelRequest,
     kernel=kernel_names,
@@ -134,3 +150,12 @@ async def test_fuzz_run_kernel_valid_shapes_succeed(agent: Agent) -> None:
 
     seen = await fuzz(agent, good(), "RunKernel")
     assert set(seen) == {grpc.StatusCode.OK}
+
+
+@pytest.mark.parametrize("method, strategy", [("CachePut", cache_put_requests),
+                                               ("CacheInvalidate", cache_invalidate_requests),
+                                               ("RecordTimings", record_requests)])
+async def test_fuzz_cache_requests(agent: Agent, method: str, strategy: st.SearchStrategy[Any]) -> None:
+    """Dependencies, invalidation lists and the clients' L1 reports: bounded, never INTERNAL."""
+    seen = await fuzz(agent, strategy, method)
+    assert seen.get(grpc.StatusCode.INVALID_ARGUMENT, 0) > 0 and seen.get(grpc.StatusCode.OK, 0) > 0

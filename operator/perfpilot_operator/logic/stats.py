@@ -18,6 +18,10 @@ from perfpilot_operator.logic.histograms import Histogram, merge, quantile
 METRICS = ("heartbeat_p99_seconds", "app_latency_p95_seconds", "app_latency_p99_seconds",
            "app_error_ratio", "queue_depth", "pool_utilization", "cpu_utilization",
            "memory_utilization", "cache_hit_ratio", "kernel_p99_seconds")
+STATS_ONLY = ("cache_l1_hit_ratio",)
+"""Per-profile figures exported (perfpilot_operator_profile_metric) but not usable in alerts or
+autoscaling: cache_l1_hit_ratio = the clients' L1 hits / their L1 reads. cache_hit_ratio stays the
+sidecar cache's own (reads that reached it: L1 misses and clients without L1)."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,8 @@ class Snapshot:
     kernels: Histogram | None = None
     cache_hits: int = 0
     cache_misses: int = 0
+    l1_hits: int = 0
+    l1_misses: int = 0
     # Gauges: instantaneous, never diffed.
     queue_depth: float = 0.0
     busy_workers: float = 0.0
@@ -58,6 +64,8 @@ def from_proto(resp: Any) -> Snapshot:
         kernels=kernels,
         cache_hits=resp.cache.hits,
         cache_misses=resp.cache.misses,
+        l1_hits=resp.cache.l1.hits,
+        l1_misses=resp.cache.l1.misses,
         queue_depth=resp.pool.queue_depth,
         busy_workers=resp.pool.busy,
         workers=resp.pool.workers,
@@ -86,6 +94,8 @@ def delta(prev: Snapshot | None, cur: Snapshot) -> Snapshot:
         kernels=_hdiff(cur.kernels, prev.kernels),
         cache_hits=max(0, cur.cache_hits - prev.cache_hits),
         cache_misses=max(0, cur.cache_misses - prev.cache_misses),
+        l1_hits=max(0, cur.l1_hits - prev.l1_hits),
+        l1_misses=max(0, cur.l1_misses - prev.l1_misses),
     )
 
 
@@ -102,7 +112,7 @@ def first_sight(cur: Snapshot, *, since_last_look: float | None) -> Snapshot:
     if since_last_look is not None and cur.uptime <= since_last_look:
         return cur
     return replace(cur, heartbeat=_zero(cur.heartbeat), app=_zero(cur.app), app_errors=0,
-                   kernels=_zero(cur.kernels), cache_hits=0, cache_misses=0)
+                   kernels=_zero(cur.kernels), cache_hits=0, cache_misses=0, l1_hits=0, l1_misses=0)
 
 
 def _q(h: Histogram | None, q: float) -> float:
@@ -113,7 +123,7 @@ def profile_metrics(deltas: list[Snapshot], *, memory_limit_bytes: float | None 
                     ) -> dict[str, float]:
     """The metric names usable in alerts and autoscaling; nan where there is no data.
     Gauges are per-replica averages (what HPA's target means)."""
-    out = dict.fromkeys(METRICS, math.nan)
+    out = dict.fromkeys(METRICS + STATS_ONLY, math.nan)
     if not deltas:
         return out
     n = len(deltas)
@@ -136,4 +146,7 @@ def profile_metrics(deltas: list[Snapshot], *, memory_limit_bytes: float | None 
     lookups = sum(d.cache_hits + d.cache_misses for d in deltas)
     if lookups:
         out["cache_hit_ratio"] = sum(d.cache_hits for d in deltas) / lookups
+    l1_reads = sum(d.l1_hits + d.l1_misses for d in deltas)
+    if l1_reads:
+        out["cache_l1_hit_ratio"] = sum(d.l1_hits for d in deltas) / l1_reads
     return out

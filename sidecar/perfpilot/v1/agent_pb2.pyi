@@ -142,6 +142,10 @@ class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.V
     """The agent is draining after SIGTERM."""
     EVENT_TYPE_CUSTOM: _EventType.ValueType  # 8
     """A custom event published in-process (tests, benchmarks)."""
+    EVENT_TYPE_CACHE_CHANGED: _EventType.ValueType  # 9
+    """Cache entries were written, invalidated or dropped as dependents (Event.cache says which):
+    clients drop them from their L1.
+    """
 
 class EventType(_EventType, metaclass=_EventTypeEnumTypeWrapper):
     """---------------------------------------------------------------------------------------------
@@ -168,6 +172,10 @@ EVENT_TYPE_SHUTTING_DOWN: EventType.ValueType  # 7
 """The agent is draining after SIGTERM."""
 EVENT_TYPE_CUSTOM: EventType.ValueType  # 8
 """A custom event published in-process (tests, benchmarks)."""
+EVENT_TYPE_CACHE_CHANGED: EventType.ValueType  # 9
+"""Cache entries were written, invalidated or dropped as dependents (Event.cache says which):
+clients drop them from their L1.
+"""
 Global___EventType: _TypeAlias = EventType  # noqa: Y015
 
 @_typing.final
@@ -222,25 +230,73 @@ class CacheConfig(_message.Message):
 
     TTL_FIELD_NUMBER: _builtins.int
     MAX_ENTRIES_FIELD_NUMBER: _builtins.int
+    L1_FIELD_NUMBER: _builtins.int
     max_entries: _builtins.int
     """Entries kept before the least recently used one is evicted, 1..10000000."""
     @_builtins.property
     def ttl(self) -> _duration_pb2.Duration:
         """Default time to live of an entry, (0, 30 days]."""
 
+    @_builtins.property
+    def l1(self) -> Global___L1CacheConfig:
+        """The app-side near-cache (L1) of the perfpilot client; absent = the contract's defaults (off)."""
+
     def __init__(
         self,
         *,
         ttl: _duration_pb2.Duration | None = ...,
         max_entries: _builtins.int = ...,
+        l1: Global___L1CacheConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["l1", b"l1", "ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_entries", b"max_entries", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["l1", b"l1", "max_entries", b"max_entries", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CacheConfig: _TypeAlias = CacheConfig  # noqa: Y015
+
+@_typing.final
+class L1CacheConfig(_message.Message):
+    """L1CacheConfig mirrors PerfProfile spec.cache.l1: the in-process LRU + TTL near-cache the client
+    library keeps in front of the sidecar's cache, kept coherent by EVENT_TYPE_CACHE_CHANGED events.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENABLED_FIELD_NUMBER: _builtins.int
+    MAX_ENTRIES_FIELD_NUMBER: _builtins.int
+    MAX_BYTES_FIELD_NUMBER: _builtins.int
+    TTL_FIELD_NUMBER: _builtins.int
+    MAX_VALUE_BYTES_FIELD_NUMBER: _builtins.int
+    enabled: _builtins.bool
+    """Whether clients keep an L1 at all."""
+    max_entries: _builtins.int
+    """Entries kept per client before the least recently used one is evicted."""
+    max_bytes: _builtins.int
+    """Bytes (keys + values) kept per client before the least recently used entries are evicted."""
+    max_value_bytes: _builtins.int
+    """Values larger than this stay in the sidecar's cache only."""
+    @_builtins.property
+    def ttl(self) -> _duration_pb2.Duration:
+        """Longest an entry lives in L1 (never longer than its time left in the sidecar's cache)."""
+
+    def __init__(
+        self,
+        *,
+        enabled: _builtins.bool = ...,
+        max_entries: _builtins.int = ...,
+        max_bytes: _builtins.int = ...,
+        ttl: _duration_pb2.Duration | None = ...,
+        max_value_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enabled", b"enabled", "max_bytes", b"max_bytes", "max_entries", b"max_entries", "max_value_bytes", b"max_value_bytes", "ttl", b"ttl"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___L1CacheConfig: _TypeAlias = L1CacheConfig  # noqa: Y015
 
 @_typing.final
 class HeartbeatConfig(_message.Message):
@@ -740,6 +796,8 @@ class CacheStats(_message.Message):
     INVALIDATIONS_FIELD_NUMBER: _builtins.int
     ENTRIES_FIELD_NUMBER: _builtins.int
     MAX_ENTRIES_FIELD_NUMBER: _builtins.int
+    DEPENDENCY_INVALIDATIONS_FIELD_NUMBER: _builtins.int
+    L1_FIELD_NUMBER: _builtins.int
     hits: _builtins.int
     """Reads that found a live entry."""
     misses: _builtins.int
@@ -754,6 +812,12 @@ class CacheStats(_message.Message):
     """Entries now."""
     max_entries: _builtins.int
     """Configured capacity."""
+    dependency_invalidations: _builtins.int
+    """Entries removed because something they depend on (key, prefix, tag) was written or invalidated."""
+    @_builtins.property
+    def l1(self) -> Global___ClientCacheStats:
+        """The clients' L1 near-caches, as reported with their timings (RecordTimings.cache)."""
+
     def __init__(
         self,
         *,
@@ -764,14 +828,76 @@ class CacheStats(_message.Message):
         invalidations: _builtins.int = ...,
         entries: _builtins.int = ...,
         max_entries: _builtins.int = ...,
+        dependency_invalidations: _builtins.int = ...,
+        l1: Global___ClientCacheStats | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["l1", b"l1"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "evictions", b"evictions", "expirations", b"expirations", "hits", b"hits", "invalidations", b"invalidations", "max_entries", b"max_entries", "misses", b"misses"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dependency_invalidations", b"dependency_invalidations", "entries", b"entries", "evictions", b"evictions", "expirations", b"expirations", "hits", b"hits", "invalidations", b"invalidations", "l1", b"l1", "max_entries", b"max_entries", "misses", b"misses"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CacheStats: _TypeAlias = CacheStats  # noqa: Y015
+
+@_typing.final
+class ClientCacheStats(_message.Message):
+    """ClientCacheStats are a client's L1 counters: deltas in RecordTimingsRequest, cumulative in
+    GetStatsResponse. L1 hits never reach the sidecar, so CacheStats.hits/misses (cache_hit_ratio)
+    count only the reads that reached it (L1 misses and clients without L1).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HITS_FIELD_NUMBER: _builtins.int
+    MISSES_FIELD_NUMBER: _builtins.int
+    EVICTIONS_FIELD_NUMBER: _builtins.int
+    INVALIDATIONS_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    RESYNCS_FIELD_NUMBER: _builtins.int
+    STALENESS_SECONDS_FIELD_NUMBER: _builtins.int
+    STALENESS_FIELD_NUMBER: _builtins.int
+    hits: _builtins.int
+    """Reads answered by L1."""
+    misses: _builtins.int
+    """Reads L1 could not answer (absent, expired, too large, L1 off or not serving)."""
+    evictions: _builtins.int
+    """Entries evicted from L1 because it was full (entries or bytes)."""
+    invalidations: _builtins.int
+    """L1 entries dropped by invalidation events (writes and invalidations anywhere)."""
+    events: _builtins.int
+    """Cache events applied by the client."""
+    resyncs: _builtins.int
+    """Times L1 stopped serving because the event stream was down or lost events (then resynced)."""
+    @_builtins.property
+    def staleness_seconds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Delivery delay of cache events in seconds (publish in the sidecar -> applied in the client):
+        how long an L1 may have served a value already changed in L2. At most 10000 per request,
+        each finite within [0, 86400]; GetStats leaves this empty and fills staleness instead.
+        """
+
+    @_builtins.property
+    def staleness(self) -> Global___Histogram:
+        """The delivery delays as a histogram (GetStats only)."""
+
+    def __init__(
+        self,
+        *,
+        hits: _builtins.int = ...,
+        misses: _builtins.int = ...,
+        evictions: _builtins.int = ...,
+        invalidations: _builtins.int = ...,
+        events: _builtins.int = ...,
+        resyncs: _builtins.int = ...,
+        staleness_seconds: _abc.Iterable[_builtins.float] | None = ...,
+        staleness: Global___Histogram | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["staleness", b"staleness"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "evictions", b"evictions", "hits", b"hits", "invalidations", b"invalidations", "misses", b"misses", "resyncs", b"resyncs", "staleness", b"staleness", "staleness_seconds", b"staleness_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClientCacheStats: _TypeAlias = ClientCacheStats  # noqa: Y015
 
 @_typing.final
 class PoolStats(_message.Message):
@@ -993,18 +1119,24 @@ class RecordTimingsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     OPS_FIELD_NUMBER: _builtins.int
+    CACHE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def ops(self) -> _containers.RepeatedCompositeFieldContainer[Global___OpObservations]:
         """One entry per op."""
+
+    @_builtins.property
+    def cache(self) -> Global___ClientCacheStats:
+        """The client's L1 counters since its previous request (absent: no L1 activity)."""
 
     def __init__(
         self,
         *,
         ops: _abc.Iterable[Global___OpObservations] | None = ...,
+        cache: Global___ClientCacheStats | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ops", b"ops"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "ops", b"ops"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1282,13 +1414,23 @@ class CacheGetResponse(_message.Message):
     FOUND_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
     TTL_REMAINING_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    DEPENDENCIES_FIELD_NUMBER: _builtins.int
     found: _builtins.bool
     """True when a live entry exists."""
     value: _builtins.bytes
     """The value (empty when not found)."""
+    sequence: _builtins.int
+    """The agent's event sequence when the read was answered: the value reflects every cache event up
+    to it (an L1 fill ignores CACHE_CHANGED events with a sequence <= this).
+    """
     @_builtins.property
     def ttl_remaining(self) -> _duration_pb2.Duration:
         """Time left before the entry expires."""
+
+    @_builtins.property
+    def dependencies(self) -> Global___CacheDependencies:
+        """The entry's dependencies (as given to CachePut), so an L1 copy can be dropped with it."""
 
     def __init__(
         self,
@@ -1296,14 +1438,56 @@ class CacheGetResponse(_message.Message):
         found: _builtins.bool = ...,
         value: _builtins.bytes = ...,
         ttl_remaining: _duration_pb2.Duration | None = ...,
+        sequence: _builtins.int = ...,
+        dependencies: Global___CacheDependencies | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ttl_remaining", b"ttl_remaining"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dependencies", b"dependencies", "ttl_remaining", b"ttl_remaining"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["found", b"found", "ttl_remaining", b"ttl_remaining", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dependencies", b"dependencies", "found", b"found", "sequence", b"sequence", "ttl_remaining", b"ttl_remaining", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CacheGetResponse: _TypeAlias = CacheGetResponse  # noqa: Y015
+
+@_typing.final
+class CacheDependencies(_message.Message):
+    """CacheDependencies name what an entry depends on: when one of these is written or invalidated,
+    the entry is dropped from the sidecar's cache and from every client's L1.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEYS_FIELD_NUMBER: _builtins.int
+    PREFIXES_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Keys: the entry goes when one of them is written, invalidated or dropped. At most 32, each 1..1024 bytes."""
+
+    @_builtins.property
+    def prefixes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Prefixes: the entry goes when a key under one of them changes or an overlapping prefix is
+        invalidated. At most 32, each 1..1024 bytes.
+        """
+
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Tags: the entry goes when CacheInvalidate names one of them. At most 32, each 1..256 bytes."""
+
+    def __init__(
+        self,
+        *,
+        keys: _abc.Iterable[_builtins.str] | None = ...,
+        prefixes: _abc.Iterable[_builtins.str] | None = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys", "prefixes", b"prefixes", "tags", b"tags"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CacheDependencies: _TypeAlias = CacheDependencies  # noqa: Y015
 
 @_typing.final
 class CachePutRequest(_message.Message):
@@ -1314,6 +1498,7 @@ class CachePutRequest(_message.Message):
     KEY_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
     TTL_FIELD_NUMBER: _builtins.int
+    DEPENDENCIES_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     """Key, 1..1024 bytes of UTF-8. Keys starting with "kernel/" are reserved for kernel results."""
     value: _builtins.bytes
@@ -1322,16 +1507,21 @@ class CachePutRequest(_message.Message):
     def ttl(self) -> _duration_pb2.Duration:
         """Time to live, (0, 30 days]; absent = cache.ttl."""
 
+    @_builtins.property
+    def dependencies(self) -> Global___CacheDependencies:
+        """What this entry depends on (see CacheDependencies)."""
+
     def __init__(
         self,
         *,
         key: _builtins.str = ...,
         value: _builtins.bytes = ...,
         ttl: _duration_pb2.Duration | None = ...,
+        dependencies: Global___CacheDependencies | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dependencies", b"dependencies", "ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "ttl", b"ttl", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dependencies", b"dependencies", "key", b"key", "ttl", b"ttl", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1344,16 +1534,24 @@ class CachePutResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     EVICTED_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    DEPENDENTS_REMOVED_FIELD_NUMBER: _builtins.int
     evicted: _builtins.int
     """Entries evicted to make room."""
+    sequence: _builtins.int
+    """The sequence of the CACHE_CHANGED event this write published (0 when none was published)."""
+    dependents_removed: _builtins.int
+    """Entries dropped because they depend on this key."""
     def __init__(
         self,
         *,
         evicted: _builtins.int = ...,
+        sequence: _builtins.int = ...,
+        dependents_removed: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["evicted", b"evicted"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dependents_removed", b"dependents_removed", "evicted", b"evicted", "sequence", b"sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1361,21 +1559,33 @@ Global___CachePutResponse: _TypeAlias = CachePutResponse  # noqa: Y015
 
 @_typing.final
 class CacheInvalidateRequest(_message.Message):
-    """CacheInvalidateRequest removes entries by key prefix."""
+    """CacheInvalidateRequest removes entries by key prefix, exact keys or tags."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     PREFIX_FIELD_NUMBER: _builtins.int
+    KEYS_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
     prefix: _builtins.str
-    """Prefix; empty removes every entry."""
+    """Prefix; empty removes every entry, unless keys or tags are given (then empty removes nothing)."""
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Exact keys, at most 1000, each 1..1024 bytes."""
+
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Tags (CacheDependencies.tags), at most 32, each 1..256 bytes."""
+
     def __init__(
         self,
         *,
         prefix: _builtins.str = ...,
+        keys: _abc.Iterable[_builtins.str] | None = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["prefix", b"prefix"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys", "prefix", b"prefix", "tags", b"tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1388,20 +1598,64 @@ class CacheInvalidateResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REMOVED_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
     removed: _builtins.int
-    """Entries removed."""
+    """Entries removed (dependents included)."""
+    sequence: _builtins.int
+    """The sequence of the CACHE_CHANGED event this call published."""
     def __init__(
         self,
         *,
         removed: _builtins.int = ...,
+        sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["removed", b"removed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["removed", b"removed", "sequence", b"sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CacheInvalidateResponse: _TypeAlias = CacheInvalidateResponse  # noqa: Y015
+
+@_typing.final
+class CacheChange(_message.Message):
+    """CacheChange is what a CACHE_CHANGED event invalidates in every L1."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEYS_FIELD_NUMBER: _builtins.int
+    PREFIXES_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    truncated: _builtins.bool
+    """Too many keys to list: drop everything."""
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Keys written, invalidated or dropped as dependents."""
+
+    @_builtins.property
+    def prefixes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Prefixes invalidated ("" = everything)."""
+
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Tags invalidated."""
+
+    def __init__(
+        self,
+        *,
+        keys: _abc.Iterable[_builtins.str] | None = ...,
+        prefixes: _abc.Iterable[_builtins.str] | None = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
+        truncated: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys", "prefixes", b"prefixes", "tags", b"tags", "truncated", b"truncated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CacheChange: _TypeAlias = CacheChange  # noqa: Y015
 
 @_typing.final
 class Event(_message.Message):
@@ -1436,6 +1690,7 @@ class Event(_message.Message):
     ATTRIBUTES_FIELD_NUMBER: _builtins.int
     CONFIG_FIELD_NUMBER: _builtins.int
     GENERATION_FIELD_NUMBER: _builtins.int
+    CACHE_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """Agent-wide sequence number, increasing by one per event."""
     time_unix_nano: _builtins.int
@@ -1454,6 +1709,10 @@ class Event(_message.Message):
     def config(self) -> Global___AgentConfig:
         """The config in force, for EVENT_TYPE_CONFIG_APPLIED."""
 
+    @_builtins.property
+    def cache(self) -> Global___CacheChange:
+        """What changed, for EVENT_TYPE_CACHE_CHANGED."""
+
     def __init__(
         self,
         *,
@@ -1464,10 +1723,11 @@ class Event(_message.Message):
         attributes: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         config: Global___AgentConfig | None = ...,
         generation: _builtins.int = ...,
+        cache: Global___CacheChange | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "config", b"config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "config", b"config", "generation", b"generation", "message", b"message", "sequence", b"sequence", "time_unix_nano", b"time_unix_nano", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "cache", b"cache", "config", b"config", "generation", b"generation", "message", b"message", "sequence", b"sequence", "time_unix_nano", b"time_unix_nano", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1482,6 +1742,7 @@ class WatchEventsRequest(_message.Message):
     TYPES_FIELD_NUMBER: _builtins.int
     SINCE_SEQUENCE_FIELD_NUMBER: _builtins.int
     MAX_BATCH_FIELD_NUMBER: _builtins.int
+    KEEPALIVE_FIELD_NUMBER: _builtins.int
     since_sequence: _builtins.int
     """Also replay retained events with a sequence greater than this (0 = none)."""
     max_batch: _builtins.int
@@ -1490,16 +1751,23 @@ class WatchEventsRequest(_message.Message):
     def types(self) -> _containers.RepeatedScalarFieldContainer[Global___EventType.ValueType]:
         """Only these types; empty = all."""
 
+    @_builtins.property
+    def keepalive(self) -> _duration_pb2.Duration:
+        """When set, an empty batch is sent after this long without events (0.01..60s), so a watcher can
+        tell a quiet stream from a dead one (the client's L1 stops serving when batches stop coming).
+        """
+
     def __init__(
         self,
         *,
         types: _abc.Iterable[Global___EventType.ValueType] | None = ...,
         since_sequence: _builtins.int = ...,
         max_batch: _builtins.int = ...,
+        keepalive: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["keepalive", b"keepalive"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_batch", b"max_batch", "since_sequence", b"since_sequence", "types", b"types"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keepalive", b"keepalive", "max_batch", b"max_batch", "since_sequence", b"since_sequence", "types", b"types"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

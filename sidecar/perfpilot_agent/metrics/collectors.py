@@ -120,6 +120,17 @@ class AgentCollector(Collector):
         g("cache_bytes", float(s.cache_bytes))
         reads = c.hits + c.misses
         g("cache_hit_ratio", c.hits / reads if reads else 0.0)
+        g("cache_dependency_invalidations_total", float(c.dependency_invalidations))
+        l1 = s.l1
+        g("cache_l1_hits_total", float(l1.hits))
+        g("cache_l1_misses_total", float(l1.misses))
+        g("cache_l1_evictions_total", float(l1.evictions))
+        g("cache_l1_invalidations_total", float(l1.invalidations))
+        g("cache_l1_events_total", float(l1.events))
+        g("cache_l1_resyncs_total", float(l1.resyncs))
+        l1_reads = l1.hits + l1.misses
+        g("cache_l1_hit_ratio", l1.hits / l1_reads if l1_reads else 0.0)
+        hist("cache_l1_staleness_seconds", l1.staleness, [])
         for type_, n in sorted(s.events_published.items()):
             g("events_published_total", float(n), [_event_label(type_)])
         g("events_dropped_total", float(s.events_dropped))

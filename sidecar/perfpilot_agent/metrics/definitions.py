@@ -53,7 +53,20 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "cache_entries": ("gauge", (), "Entries in the cache."),
     "cache_max_entries": ("gauge", (), "Cache capacity (cache.maxEntries)."),
     "cache_bytes": ("gauge", (), "Approximate bytes held by the cache."),
-    "cache_hit_ratio": ("gauge", (), "hits / (hits + misses) since start (0 before any read)."),
+    "cache_hit_ratio": ("gauge", (), "hits / (hits + misses) since start (0 before any read): reads that reached "
+                        "the sidecar; hits in the clients' L1 are not in it (cache_l1_hit_ratio)."),
+    "cache_dependency_invalidations_total": ("counter", (), "Entries removed because something they depend on "
+                                             "(key, prefix, tag) was written or invalidated."),
+    "cache_l1_hits_total": ("counter", (), "Reads answered by the clients' in-process L1 (reported by the clients)."),
+    "cache_l1_misses_total": ("counter", (), "Reads the clients' L1 could not answer (then read from this sidecar)."),
+    "cache_l1_evictions_total": ("counter", (), "Entries evicted from the clients' L1 because it was full."),
+    "cache_l1_invalidations_total": ("counter", (), "Entries dropped from the clients' L1 by cache events."),
+    "cache_l1_events_total": ("counter", (), "Cache events applied by the clients' L1."),
+    "cache_l1_resyncs_total": ("counter", (), "Times a client's L1 stopped serving and cleared itself because its "
+                               "event stream was down or lost events."),
+    "cache_l1_hit_ratio": ("gauge", (), "L1 hits / (L1 hits + L1 misses) since start, over this sidecar's clients."),
+    "cache_l1_staleness_seconds": ("histogram", (), "Delay from a cache change in this sidecar to a client's L1 "
+                                   "applying it: how long an L1 may have served the old value."),
     "events_published_total": ("counter", ("type",), "Events published, by type."),
     "events_dropped_total": ("counter", (), "Events dropped for slow WatchEvents subscribers."),
     "event_watchers": ("gauge", (), "Open WatchEvents streams."),

@@ -22,12 +22,12 @@ from perfpilot_agent.config import Settings
 from perfpilot_agent.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from perfpilot_agent.liveconfig import LiveConfig
 from perfpilot_agent.runtime.admission import Admission
-from perfpilot_agent.runtime.cache import TTLCache
+from perfpilot_agent.runtime.cache import KERNEL_KEY_PREFIX, TTLCache
 from perfpilot_agent.runtime.monitor import Monitor
 from perfpilot_agent.runtime.events import EventBus
 
 log = logging.getLogger(__name__)
-KERNEL_KEY_PREFIX = "kernel/"
+
 MAX_INPUTS = 16
 _DIGEST_IN_THREAD_BYTES = 1 << 20
 

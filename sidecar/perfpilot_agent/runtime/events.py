@@ -86,6 +86,7 @@ class EventBus:
         attributes: Mapping[str, str] | None = None,
         *,
         config: pb.AgentConfig | None = None,
+        cache: pb.CacheChange | None = None,
     ) -> pb.Event:
         """Publish one event to every subscriber (O(subscribers), never blocks)."""
         self.sequence += 1
@@ -97,6 +98,7 @@ class EventBus:
             attributes=attributes,
             config=config,
             generation=self.generation,
+            cache=cache,
         )
         self.recent.append(event)
         self.published[type_] = self.published.get(type_, 0) + 1

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from perfpilot.v1 import agent_pb2 as pb
 from perfpilot_agent.errors import InvalidArgument
 from perfpilot_agent.runtime.histogram import Histogram
+from perfpilot_contract.limits import MAX_STALENESS_SAMPLES
 
 OP_RE = re.compile(r"[A-Za-z0-9_.:/-]{1,128}")
 MAX_DURATION_SECONDS = 86400.0
@@ -33,6 +34,25 @@ class OpRecord:
     cache_hits: int = 0
 
 
+@dataclass
+class L1Record:
+    """The clients' L1 counters, summed over every client of this sidecar (RecordTimings.cache)."""
+
+    hits: int = 0
+    misses: int = 0
+    evictions: int = 0
+    invalidations: int = 0
+    events: int = 0
+    resyncs: int = 0
+    staleness: Histogram = field(default_factory=Histogram)
+
+    def to_proto(self) -> pb.ClientCacheStats:
+        """Cumulative, for GetStats."""
+        return pb.ClientCacheStats(hits=self.hits, misses=self.misses, evictions=self.evictions,
+                                   invalidations=self.invalidations, events=self.events, resyncs=self.resyncs,
+                                   staleness=self.staleness.to_proto())
+
+
 class Monitor:
     """Owns every latency histogram the agent reports in GetStats and /metrics."""
 
@@ -44,6 +64,7 @@ class Monitor:
         self.heartbeat = Histogram()
         self.refused_logged: set[str] = set()
         self.refused_observations = 0
+        self.l1 = L1Record()
 
     def record_timings(self, request: pb.RecordTimingsRequest) -> pb.RecordTimingsResponse:
         """Validate and record a batch: malformed -> InvalidArgument and nothing recorded; past the
@@ -68,6 +89,8 @@ class Monitor:
                     raise InvalidArgument(
                         f"{path}.durationsSeconds[{j}] must be finite and within [0, {MAX_DURATION_SECONDS:g}], got {v}"
                     )
+        if request.HasField("cache"):
+            _check_l1(request.cache)
         accepted = refused = 0
         refused_ops: list[str] = []
         for entry in request.ops:
@@ -84,10 +107,22 @@ class Monitor:
             self.app_total.latency.observe_many(entry.durations_seconds)
             self.app_total.errors += entry.errors
             accepted += len(entry.durations_seconds)
+        if request.HasField("cache"):
+            self._record_l1(request.cache)
         if refused_ops:
             self.refused_observations += refused
             self._log_refused(refused_ops)
         return pb.RecordTimingsResponse(accepted=accepted, refused_ops=refused_ops, refused=refused)
+
+    def _record_l1(self, c: pb.ClientCacheStats) -> None:
+        r = self.l1
+        r.hits += c.hits
+        r.misses += c.misses
+        r.evictions += c.evictions
+        r.invalidations += c.invalidations
+        r.events += c.events
+        r.resyncs += c.resyncs
+        r.staleness.observe_many(c.staleness_seconds)
 
     def _log_refused(self, names: list[str]) -> None:
         """One warning per refused name (bounded: an app inventing names cannot flood the log)."""
@@ -128,3 +163,16 @@ class RpcStats:
         if h is None:
             h = self.latency[method] = Histogram()
         h.observe(seconds)
+
+
+def _check_l1(c: pb.ClientCacheStats) -> None:
+    """Bounds of a client's L1 report (all-or-nothing with the rest of the batch)."""
+    n = len(c.staleness_seconds)
+    if n > MAX_STALENESS_SAMPLES:
+        raise InvalidArgument(f"cache.stalenessSeconds has {n} values; at most {MAX_STALENESS_SAMPLES} per call")
+    for j, v in enumerate(c.staleness_seconds):
+        if not 0.0 <= v <= MAX_DURATION_SECONDS:  # also rejects NaN
+            raise InvalidArgument(
+                f"cache.stalenessSeconds[{j}] must be finite and within [0, {MAX_DURATION_SECONDS:g}], got {v}")
+    if c.HasField("staleness"):
+        raise InvalidArgument("cache.staleness is reported by GetStats only; send cache.stalenessSeconds")

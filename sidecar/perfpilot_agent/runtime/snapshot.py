@@ -15,7 +15,7 @@ from perfpilot.v1 import agent_pb2 as pb
 from perfpilot_agent.runtime.cache import CacheCounters
 from perfpilot_agent.runtime.heartbeat import Sample
 from perfpilot_agent.runtime.histogram import Histogram, quantiles_proto
-from perfpilot_agent.runtime.monitor import OpRecord
+from perfpilot_agent.runtime.monitor import L1Record, OpRecord
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,7 @@ class Snapshot:
     cache_entries: int
     cache_max_entries: int
     cache_bytes: int
+    l1: L1Record
     events_published: Mapping[int, int]
     events_dropped: int
     event_watchers: int
@@ -79,7 +80,8 @@ def stats_proto(s: Snapshot) -> pb.GetStatsResponse:
                                 cache_hits=rec.cache_hits, quantiles=quantiles_proto(rec.latency))
                  for name, rec in sorted(s.kernels.items())],
         cache=pb.CacheStats(hits=c.hits, misses=c.misses, evictions=c.evictions, expirations=c.expirations,
-                            invalidations=c.invalidations, entries=s.cache_entries, max_entries=s.cache_max_entries),
+                            invalidations=c.invalidations, entries=s.cache_entries, max_entries=s.cache_max_entries,
+                            dependency_invalidations=c.dependency_invalidations, l1=s.l1.to_proto()),
         pool=pb.PoolStats(workers=s.pool.workers, busy=s.pool.busy, queue_depth=s.pool.queue_depth,
                           max_queue=s.max_queue, completed=s.pool.completed, failed=s.pool.failed,
                           restarts=s.pool.restarts),

@@ -10,7 +10,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 import grpc
@@ -23,20 +23,29 @@ from perfpilot_agent.errors import AgentError, InvalidArgument
 from perfpilot_agent.liveconfig import LiveConfig, to_proto
 from perfpilot_agent.runtime.admission import Admission
 from perfpilot_agent.runtime.cache import TTLCache
-from perfpilot_agent.runtime.compute import KERNEL_KEY_PREFIX, KernelRunner
+from perfpilot_agent.runtime.cache import KERNEL_KEY_PREFIX
+from perfpilot_agent.runtime.compute import KernelRunner
 from perfpilot_agent.runtime.events import EventBus
 from perfpilot_agent.runtime.monitor import Monitor, RpcStats
 from perfpilot_agent.runtime.snapshot import Snapshot, stats_proto
-from perfpilot_contract.limits import CACHE_PUT_TTL
+from perfpilot_contract import durations
+from perfpilot_contract.limits import (
+    CACHE_PUT_TTL,
+    MAX_DEPENDENCIES,
+    MAX_INVALIDATE_KEYS,
+    MAX_KEY_BYTES,
+    MAX_TAG_BYTES,
+)
 from perfpilot_contract.liveconfig import ConfigError, check_duration
+from perfpilot_contract.tiercache import Deps
 
 
 log = logging.getLogger(__name__)
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Handler = Callable[[Any, Req, aio.ServicerContext[Any, Any]], Awaitable[Resp]]
-MAX_KEY_BYTES = 1024
 MAX_DETAILS = 1024
+KEEPALIVE_MIN_NS, KEEPALIVE_MAX_NS = 10_000_000, 60_000_000_000
 _EVENT_TYPES = frozenset(v for v in pb.EventType.values() if v != pb.EVENT_TYPE_UNSPECIFIED)
 
 
@@ -86,6 +95,38 @@ def _check_key(key: str) -> None:
         raise InvalidArgument(f"key is {len(key.encode())} bytes; at most {MAX_KEY_BYTES}")
     if key.startswith(KERNEL_KEY_PREFIX):
         raise InvalidArgument(f"keys starting with {KERNEL_KEY_PREFIX!r} are reserved for kernel results")
+
+
+def _check_names(path: str, names: Sequence[str], *, most: int, max_bytes: int) -> tuple[str, ...]:
+    """A bounded list of non-empty, bounded strings (dependency keys, prefixes, tags)."""
+    if len(names) > most:
+        raise InvalidArgument(f"{path} has {len(names)} entries; at most {most}")
+    for i, name in enumerate(names):
+        n = len(name.encode())
+        if not 1 <= n <= max_bytes:
+            raise InvalidArgument(f"{path}[{i}] must be 1..{max_bytes} bytes, got {n}")
+    return tuple(dict.fromkeys(names))
+
+
+def _check_deps(msg: pb.CacheDependencies) -> Deps:
+    return Deps(
+        keys=_check_names("dependencies.keys", msg.keys, most=MAX_DEPENDENCIES, max_bytes=MAX_KEY_BYTES),
+        prefixes=_check_names("dependencies.prefixes", msg.prefixes, most=MAX_DEPENDENCIES, max_bytes=MAX_KEY_BYTES),
+        tags=_check_names("dependencies.tags", msg.tags, most=MAX_DEPENDENCIES, max_bytes=MAX_TAG_BYTES),
+    )
+
+
+def _keepalive(request: pb.WatchEventsRequest) -> float | None:
+    """Seconds between keepalive batches, or None (not asked for)."""
+    if not request.HasField("keepalive"):
+        return None
+    try:
+        ns = durations.from_proto("keepalive", request.keepalive)
+    except durations.DurationError as exc:
+        raise InvalidArgument(str(exc)) from None
+    if not KEEPALIVE_MIN_NS <= ns <= KEEPALIVE_MAX_NS:
+        raise InvalidArgument(f"keepalive must be between 10ms and 1m, got {durations.format_ns(ns)}")
+    return ns / 1e9
 
 
 class AgentCore(Protocol):
@@ -150,12 +191,15 @@ class AgentServicer(pb_grpc.AgentServicer):
     @_rpc("CacheGet")
     async def CacheGet(self, request: pb.CacheGetRequest, context: aio.ServicerContext[Any, Any]) -> pb.CacheGetResponse:
         _check_key(request.key)
-        hit = self.app.cache.get(request.key)
+        hit = self.app.cache.lookup(request.key)
+        sequence = self.app.events.sequence  # the value reflects every event up to here
         if hit is None:
-            return pb.CacheGetResponse(found=False)
-        value, remaining = hit
-        resp = pb.CacheGetResponse(found=True, value=value)
-        resp.ttl_remaining.FromNanoseconds(int(remaining * 1e9))
+            return pb.CacheGetResponse(found=False, sequence=sequence)
+        resp = pb.CacheGetResponse(found=True, value=hit.value, sequence=sequence)
+        resp.ttl_remaining.FromNanoseconds(int(hit.ttl_left * 1e9))
+        if hit.deps:
+            resp.dependencies.CopyFrom(pb.CacheDependencies(keys=hit.deps.keys, prefixes=hit.deps.prefixes,
+                                                            tags=hit.deps.tags))
         return resp
 
     @_rpc("CachePut")
@@ -170,8 +214,12 @@ class AgentServicer(pb_grpc.AgentServicer):
                 ttl = check_duration(CACHE_PUT_TTL, request.ttl, path="ttl")
             except ConfigError as exc:
                 raise InvalidArgument(str(exc)) from None
-        evicted = self.app.cache.put(request.key, bytes(request.value), ttl=ttl, size=len(request.value) + len(request.key))
-        return pb.CachePutResponse(evicted=evicted)
+        deps = _check_deps(request.dependencies)
+        before = self.app.events.sequence
+        change = self.app.cache.write(request.key, bytes(request.value), ttl=ttl,
+                                      size=len(request.value) + len(request.key), deps=deps)
+        sequence = self.app.events.sequence if self.app.events.sequence != before else 0
+        return pb.CachePutResponse(evicted=change.evicted, sequence=sequence, dependents_removed=change.removed)
 
     @_rpc("CacheInvalidate")
     async def CacheInvalidate(
@@ -179,12 +227,16 @@ class AgentServicer(pb_grpc.AgentServicer):
     ) -> pb.CacheInvalidateResponse:
         if len(request.prefix.encode()) > MAX_KEY_BYTES:
             raise InvalidArgument(f"prefix is longer than {MAX_KEY_BYTES} bytes")
-        removed = self.app.cache.invalidate(request.prefix)
+        keys = _check_names("keys", request.keys, most=MAX_INVALIDATE_KEYS, max_bytes=MAX_KEY_BYTES)
+        tags = _check_names("tags", request.tags, most=MAX_DEPENDENCIES, max_bytes=MAX_TAG_BYTES)
+        prefixes = (request.prefix,) if request.prefix or not (keys or tags) else ()
+        change = self.app.cache.drop(prefixes=prefixes, keys=keys, tags=tags)
+        sequence = self.app.events.sequence
         self.app.events.publish(
-            pb.EVENT_TYPE_CACHE_CLEARED, f"{removed} cache entries invalidated",
-            {"prefix": request.prefix[:128], "removed": str(removed)},
+            pb.EVENT_TYPE_CACHE_CLEARED, f"{change.removed} cache entries invalidated",
+            {"prefix": request.prefix[:128], "removed": str(change.removed)},
         )
-        return pb.CacheInvalidateResponse(removed=removed)
+        return pb.CacheInvalidateResponse(removed=change.removed, sequence=sequence)
 
     async def WatchEvents(
         self, request: pb.WatchEventsRequest, context: aio.ServicerContext[Any, Any]
@@ -199,13 +251,18 @@ class AgentServicer(pb_grpc.AgentServicer):
             if request.max_batch > 10_000:
                 raise InvalidArgument(f"max_batch must be at most 10000, got {request.max_batch}")
             max_batch = request.max_batch or 1000
+            keepalive = _keepalive(request)
             with self.app.watchers.slot():
                 sub = self.app.events.subscribe(types, since=request.since_sequence)
                 try:
                     events, dropped = sub.take_now(max_batch)
                     yield pb.EventBatch(events=events, dropped=dropped)
                     while True:
-                        batch = await sub.next_batch(max_batch)
+                        try:
+                            batch = await asyncio.wait_for(sub.next_batch(max_batch), keepalive)
+                        except TimeoutError:  # quiet: an empty batch says the stream is alive
+                            yield pb.EventBatch()
+                            continue
                         if batch is None:
                             return
                         yield pb.EventBatch(events=batch[0], dropped=batch[1])
