@@ -116,8 +116,8 @@ def transport(quick: bool, want: Want) -> dict[str, Entry]:
                                                 f"{bu['p90_us']:.0f} us; max {su['max_us']:.0f} vs {bu['max_us']:.0f} us). {common}")
             out["heartbeat_p99_us_tcp"] = entry(st["p99_us"], "us", bt["p99_us"],
                                                 f"p99 round trip over loopback TCP (p50 {st['p50_us']:.0f} vs "
-                                                f"{bt['p50_us']:.0f} us); the TCP listener runs the bearer-token "
-                                                f"interceptor (Heartbeat is an open method). {common}")
+                                                f"{bt['p50_us']:.0f} us); the sidecar's plaintext TCP listener is its "
+                                                f"health port (a method-allowlist interceptor; Heartbeat is allowed). {common}")
         if want("rps_one_core"):
             rounds, seconds = (8, 1.0) if quick else (20, 1.5)
             spec = {"concurrency": 64, "channels": 4, "seconds": seconds, "rounds": rounds, "warmup": 0.5,

@@ -105,8 +105,6 @@ class Bench:
             f"{', '.join(i.ref for i in self.images.values())}")
         self.cluster.apply_crds()
         self.cluster.kubectl("create", "namespace", NS, check=False)
-        self.cluster.kubectl("create", "secret", "generic", "perfpilot-agent-token", "-n", NS,
-                             "--from-literal=token=node-bench-token", check=False)
         config.load_kube_config(str(self.cluster.kubeconfig))
         self.core = client.CoreV1Api()
         self._n = 0
@@ -147,10 +145,16 @@ class Bench:
 
     def injected(self, pod: dict[str, Any], profile: dict[str, Any],
                  extra_env: tuple[tuple[str, str], ...] = ()) -> dict[str, Any]:
+        import datetime as dt
+
+        from perfpilot_operator.certs import CABundle, new_authority
         from perfpilot_operator.logic.injection import SidecarTemplate, inject
 
+        # No operator here: a throwaway CA stands in for its (the sidecar serves its control port
+        # with it as a pod of the operator does; nothing calls that port in this bench).
+        ca = CABundle((new_authority(dt.datetime.now(dt.UTC)),)).trust_pem().decode()
         tmpl = SidecarTemplate(image=self.images["sidecar"].ref, image_pull_policy="Never",
-                               extra_env=extra_env)
+                               extra_env=extra_env, ca_bundle=ca)
         result = inject(pod, profile, tmpl)
         for dotted, value in result.changes.items():
             _set(pod, dotted, value)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import math
 import os
@@ -197,6 +196,7 @@ class Harness:
         self.procs[PODRUNNER] = dev.start(c, PODRUNNER, dev.podrunner_command(), {})
         env = dev.operator_env(c, webhook_port=WEBHOOK_PORT, health_port=HEALTH_PORT,
                                metrics_port=METRICS_PORT, resync=RESYNC)
+        dev.ensure_operator_namespace(c)
         op = dev.start(c, OPERATOR, dev.operator_command(), env)
         self.procs[OPERATOR] = op
         dev.wait_healthy(c, op, HEALTH_PORT)
@@ -327,17 +327,13 @@ class Harness:
                              input=json.dumps({"apiVersion": "v1", "kind": "List",
                                                "items": list(docs)}))
 
-    def token(self, namespace: str) -> str:
-        def read() -> str | None:
-            from kubernetes.client.exceptions import ApiException
+    def identity(self) -> Any:
+        """An operator client certificate from the CA Secret (e2e/harness/trust.py): the bench reads
+        what each sidecar runs over its mutual-TLS control port, as the operator does."""
+        from e2e.harness.trust import operator_identity
 
-            try:
-                s = self.core.read_namespaced_secret("perfpilot-agent-token", namespace)
-            except ApiException:
-                return None
-            return base64.b64decode((s.data or {}).get("token", "")).decode() or None
-
-        return str(self._wait(read, f"Secret perfpilot-agent-token in {namespace}", 60, 0.2))
+        return self._wait(lambda: _or_none(lambda: operator_identity(self.cluster.kubectl)),
+                          "the operator's CA Secret", 60, 0.2)
 
     def running_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         pods = self.api_client.sanitize_for_serialization(
@@ -438,23 +434,29 @@ def rollout_docs(replicas: int) -> tuple[dict[str, Any], dict[str, Any]]:
     return profile, deployment
 
 
-def _grpc_config(ip: str, token: str, timeout: float = 1.0) -> int | None:
+def _or_none(fn: Any) -> Any:
+    try:
+        return fn()
+    except Exception:  # noqa: BLE001 - not there yet: the caller polls
+        return None
+
+
+def _grpc_config(ip: str, identity: Any, timeout: float = 1.0) -> int | None:
     import grpc
 
+    from e2e.harness.trust import control_channel
     from perfpilot.v1 import agent_pb2 as pb
     from perfpilot.v1 import agent_pb2_grpc as pb_grpc
 
     try:
-        with grpc.insecure_channel(f"{ip}:{SIDECAR_PORT}") as ch:
-            r = pb_grpc.AgentStub(ch).GetConfig(
-                pb.GetConfigRequest(), timeout=timeout,
-                metadata=(("authorization", f"Bearer {token}"),))
+        with control_channel(identity, ip, SIDECAR_PORT) as ch:
+            r = pb_grpc.AgentStub(ch).GetConfig(pb.GetConfigRequest(), timeout=timeout)
             return int(r.generation)
-    except grpc.RpcError:
+    except (grpc.RpcError, OSError):
         return None
 
 
-def wait_sidecars(h: Harness, ns: str, n: int, generation: int, token: str,
+def wait_sidecars(h: Harness, ns: str, n: int, generation: int, identity: Any,
                   timeout: float) -> list[str]:
     """Until n Running pods' sidecars answer GetConfig at `generation`; returns their IPs."""
     seen: dict[str, int] = {}
@@ -464,7 +466,7 @@ def wait_sidecars(h: Harness, ns: str, n: int, generation: int, token: str,
         ips = [p["status"]["podIP"] for p in pods]
         for ip in ips:
             if seen.get(ip) != generation:
-                g = _grpc_config(ip, token)
+                g = _grpc_config(ip, identity)
                 if g is not None:
                     seen[ip] = g
         ok = [ip for ip in ips if seen.get(ip) == generation]
@@ -477,7 +479,7 @@ def wait_sidecars(h: Harness, ns: str, n: int, generation: int, token: str,
         time.sleep(0.25)
 
 
-async def _rollouts(h: Harness, ns: str, ips: list[str], token: str, repeats: int,
+async def _rollouts(h: Harness, ns: str, ips: list[str], identity: Any, repeats: int,
                     period: float | None, profile_events: dict[int, float], first_gen: int,
                     log: Log) -> list[dict[str, Any]]:
     """`repeats` spec patches; per patch the send/return times, the watch arrival and every
@@ -489,8 +491,9 @@ async def _rollouts(h: Harness, ns: str, ips: list[str], token: str, repeats: in
     from perfpilot.v1 import agent_pb2 as pb
     from perfpilot.v1 import agent_pb2_grpc as pb_grpc
 
-    md = (("authorization", f"Bearer {token}"),)
-    channels = {ip: grpc.aio.insecure_channel(f"{ip}:{SIDECAR_PORT}") for ip in ips}
+    from e2e.harness.trust import aio_control_channel
+
+    channels = {ip: await aio_control_channel(identity, ip, SIDECAR_PORT) for ip in ips}
     stubs = {ip: pb_grpc.AgentStub(ch) for ip, ch in channels.items()}
     pushed: dict[tuple[str, int], float] = {}
     arrived = {ip: asyncio.Event() for ip in ips}
@@ -499,7 +502,7 @@ async def _rollouts(h: Harness, ns: str, ips: list[str], token: str, repeats: in
         req = pb.WatchEventsRequest(types=[pb.EVENT_TYPE_CONFIG_APPLIED])
         while True:
             try:
-                async for batch in stubs[ip].WatchEvents(req, metadata=md):
+                async for batch in stubs[ip].WatchEvents(req):
                     t = time.monotonic()
                     for ev in batch.events:
                         pushed.setdefault((ip, int(ev.generation)), t)
@@ -526,7 +529,7 @@ async def _rollouts(h: Harness, ns: str, ips: list[str], token: str, repeats: in
             while (ip, gen) not in pushed:
                 arrived[ip].clear()
                 await asyncio.wait_for(arrived[ip].wait(), max(0.01, deadline - time.monotonic()))
-            r = await stubs[ip].GetConfig(pb.GetConfigRequest(), timeout=2, metadata=md)
+            r = await stubs[ip].GetConfig(pb.GetConfigRequest(), timeout=2)
             if r.generation < gen:
                 raise RuntimeError(f"sidecar {ip} announced generation {gen} but reports "
                                    f"{r.generation}")
@@ -534,7 +537,7 @@ async def _rollouts(h: Harness, ns: str, ips: list[str], token: str, repeats: in
         await asyncio.sleep(random.uniform(0, period))      # spread the polls over the period
         while True:
             try:
-                r = await stubs[ip].GetConfig(pb.GetConfigRequest(), timeout=2, metadata=md)
+                r = await stubs[ip].GetConfig(pb.GetConfigRequest(), timeout=2)
                 if r.generation >= gen:
                     return time.monotonic()
             except grpc.aio.AioRpcError:
@@ -659,7 +662,7 @@ def rollout_scenario(h: Harness, sizes: list[int], repeats: int, log: Log
         w = Watcher(h, GROUP, VERSION, ns, PLURAL, ROLLOUT_APP, on_event)
         w.start()
         w.connected.wait(10)
-        token = h.token(ns)
+        identity = h.identity()
         have = 0
         for n in sizes:
             gen = int(h.profile(ns, ROLLOUT_APP)["metadata"]["generation"])
@@ -669,14 +672,14 @@ def rollout_scenario(h: Harness, sizes: list[int], repeats: int, log: Log
             else:
                 h.cluster.kubectl("scale", "deployment", ROLLOUT_APP, "-n", ns,
                                   f"--replicas={n}")
-            ips = wait_sidecars(h, ns, n, gen, token, timeout=120 + 2.0 * n)
+            ips = wait_sidecars(h, ns, n, gen, identity, timeout=120 + 2.0 * n)
             start_s = time.monotonic() - t0
             new = n - have
             log(f"{n} pods: {new} new sidecars started and configured in {start_s:.1f}s")
             have = n
             # Polled every 20 ms up to 20 pods (<= 1000 GetConfig/s); beyond, push-timed.
             period = 0.02 if n <= 20 else None
-            recs = asyncio.run(_rollouts(h, ns, ips, token, repeats, period, profile_events,
+            recs = asyncio.run(_rollouts(h, ns, ips, identity, repeats, period, profile_events,
                                          gen, log))
             if w.error is not None:
                 raise RuntimeError(f"the PerfProfile watch failed: {w.error}")

@@ -159,13 +159,15 @@ class Procs:
         module: str | None = None,
         stdin: bool = False,
     ) -> Child:
-        """The real sidecar (`perfpilot-sidecar` console script, or `python -m module` with the same flags)."""
-        args = ["--socket", socket_path, "--port", str(port), "--metrics-port", "-1", "--grace", "2",
+        """The real sidecar (`perfpilot-sidecar` console script, or `python -m module` with the same flags).
+        `port` is its plaintext TCP listener (the health port: Heartbeat and grpc.health.v1); the
+        mutual-TLS control port is off (no CA: nothing here plays the operator)."""
+        args = ["--socket", socket_path, "--port", "-1", "--health-port", str(port), "--metrics-port", "-1", "--grace", "2",
                 "--log-level", "WARNING", *extra]
         if config:
             args += ["--config", json.dumps(config)]
         cmd = [PY, "-m", module, *args] if module else [SIDECAR, *args]
-        return self.start(name, cmd, env={"PERFPILOT_TOKEN": "bench-token"}, cpu=cpu, stdin=stdin)
+        return self.start(name, cmd, env={}, cpu=cpu, stdin=stdin)
 
     def bare(self, name: str, *, socket_path: str, port: int = -1, cpu: int | None = None) -> Child:
         """The baseline bare grpc.aio server."""

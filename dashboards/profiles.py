@@ -191,7 +191,8 @@ def build() -> Dashboard:
         "Configure rounds (after retries) and GetStats calls that did not return OK, by gRPC "
         "status code, per second. UNAVAILABLE / DEADLINE_EXCEEDED: the sidecar is down, frozen or "
         "unreachable from the operator (the Degraded condition names the pods); "
-        "UNAUTHENTICATED: the pod's token Secret differs from the operator's; INVALID_ARGUMENT "
+        "UNAVAILABLE also when the TLS handshake fails (a pod admitted under a CA that has "
+        "since expired: re-create it); INVALID_ARGUMENT "
         "on Configure: a sidecar older than the operator rejects the new config.",
         [Query("sum by (namespace, profile, result) "
                f'(rate(perfpilot_operator_configure_calls_total{{{SEL}, result!="OK"}}'

@@ -135,17 +135,19 @@ def build() -> Dashboard:
     lay.add(timeseries(
         "RPC rate by method and code",
         "Finished calls to the agent per second, by method and status code. Codes other than "
-        "OK: RESOURCE_EXHAUSTED (full queue: more workers or replicas), UNAUTHENTICATED (wrong "
-        "token), FAILED_PRECONDITION (kernels with processWorkers 0), INVALID_ARGUMENT (a "
+        "OK: RESOURCE_EXHAUSTED (full queue: more workers or replicas), UNAUTHENTICATED (a control "
+        "call without the operator's certificate), PERMISSION_DENIED (Configure over the "
+        "socket), FAILED_PRECONDITION (kernels with processWorkers 0), INVALID_ARGUMENT (a "
         "client bug).",
         [Query(_rate("perfpilot_sidecar_rpc_total", "method, code"), "{{method}} {{code}}")],
         unit="reqps"),
         width=12, height=8)
     lay.add(timeseries(
         "RPC errors and auth failures",
-        "Calls that did not end OK, by method and code, and TCP calls refused for a missing or "
-        "wrong bearer token. Auth failures: a client with an old token (the namespace's "
-        "perfpilot-agent-token Secret) or something probing the port.",
+        "Calls that did not end OK, by method and code, and calls refused by who may call "
+        "what: a control call on the plaintext health port or with a certificate that is not "
+        "the operator's, Configure over the Unix socket. Refused TLS handshakes (no or a "
+        "foreign client certificate) are not counted: grpc-core does not report them.",
         [Query(_rate("perfpilot_sidecar_rpc_total", "method, code", 'code!="OK"'),
                "{{method}} {{code}}"),
          Query(_rate("perfpilot_sidecar_auth_failures_total", "pod"), "{{pod}} auth failures")],

@@ -191,6 +191,7 @@ def operator(cluster: LocalCluster, podrunner: subprocess.Popen[bytes]
                                        "prometheusrule-crd.yaml"))
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
                     "crd/prometheusrules.monitoring.coreos.com")
+    dev.ensure_operator_namespace(cluster)
     proc = dev.start(cluster, "operator", dev.operator_command(), _operator_env(cluster))
     dev.wait_healthy(cluster, proc, E2E_HEALTH_PORT)
     yield proc

@@ -181,6 +181,12 @@ def test_install_creates_the_operator_and_its_rbac(release: Release) -> None:
     assert binding is not None
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": r.fullname,
                                     "namespace": r.namespace}]
+    # the CA Secret's rules: a Role of the release's namespace, none cluster-wide
+    assert not [x for x in role["rules"] if "secrets" in x["resources"]]
+    ca_role = r.get("role", f"{r.fullname}-ca")
+    assert ca_role is not None and {tuple(x.get("resourceNames", ())) for x in ca_role["rules"]} == {
+        ("perfpilot-operator-ca",), ()}
+    assert r.get("rolebinding", f"{r.fullname}-ca") is not None
     svc = r.get("service", r.fullname)
     assert svc is not None
     assert {p["name"]: p["port"] for p in svc["spec"]["ports"]} == {"webhook": 9443,
@@ -240,9 +246,10 @@ ALLOWED = [
     ("watch", "horizontalpodautoscalers.autoscaling", "-A"),
     ("watch", "replicasets.apps", "-A"),        # pods refused at creation (ReplicaFailure)
     ("watch", "customresourcedefinitions.apiextensions.k8s.io"),
-    # the agent token Secret of each profile namespace
-    ("create", "secrets", "-n", "anywhere"),
-    ("get", "secrets/perfpilot-agent-token", "-n", "anywhere"),
+    # the operator's CA Secret, in the release's namespace only ({release}: substituted)
+    ("create", "secrets", "-n", "{release}"),
+    ("get", "secrets/perfpilot-operator-ca", "-n", "{release}"),
+    ("update", "secrets/perfpilot-operator-ca", "-n", "{release}"),
     # the chart's webhook configurations, patched by name (caBundle, drift): see below
     # autoscaling through the scale subresource
     ("get", "deployments.apps", "--subresource=scale", "-n", "anywhere"),
@@ -262,10 +269,20 @@ DENIED = [
     ("create", "leases.coordination.k8s.io", "-n", "anywhere"),   # only its own namespace
     ("impersonate", "serviceaccounts", "-n", "anywhere"),
     ("bind", "clusterroles.rbac.authorization.k8s.io"),
+    # no Secret outside the release's namespace; there, only its CA Secret by name
+    ("create", "secrets", "-n", "anywhere"),
+    ("get", "secrets/perfpilot-operator-ca", "-n", "anywhere"),
+    ("get", "secrets/someone-elses", "-n", "{release}"), ("list", "secrets", "-n", "{release}"),
+    ("update", "secrets/someone-elses", "-n", "{release}"),
     ("patch", "deployments.apps", "-n", "anywhere"),       # only the scale subresource
     ("update", "deployments.apps", "--subresource=scale", "-n", "anywhere"),
     ("escalate", "clusterroles.rbac.authorization.k8s.io"),
 ]
+
+
+def _in(release: Release, check: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(a.replace("{release}", release.namespace) for a in check)
+
 
 
 def _named(r: Release) -> list[tuple[str, ...]]:
@@ -281,7 +298,8 @@ def _named(r: Release) -> list[tuple[str, ...]]:
 
 
 def test_service_account_may_do_what_the_operator_does(release: Release) -> None:
-    refused = [" ".join(c) for c in ALLOWED + _named(release) if not release.can_i(*c)]
+    refused = [" ".join(c) for c in ALLOWED + _named(release)
+               if not release.can_i(*_in(release, c))]
     # each profile's alerts as a PrometheusRule (where Prometheus Operator runs)
     refused += [f"{v} prometheusrules" for v in ("get", "create", "update", "delete")
                 if not release.review(v, "monitoring.coreos.com", "prometheusrules")]
@@ -296,7 +314,7 @@ def test_service_account_may_not_do_more(release: Release) -> None:
                          f"{r.fullname}-pod-injector"),
               ("update", "leases.coordination.k8s.io/someone-elses", "-n", r.namespace),
               ("delete", f"leases.coordination.k8s.io/{r.fullname}-operator", "-n", r.namespace)]
-    allowed = [" ".join(c) for c in DENIED + others if release.can_i(*c)]
+    allowed = [" ".join(c) for c in DENIED + others if release.can_i(*_in(release, c))]
     allowed += [f"{v} {g}/{r}" for v, g, r in [
         ("list", "monitoring.coreos.com", "prometheusrules"),
         ("create", "monitoring.coreos.com", "servicemonitors")]
@@ -411,8 +429,9 @@ def test_operator_runs_under_the_charts_rbac_without_a_forbidden(
         release: Release, tmp_path: Path) -> None:
     """The real operator, authenticated as the chart's ServiceAccount, with the chart's
     environment, reconciles a profile whose pod runs without the sidecar and whose target it
-    autoscales: kopf's watches, patches, status and Events, the agent token Secret and the scale
-    subresource - and the API server never answers 403."""
+    autoscales: kopf's watches, patches, status and Events, its CA Secret (in the release's
+    namespace, none in the profile's) and the scale subresource - and the API server never
+    answers 403."""
     r, c = release, release.cluster
     work = f"{r.namespace}-work"
     c.kubectl("create", "namespace", work)
@@ -488,8 +507,9 @@ def test_operator_runs_under_the_charts_rbac_without_a_forbidden(
         pp = _wait(reconciled, "the profile reconciled (status, coverage, autoscaling)")
         messages = [x.get("message", "") for x in pp["status"]["conditions"]]
         assert not [m for m in messages if re.search(r"forbidden|\b403\b", m, re.I)], messages
-        _wait(lambda: c.kubectl("get", "secret", "perfpilot-agent-token", "-n", work,
-                                check=False).returncode == 0, "the agent token Secret")
+        _wait(lambda: c.kubectl("get", "secret", "perfpilot-operator-ca", "-n", r.namespace,
+                                check=False).returncode == 0, "the operator's CA Secret")
+        assert json.loads(c.kubectl("get", "secrets", "-n", work, "-o", "json").stdout)["items"] == []
         _wait(lambda: json.loads(c.kubectl(
             "get", "events", "-n", work, "--field-selector",
             "involvedObject.kind=PerfProfile,involvedObject.name=rbac-probe,"
@@ -530,10 +550,12 @@ def test_operator_runs_under_the_charts_rbac_without_a_forbidden(
     calls = {(m[1], m[2].split("?")[0], m[3]) for m in CLIENT_CALL.finditer(log)}
     assert ("GET", f"/apis/apps/v1/namespaces/{work}/deployments/probe/scale", "200") in calls, \
         sorted(calls)
-    assert {(v, p) for v, p, code in calls
-            if p.endswith("/secrets/perfpilot-agent-token") or p.endswith("/secrets")} \
-        & {("GET", f"/api/v1/namespaces/{work}/secrets/perfpilot-agent-token"),
-           ("POST", f"/api/v1/namespaces/{work}/secrets")}, sorted(calls)
+    secrets = {(v, p) for v, p, code in calls if "/secrets" in p}
+    assert secrets <= {("GET", f"/api/v1/namespaces/{r.namespace}/secrets/perfpilot-operator-ca"),
+                       ("POST", f"/api/v1/namespaces/{r.namespace}/secrets"),
+                       ("PUT", f"/api/v1/namespaces/{r.namespace}/secrets/perfpilot-operator-ca")}, \
+        sorted(calls)
+    assert ("GET", f"/api/v1/namespaces/{r.namespace}/secrets/perfpilot-operator-ca") in secrets
     assert re.search(r"is now the leader \(lease " + re.escape(r.namespace), log), log[-3000:]
     assert ("PATCH", f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/"
             f"{r.fullname}-pod-injector", "200") in calls, sorted(calls)

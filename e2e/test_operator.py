@@ -3,14 +3,18 @@ inject, configure, reconfigure live without restarts, refuse conflicting profile
 
 from __future__ import annotations
 
-import base64
+import asyncio
+import subprocess
 import json
 from typing import Any
 
 import grpc
 import pytest
 
-from e2e.harness.cluster import LocalCluster
+from e2e.harness.cluster import BIN, ROOT, LocalCluster
+from e2e.harness.trust import control_channel, operator_identity
+from perfpilot_contract.trust import AGENT_SERVER_NAME
+from perfpilot_operator.clients.agents import Target, fetch_server_cert
 from perfpilot.v1 import agent_pb2 as pb
 from perfpilot.v1 import agent_pb2_grpc as pb_grpc
 
@@ -52,12 +56,40 @@ def profile_status(cluster: LocalCluster, ns: str) -> dict[str, Any]:
 
 
 def agent_config(cluster: LocalCluster, ns: str, ip: str) -> pb.GetConfigResponse:
-    """Ask the sidecar itself, over TCP with the namespace's token: the ground truth."""
-    secret = get_json(cluster, "secret", "perfpilot-agent-token", "-n", ns)
-    token = base64.b64decode(secret["data"]["token"]).decode()
-    with grpc.insecure_channel(f"{ip}:50051") as ch:
-        return pb_grpc.AgentStub(ch).GetConfig(
-            pb.GetConfigRequest(), timeout=5, metadata=(("authorization", f"Bearer {token}"),))
+    """Ask the sidecar itself, over its mutual-TLS control port with a certificate of the
+    operator's CA: the ground truth."""
+    with control_channel(operator_identity(cluster.kubectl), ip) as ch:
+        return pb_grpc.AgentStub(ch).GetConfig(pb.GetConfigRequest(), timeout=5)
+
+
+def no_control_from_the_app_namespace(cluster: LocalCluster, ns: str, ip: str) -> None:
+    """No Secret of perfpilot in the app's namespace, and without the operator's certificate
+    nothing reaches a sidecar's control calls: the health port answers UNAUTHENTICATED (unparsed),
+    the control port refuses the TLS handshake."""
+    secrets = get_json(cluster, "secrets", "-n", ns)["items"]
+    assert not [s["metadata"]["name"] for s in secrets if "perfpilot" in json.dumps(s["metadata"])]
+    with grpc.insecure_channel(f"{ip}:50052") as ch:
+        with pytest.raises(grpc.RpcError) as ei:
+            pb_grpc.AgentStub(ch).Configure(pb.ConfigureRequest(generation=99), timeout=5)
+        assert ei.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+        assert pb_grpc.AgentStub(ch).Heartbeat(pb.HeartbeatRequest(), timeout=5).generation == 1
+    anonymous = grpc.ssl_channel_credentials(asyncio.run(fetch_server_cert(
+        Target(ip, 50051), operator_identity(cluster.kubectl), 5.0)))
+    with grpc.secure_channel(f"{ip}:50051", anonymous,
+                             options=[("grpc.ssl_target_name_override", AGENT_SERVER_NAME)]) as ch:
+        with pytest.raises(grpc.RpcError) as ei:
+            pb_grpc.AgentStub(ch).Configure(pb.ConfigureRequest(generation=99), timeout=5)
+        assert ei.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+    grpcurl = BIN / "grpcurl"          # `make peers`: a client built only from protos/
+    if grpcurl.exists():
+        proto = ["-import-path", str(ROOT / "protos"), "-proto", "perfpilot/v1/agent.proto", "-max-time", "10"]
+        out = subprocess.run([str(grpcurl), "-plaintext", *proto, "-d", '{"generation": "99"}',
+                              f"{ip}:50052", "perfpilot.v1.Agent/Configure"], capture_output=True, text=True)
+        assert out.returncode == 64 + 16 and "Unauthenticated" in out.stdout + out.stderr, out
+        out = subprocess.run([str(grpcurl), "-insecure", *proto, "-d", '{"generation": "99"}',
+                              f"{ip}:50051", "perfpilot.v1.Agent/Configure"], capture_output=True, text=True)
+        assert 0 < out.returncode < 64 and "Failed to dial" in out.stdout + out.stderr, out
+    assert agent_config(cluster, ns, ip).generation == 1
 
 
 def test_profile_injects_configures_and_reconfigures_live(cluster: LocalCluster, namespace: str,
@@ -94,6 +126,7 @@ def test_profile_injects_configures_and_reconfigures_live(cluster: LocalCluster,
     for ip in before.values():
         cfg = agent_config(cluster, namespace, ip)
         assert cfg.generation == 1 and cfg.config.pools.process_workers == 1
+    no_control_from_the_app_namespace(cluster, namespace, next(iter(before.values())))
 
     # A live change reaches every sidecar; no pod is replaced or restarted.
     cluster.kubectl("patch", "perfprofile", "agents", "-n", namespace, "--type=merge", "-p",

@@ -141,10 +141,6 @@ def chart(cluster: LocalCluster, images: Images, placement: dict[str, Any],
          "--set", f"sidecar.image.repository={sc_repo}", "--set-string", f"sidecar.image.tag={sc_tag}",
          "--set", "sidecar.image.pullPolicy=Never",
          "--set", f"resyncInterval={CHART_RESYNC_S}s",
-         # One replica on the small real node until the replicas share one CA from a Secret
-         # (issue 11 item 2): each would otherwise serve with a CA of its own while the leader
-         # patches only its own into the caBundle. HA is tested with host replicas (test_ha.py).
-         "--set", "replicas=1",
          *(a for k, v in placement.items() for a in ("--set-json", f"{k}={json.dumps(v)}")))
     print(f"[realpod] chart installed and the operator Ready in {time.monotonic() - t0:.1f}s")
     yield ns

@@ -71,8 +71,8 @@ def all_configured(cluster: LocalCluster, ns: str, generation: int, n: int
 def generation_of(cluster: LocalCluster, ns: str, ip: str) -> int | None:
     try:
         return int(agent_config(cluster, ns, ip).generation)
-    except grpc.RpcError:
-        return None      # not serving yet (a fresh process)
+    except (grpc.RpcError, OSError):
+        return None      # not serving yet (a fresh process): no TLS handshake, or no answer
 
 
 def sidecar_pid(cluster: LocalCluster, ns: str, pod: str) -> int | None:
@@ -122,19 +122,21 @@ def test_killed_sidecar_is_configured_again(cluster: LocalCluster, namespace: st
     assert generation_of(cluster, namespace, other["status"]["podIP"]) == 1
 
 
-def test_sidecar_pushed_ahead_from_inside_the_pod_is_brought_back(
+def test_the_pod_cannot_configure_its_sidecar(
         cluster: LocalCluster, namespace: str, wait_for: Any) -> None:
+    """Configure is operator-only: over the Unix socket (what anything in the pod reaches) it is
+    PERMISSION_DENIED, and the sidecar keeps the profile's generation."""
     victim, _ = setup(cluster, namespace, wait_for)
     name, ip = victim["metadata"]["name"], victim["status"]["podIP"]
     socket = wait_for(lambda: sidecar_socket(cluster, namespace, name), "the sidecar's socket")
-    # Anything in the pod can call Configure over the Unix socket.
     with grpc.insecure_channel(f"unix:{socket}") as ch:
-        r = pb_grpc.AgentStub(ch).Configure(pb.ConfigureRequest(
-            generation=2**62, config=pb.AgentConfig(pools=pb.PoolsConfig(
-                process_workers=1, thread_workers=4, max_queue=5, batch_size=1))), timeout=10)
-    assert r.applied_generation == 2**62
-    wait_for(lambda: generation_of(cluster, namespace, ip) == 1,
-             "the sidecar brought back to the profile's generation 1", timeout=RECOVERY)
+        with pytest.raises(grpc.RpcError) as ei:
+            pb_grpc.AgentStub(ch).Configure(pb.ConfigureRequest(
+                generation=2**62, config=pb.AgentConfig(pools=pb.PoolsConfig(
+                    process_workers=1, thread_workers=4, max_queue=5, batch_size=1))), timeout=10)
+        assert ei.value.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
+        assert "operator-only" in ei.value.details()  # type: ignore[attr-defined]
+        assert pb_grpc.AgentStub(ch).GetConfig(pb.GetConfigRequest(), timeout=10).generation == 1
     assert agent_config(cluster, namespace, ip).config.pools.max_queue == 77
     wait_for(lambda: all_configured(cluster, namespace, 1, 2), "2/2 configured in status",
              timeout=RECOVERY)

@@ -41,6 +41,16 @@ def operator_env(cluster: LocalCluster, *, webhook_port: int, health_port: int,
     }
 
 
+OPERATOR_NAMESPACE = "perfpilot-system"   # Settings.namespace's default: the CA Secret lives there
+
+
+def ensure_operator_namespace(cluster: LocalCluster) -> None:
+    """The operator keeps its CA Secret in its own namespace, as in a cluster (the chart's
+    namespace); out of cluster that is perfpilot-system, created here once."""
+    if cluster.kubectl("get", "namespace", OPERATOR_NAMESPACE, check=False).returncode != 0:
+        cluster.kubectl("create", "namespace", OPERATOR_NAMESPACE, check=False)
+
+
 def start(cluster: LocalCluster, name: str, cmd: list[str], env: dict[str, str]
           ) -> subprocess.Popen[bytes]:
     """A process in its own session, output to <state>/logs/<name>.log (truncated), pid file."""
@@ -117,6 +127,7 @@ def up(cluster: LocalCluster) -> None:
     if not running(cluster, "podrunner"):
         start(cluster, "podrunner", podrunner_command(), {})
     if not running(cluster, "operator"):
+        ensure_operator_namespace(cluster)
         proc = start(cluster, "operator", operator_command(), operator_env(
             cluster, webhook_port=OPERATOR_WEBHOOK_PORT, health_port=OPERATOR_HEALTH_PORT,
             metrics_port=OPERATOR_METRICS_PORT, resync="2s"))

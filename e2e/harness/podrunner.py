@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -65,11 +66,9 @@ def resolve_env(container: dict[str, Any], pod: dict[str, Any],
             continue
         src = e.get("valueFrom", {})
         if "fieldRef" in src:
-            node: Any = pod
-            for part in src["fieldRef"]["fieldPath"].split("."):
-                node = node.get(part, {}) if isinstance(node, dict) else {}
-            if isinstance(node, str):
-                out[name] = node
+            value = field_value(pod, src["fieldRef"]["fieldPath"])
+            if value is not None:
+                out[name] = value
         elif "secretKeyRef" in src:
             ref = src["secretKeyRef"]
             value = read_secret(pod["metadata"]["namespace"], ref["name"], ref["key"])
@@ -78,6 +77,33 @@ def resolve_env(container: dict[str, Any], pod: dict[str, Any],
             elif not ref.get("optional"):
                 raise LookupError(f"secret {ref['name']}/{ref['key']} not found")
     return out
+
+
+def field_value(pod: dict[str, Any], path: str) -> str | None:
+    """A downward-API fieldPath: `a.b.c`, or `metadata.annotations['key']` / labels."""
+    m = re.fullmatch(r"metadata\.(annotations|labels)\['(.+)'\]", path)
+    if m:
+        value = (pod.get("metadata", {}).get(m[1]) or {}).get(m[2])
+        return value if isinstance(value, str) else None
+    node: Any = pod
+    for part in path.split("."):
+        node = node.get(part, {}) if isinstance(node, dict) else {}
+    return node if isinstance(node, str) else None
+
+
+def write_downward_volumes(pod: dict[str, Any], container: dict[str, Any], root: Path) -> None:
+    """Like the kubelet: each downwardAPI volume the container mounts becomes files (the
+    operator's CA certificate reaches the sidecar this way, from the pod's annotation)."""
+    volumes = {v["name"]: v for v in pod.get("spec", {}).get("volumes", [])}
+    for mount in container.get("volumeMounts", []):
+        api = volumes.get(mount["name"], {}).get("downwardAPI")
+        if api is None:
+            continue
+        base = root / mount["mountPath"].lstrip("/")
+        base.mkdir(parents=True, exist_ok=True)
+        for item in api.get("items", []):
+            value = field_value(pod, item.get("fieldRef", {}).get("fieldPath", ""))
+            (base / item["path"]).write_text(value or "")
 
 
 def map_paths(env: dict[str, str], container: dict[str, Any], root: Path) -> dict[str, str]:
@@ -140,6 +166,7 @@ class PodRunner:
             link.symlink_to(volumes, target_is_directory=True)
         try:
             env = map_paths(resolve_env(container, pod, self.read_secret), container, volumes)
+            write_downward_volumes(pod, container, volumes)
         except LookupError as e:
             # Like a kubelet: the container waits (CreateContainerConfigError) until it exists.
             if key not in self._waiting:

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from typing import Any
 
 import kopf
-from kubernetes.client.exceptions import ApiException
 
 from perfpilot_operator import coverage, monitoring, rollout
 from perfpilot_operator import metrics as prom
@@ -24,18 +23,11 @@ from perfpilot_operator.runtime import Runtime
 from perfpilot_operator.state import ProfileState, resume
 
 
-async def agent_target(rt: Runtime, namespace: str) -> Callable[[PodView], Target] | None:
-    """How this pass reaches each sidecar: the one place that builds the agent Target (address
-    and credentials). None when the namespace is going away (nothing to do)."""
-    # The sidecars read this Secret at start (a required env var): create it before any pod.
-    try:
-        token = await rt.kube.ensure_token(namespace, rt.settings.sidecar.token_secret)
-    except ApiException as e:
-        if e.status == 403 and "being terminated" in str(e.body):
-            return None
-        raise
+def agent_target(rt: Runtime) -> Callable[[PodView], Target]:
+    """How this pass reaches each sidecar: the one place that builds the agent Target. The
+    credentials are the operator's client certificate (mutual TLS), held by rt.agents."""
     port = rt.settings.sidecar.grpc_port
-    return lambda p: Target(p.ip or "", port, token)
+    return lambda p: Target(p.ip or "", port)
 
 
 async def _close_gone_channels(rt: Runtime, state: ProfileState, pods: list[PodView]) -> None:
@@ -58,9 +50,7 @@ async def run(*, rt: Runtime, state: ProfileState, body: kopf.Body, previous: di
     generation = int(meta.get("generation", 0))
     spec = dict(body.get("spec", {}))
     await _close_gone_channels(rt, state, pods)
-    target = await agent_target(rt, namespace)
-    if target is None:
-        return previous      # the namespace is going away with the profile: nothing to do
+    target = agent_target(rt)
 
     observed = None
     if hpas is not None:

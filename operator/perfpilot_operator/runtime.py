@@ -21,7 +21,6 @@ class Runtime:
     prometheus_rules: bool = False        # monitoring.coreos.com/v1 PrometheusRule is served
     prometheus_rules_checked: float | None = None   # monotonic time of the last discovery
     ca_bundle: bytes = b""
-    certs: Any = None                     # an object with ca_bundle() (certs.py), read per pass
     leadership: Any = None                # perfpilot_operator.leader.Leadership
     # namespace -> [(labels, PodView)]: kopf's index of opted-in pods (a server-side filtered
     # watch) plus the coverage audit's finds (handlers/indexes.CoveredPods).

@@ -39,7 +39,8 @@ class Settings:
     webhook_service: str = ""
     """'namespace/name' of the webhook Service when in-cluster; empty registers by URL."""
     cert_dir: Path = Path.home() / ".cache" / "perfpilot" / "operator-certs"
-    """Serving cert, key and CA for the webhook; generated when absent."""
+    """This replica's certificates, issued at start from the CA Secret (certs.py): webhook serving
+    pair, client pair for the sidecars, and the trust bundle."""
     register_webhooks: bool = True
     """Whether the leader keeps its webhook configurations as rendered (patches them back,
     re-creates them where RBAC allows)."""
@@ -109,6 +110,7 @@ class Settings:
                                        d.sidecar.image_pull_policy),
                 command=command,
                 grpc_port=int(_env("PERFPILOT_SIDECAR_PORT", str(d.sidecar.grpc_port))),
+                health_port=int(_env("PERFPILOT_SIDECAR_HEALTH_PORT", str(d.sidecar.health_port))),
                 metrics_port=int(_env("PERFPILOT_SIDECAR_METRICS_PORT",
                                       str(d.sidecar.metrics_port))),
             ),

@@ -53,7 +53,7 @@ class Keeper:
     reminded: dict[str, float] = field(default_factory=dict)
 
     async def run_once(self) -> None:
-        ca = self.rt.certs.ca_bundle() if self.rt.certs is not None else self.rt.ca_bundle
+        ca = self.rt.ca_bundle     # kept current by ReplicaPKI (a rotated CA)
         for body in desired(self.rt.settings, ca):
             try:
                 await self._keep(body)

@@ -1,9 +1,11 @@
-"""AgentApp: wires the runtime to two gRPC servers, /metrics and the health service.
+"""AgentApp: wires the runtime to three gRPC servers, /metrics and the health service.
 
-Two grpc.aio servers, one servicer each over the same app: the Unix-socket server (trusted, the app container) has only
-the decode guard (bytes that do not parse -> INVALID_ARGUMENT); the TCP server (the operator) checks
-the bearer token first, then the same guard, and its Configure wins over generation order. Splitting them is
-what lets the trust decision depend on the listener rather than on parsing peer strings.
+Three grpc.aio servers over the same app, each with its own rule (server/auth.py): the Unix socket (the
+app container) serves every data call but refuses Configure; the TCP control port (the operator) is
+mutual TLS and checks the client certificate's name before parsing, and its Configure wins over
+generation order; the plaintext health port serves only Heartbeat and grpc.health.v1 for the kubelet's
+probes. All three have the decode guard (bytes that do not parse -> INVALID_ARGUMENT). Separate servers
+let the trust decision depend on the listener rather than on parsing peer strings.
 Lifecycle: start() binds and returns; readiness follows warm-up; stop() drains and cleans up.
 """
 
@@ -42,10 +44,11 @@ from perfpilot_agent.runtime.monitor import Monitor, RpcStats
 from perfpilot_agent.runtime.sharedslot import SharedSlot
 from perfpilot_agent.runtime.snapshot import PoolView, Snapshot
 from perfpilot_agent.server.agent import AgentServicer
-from perfpilot_agent.server.auth import BearerTokenInterceptor
+from perfpilot_agent.server.auth import ClientCertInterceptor, Refusals, health_policy, socket_policy
 from perfpilot_agent.server.decoding import DecodeGuard, DecodeInterceptor
 from perfpilot_agent.runtime.events import EventBus
 from perfpilot_agent.server.health import Health
+from perfpilot_agent.server.tls import load_ca, server_credentials
 
 log = logging.getLogger("perfpilot_agent")
 
@@ -85,9 +88,9 @@ class AgentApp:
                                    monitor=self.monitor, events=self.events, pool_factory=pool_factory,
                                    registry_loader=registry_loader)
         self.health = Health()
-        self.auth = BearerTokenInterceptor(settings.token)
+        self.auth = Refusals()
         self.servicer = AgentServicer(self)
-        # The TCP listener's callers passed the operator's credential: their Configure wins.
+        # The control port's callers proved the operator's certificate: their Configure wins.
         self.control_servicer = AgentServicer(self, operator=True)
         self.malformed = DecodeGuard(self.rpc_stats.record)
         self.metrics_registry = metrics_registry or CollectorRegistry()
@@ -95,6 +98,9 @@ class AgentApp:
         self.unix_server: aio.Server | None = None
         self.tcp_server: aio.Server | None = None
         self.tcp_port: int | None = None
+        self.tls_cert = b""                 # the control port's self-signed certificate (public)
+        self.health_server: aio.Server | None = None
+        self.health_port: int | None = None
         self.metrics: MetricsServer | None = None
         self.stopped = asyncio.Event()
         self.serving = asyncio.Event()
@@ -197,10 +203,10 @@ class AgentApp:
     def configure(self, generation: int, msg: pb.AgentConfig, *, operator: bool = False) -> bool:
         """Validate and apply; False when `generation` is not newer than the applied one.
 
-        From the operator (`operator`: the authenticated TCP listener) any other generation
-        applies, lower ones too: the operator sends its profile's current generation, and a
-        generation pushed ahead of it from inside the pod (over the socket) must not lock the
-        operator out forever. A repeat of the applied generation stays a no-op."""
+        From the operator (`operator`: the mutual-TLS control port, the only listener that serves
+        Configure) any other generation applies, lower ones too: the operator sends its profile's
+        current generation (a profile re-created starts over at 1). Without `operator` (in-process
+        callers) only newer generations apply. A repeat of the applied generation stays a no-op."""
         new = merge_proto(self.config, msg, self.runner.known_kernels)
         if generation == self.generation or (generation < self.generation and not operator):
             return False
@@ -256,8 +262,10 @@ class AgentApp:
             ("grpc.max_send_message_length", self.settings.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ]
+        ca = load_ca(self.settings.ca_file) if self.settings.ca_file and self.settings.port >= 0 else None
         if self.settings.socket_path:
-            self.unix_server = self._server(options, interceptors=(DecodeInterceptor(self.malformed),))
+            self.unix_server = self._server(options, interceptors=(socket_policy(self.auth),
+                                                                   DecodeInterceptor(self.malformed)))
             path = Path(self.settings.socket_path)
             if not path.parent.exists():
                 path.parent.mkdir(parents=True, mode=0o700)
@@ -268,20 +276,31 @@ class AgentApp:
             self.unix_server.add_insecure_port(f"unix:{path}")
             await self.unix_server.start()
             os.chmod(path, 0o666)  # the app container may run as another uid; the directory guards access
-        if self.settings.port >= 0:
+        if ca is not None:
             # auth first: an unauthenticated body is refused before anything parses it
-            self.tcp_server = self._server(options, interceptors=(self.auth, DecodeInterceptor(self.malformed)),
+            self.tcp_server = self._server(options, interceptors=(ClientCertInterceptor(self.auth),
+                                                                  DecodeInterceptor(self.malformed)),
                                            servicer=self.control_servicer)
-            self.tcp_port = self.tcp_server.add_insecure_port(f"{self.settings.listen_host}:{self.settings.port}")
+            creds, self.tls_cert = server_credentials(ca)
+            self.tcp_port = self.tcp_server.add_secure_port(f"{self.settings.listen_host}:{self.settings.port}", creds)
             await self.tcp_server.start()
+        elif self.settings.port >= 0:
+            log.warning("no --ca-file (PERFPILOT_CA_FILE): the TCP control port is off; the operator "
+                        "cannot configure this agent or read its stats")
+        if self.settings.health_port >= 0:
+            self.health_server = self._server(options, interceptors=(health_policy(self.auth, self.tcp_port),
+                                                                     DecodeInterceptor(self.malformed)))
+            self.health_port = self.health_server.add_insecure_port(
+                f"{self.settings.listen_host}:{self.settings.health_port}")
+            await self.health_server.start()
         if self.settings.metrics_port >= 0:
             host = self.settings.metrics_host or self.settings.listen_host
             self.metrics = MetricsServer(self.metrics_registry, host=host, port=self.settings.metrics_port)
         self._spawn(self._housekeeping())
         self._spawn(self._warm_up())
-        log.info("perfpilot agent %s listening: socket=%s tcp=%s:%s metrics=%s", self.version,
-                 self.settings.socket_path or "-", self.settings.listen_host, self.tcp_port,
-                 self.metrics.port if self.metrics else "-")
+        log.info("perfpilot agent %s listening: socket=%s tcp(mTLS)=%s:%s health=%s metrics=%s", self.version,
+                 self.settings.socket_path or "-", self.settings.listen_host, self.tcp_port or "-",
+                 self.health_port or "-", self.metrics.port if self.metrics else "-")
 
     def _server(self, options: list[tuple[str, Any]], *, interceptors: tuple[Any, ...],
                 servicer: AgentServicer | None = None) -> aio.Server:
@@ -323,7 +342,7 @@ class AgentApp:
         self.events.publish(pb.EVENT_TYPE_SHUTTING_DOWN, "agent is draining")
         await self.health.shutdown()
         self.events.close_all()
-        servers = [s for s in (self.unix_server, self.tcp_server) if s is not None]
+        servers = [s for s in (self.unix_server, self.tcp_server, self.health_server) if s is not None]
         stopping = [asyncio.ensure_future(s.stop(grace)) for s in servers]  # refuses new calls at once
         self.draining.set()
         await asyncio.gather(*stopping)

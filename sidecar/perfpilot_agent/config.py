@@ -21,6 +21,7 @@ from perfpilot_contract.sharedcache import PASSWORD_ENV
 
 DEFAULT_PORT = 50051
 DEFAULT_METRICS_PORT = 9464
+DEFAULT_HEALTH_PORT = 50052
 
 
 @dataclass
@@ -28,17 +29,19 @@ class Settings:
     """Everything fixed for the life of the process."""
 
     socket_path: str = field(default_factory=default_socket_path)
-    """Unix socket for the app container ("" disables it). Trusted: no token needed."""
+    """Unix socket for the app container ("" disables it): every data call, Configure refused."""
     listen_host: str = "127.0.0.1"
     """TCP address for the operator. Set 0.0.0.0 (or the pod IP) in a cluster."""
     port: int = DEFAULT_PORT
-    """TCP port; 0 picks a free port, -1 disables TCP."""
+    """TCP control port (mutual TLS, the operator); 0 picks a free port, -1 disables it."""
+    health_port: int = DEFAULT_HEALTH_PORT
+    """Plaintext port with only Heartbeat and grpc.health.v1 (kubelet probes); 0 any, -1 off."""
+    ca_file: str = ""
+    """PEM of the CA(s) whose client certificates may make control calls ("" : no control port)."""
     metrics_host: str | None = None
     """/metrics address; defaults to listen_host."""
     metrics_port: int = DEFAULT_METRICS_PORT
     """/metrics port; 0 picks a free port, -1 disables the endpoint."""
-    token: bytes | None = None
-    """Bearer token required for control calls over TCP (None: control calls over TCP are refused)."""
     initial_config: dict[str, Any] = field(default_factory=dict)
     """CRD-shaped live config applied at start as generation 0."""
     grace: float = 10.0
@@ -75,14 +78,15 @@ class Settings:
     which `ps` would show)."""
 
 
-# flag, env, type, help. Types: str/int/float; "token-file" and "config" are read specially.
+# flag, env, type, help. Types: str/int/float; "config" is read specially.
 FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("socket", "PERFPILOT_SOCKET", str, "Unix socket path ('' disables); default /var/run/perfpilot/agent.sock or $TMPDIR/perfpilot-$UID/agent.sock"),
     ("listen-host", "PERFPILOT_LISTEN_HOST", str, "TCP listen address (default 127.0.0.1; 0.0.0.0 in a cluster)"),
-    ("port", "PERFPILOT_PORT", int, f"TCP port (default {DEFAULT_PORT}; 0 = any free port, -1 = no TCP)"),
+    ("port", "PERFPILOT_PORT", int, f"TCP control port, mutual TLS (default {DEFAULT_PORT}; 0 = any free port, -1 = off)"),
+    ("health-port", "PERFPILOT_HEALTH_PORT", int, f"plaintext Heartbeat + grpc.health.v1 port for probes (default {DEFAULT_HEALTH_PORT}; 0 = any, -1 = off)"),
+    ("ca-file", "PERFPILOT_CA_FILE", str, "PEM of the operator's CA: control calls need a client certificate it signed (unset: no control port)"),
     ("metrics-host", "PERFPILOT_METRICS_HOST", str, "/metrics listen address (default: --listen-host)"),
     ("metrics-port", "PERFPILOT_METRICS_PORT", int, f"/metrics port (default {DEFAULT_METRICS_PORT}; 0 = any free port, -1 = off)"),
-    ("token-file", "PERFPILOT_TOKEN_FILE", str, "file holding the bearer token for TCP control calls (else env PERFPILOT_TOKEN)"),
     ("config", "PERFPILOT_CONFIG", str, "initial live config: JSON text or @path to a JSON file, CRD field names"),
     ("grace", "PERFPILOT_GRACE", float, "seconds to drain in-flight calls on SIGTERM (default 10)"),
     ("max-message-bytes", "PERFPILOT_MAX_MESSAGE_BYTES", int, "largest gRPC message (default 64 MiB)"),
@@ -101,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     """argparse parser generated from FLAGS (defaults resolved later, so env can fill them)."""
     parser = argparse.ArgumentParser(
         prog="perfpilot-sidecar",
-        description="perfpilot sidecar agent: gRPC on a Unix socket and TCP, Prometheus /metrics.",
+        description="perfpilot sidecar agent: gRPC on a Unix socket and TCP (mutual TLS), probes, Prometheus /metrics.",
         epilog="Every flag falls back to the environment variable shown; see docs/sidecar.md.",
     )
     for flag, env, typ, help_ in FLAGS:
@@ -136,14 +140,6 @@ def load_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | No
     s = Settings()
     if "socket" in values:
         s.socket_path = values.pop("socket")
-    token_file = values.pop("token_file", None)
-    if token_file:
-        try:
-            s.token = Path(token_file).read_bytes().strip() or None
-        except OSError as exc:
-            parser.error(f"cannot read --token-file {token_file}: {exc}")
-    elif env.get("PERFPILOT_TOKEN"):
-        s.token = env["PERFPILOT_TOKEN"].strip().encode()
     s.profile = env.get("PERFPILOT_PROFILE", "")
     s.pod_name = env.get("PERFPILOT_POD_NAME", "")
     s.cache_shared_password = env.get(PASSWORD_ENV) or None
@@ -157,7 +153,7 @@ def load_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | No
         setattr(s, attr, value)
     if len(s.socket_path.encode()) > 100:
         parser.error(f"--socket path is too long for a Unix socket ({len(s.socket_path)} > 100 bytes)")
-    for name in ("port", "metrics_port"):
+    for name in ("port", "health_port", "metrics_port"):
         if not -1 <= getattr(s, name) <= 65535:
             parser.error(f"--{name.replace('_', '-')} must be -1..65535")
     if s.grace < 0:

@@ -21,12 +21,6 @@ class InvalidArgument(AgentError):
     code = grpc.StatusCode.INVALID_ARGUMENT
 
 
-class Unauthenticated(AgentError):
-    """Missing or wrong bearer token on the TCP listener."""
-
-    code = grpc.StatusCode.UNAUTHENTICATED
-
-
 class ResourceExhausted(AgentError):
     """A bounded queue or limit is full; retry later (never an unbounded wait)."""
 

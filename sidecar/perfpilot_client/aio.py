@@ -49,7 +49,6 @@ class AsyncAgentClient(ClientBase):
         self,
         target: str | None = None,
         *,
-        token: str | None = None,
         timeout: float = 10.0,
         shm_threshold: int | None = None,
         batch_size: int | None = None,
@@ -57,7 +56,7 @@ class AsyncAgentClient(ClientBase):
         max_message_bytes: int = 64 << 20,
         near_cache: bool = True,
     ) -> None:
-        super().__init__(target, token=token, timeout=timeout, shm_threshold=shm_threshold,
+        super().__init__(target, timeout=timeout, shm_threshold=shm_threshold,
                          batch_size=batch_size, batch_wait=batch_wait, max_message_bytes=max_message_bytes,
                          near_cache=near_cache)
         self._channel: aio.Channel | None = None
@@ -125,7 +124,7 @@ class AsyncAgentClient(ClientBase):
         self._forget_default()
 
     async def _call(self, method: aio.UnaryUnaryMultiCallable[Req, Resp], request: Req, **kwargs: Any) -> Resp:
-        """One unary call with the client's deadline and token; grpc errors become PerfpilotError."""
+        """One unary call with the client's deadline; grpc errors become PerfpilotError."""
         try:
             return await method(request, timeout=kwargs.pop("timeout", self.timeout), metadata=self.metadata,
                                 **kwargs)
@@ -141,10 +140,6 @@ class AsyncAgentClient(ClientBase):
     async def stats(self) -> pb.GetStatsResponse:
         """GetStats snapshot."""
         return await self._call(self.stub.GetStats, pb.GetStatsRequest())
-
-    async def configure(self, generation: int, config: pb.AgentConfig) -> pb.ConfigureResponse:
-        """Push a config (the operator's job; useful for tools and tests)."""
-        return await self._call(self.stub.Configure, pb.ConfigureRequest(generation=generation, config=config))
 
     async def wait_ready(self, timeout: float = 10.0, *, warm: bool = True) -> pb.HeartbeatResponse:
         """Wait until the sidecar answers (and, with warm=True, has compiled its warm kernels), at

@@ -1,4 +1,4 @@
-"""What the sync and async clients share: target, token, options, timings buffer, live-config state.
+"""What the sync and async clients share: target, options, timings buffer, live-config state.
 
 No I/O here: AgentClient (threads) and AsyncAgentClient (asyncio) do the calls.
 """
@@ -6,7 +6,6 @@ No I/O here: AgentClient (threads) and AsyncAgentClient (asyncio) do the calls.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -118,13 +117,12 @@ def get_ttl_left(resp: pb.CacheGetResponse) -> float | None:
 
 
 class ClientBase:
-    """Target/token handling, the timings buffer and the live-config state of one client."""
+    """Target handling, the timings buffer and the live-config state of one client."""
 
     def __init__(
         self,
         target: str | None,
         *,
-        token: str | None,
         timeout: float,
         shm_threshold: int | None,
         batch_size: int | None,
@@ -133,8 +131,9 @@ class ClientBase:
         near_cache: bool = True,
     ) -> None:
         self.target = normalize_target(target)
-        token = token if token is not None else os.environ.get("PERFPILOT_TOKEN") or None
-        self.metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
+        # Per-call metadata: none. The app talks to its sidecar over the Unix socket, which needs
+        # no credential; the TCP control port is the operator's (mutual TLS).
+        self.metadata: tuple[tuple[str, str], ...] = ()
         self.timeout = timeout
         if shm_threshold is None and is_local(self.target):
             shm_threshold = DEFAULT_SHM_THRESHOLD

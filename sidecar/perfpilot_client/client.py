@@ -46,7 +46,6 @@ class AgentClient(ClientBase):
         self,
         target: str | None = None,
         *,
-        token: str | None = None,
         timeout: float = 10.0,
         shm_threshold: int | None = None,
         batch_size: int | None = None,
@@ -54,7 +53,7 @@ class AgentClient(ClientBase):
         max_message_bytes: int = 64 << 20,
         near_cache: bool = True,
     ) -> None:
-        super().__init__(target, token=token, timeout=timeout, shm_threshold=shm_threshold,
+        super().__init__(target, timeout=timeout, shm_threshold=shm_threshold,
                          batch_size=batch_size, batch_wait=batch_wait, max_message_bytes=max_message_bytes,
                          near_cache=near_cache)
         self.channel = grpc.insecure_channel(self.target, options=self.channel_options)
@@ -100,7 +99,7 @@ class AgentClient(ClientBase):
         self._forget_default()
 
     def _call(self, method: grpc.UnaryUnaryMultiCallable[Req, Resp], request: Req, **kwargs: Any) -> Resp:
-        """One unary call with the client's deadline and token; grpc errors become PerfpilotError."""
+        """One unary call with the client's deadline; grpc errors become PerfpilotError."""
         try:
             return method(request, timeout=kwargs.pop("timeout", self.timeout), metadata=self.metadata, **kwargs)
         except grpc.RpcError as exc:
@@ -115,10 +114,6 @@ class AgentClient(ClientBase):
     def stats(self) -> pb.GetStatsResponse:
         """GetStats snapshot."""
         return self._call(self.stub.GetStats, pb.GetStatsRequest())
-
-    def configure(self, generation: int, config: pb.AgentConfig) -> pb.ConfigureResponse:
-        """Push a config (the operator's job; useful for tools and tests)."""
-        return self._call(self.stub.Configure, pb.ConfigureRequest(generation=generation, config=config))
 
     def wait_ready(self, timeout: float = 10.0, *, warm: bool = True) -> pb.HeartbeatResponse:
         """Block until the sidecar answers (and, with warm=True, has compiled its warm kernels), at

@@ -47,7 +47,8 @@ class Overloaded(PerfpilotError):
 
 
 class Unauthenticated(PerfpilotError):
-    """Missing or wrong bearer token (TCP only; the Unix socket needs none)."""
+    """A call the sidecar keeps for the operator: Configure over the Unix socket (PERMISSION_DENIED),
+    or a control call without the operator's client certificate (UNAUTHENTICATED)."""
 
     code = "UNAUTHENTICATED"
 

@@ -9,6 +9,7 @@ the sidecar and the app-side client can all import it.
 - `liveconfig`: CRD-shaped dict -> AgentConfig message -> validated LiveConfig (and back).
 - `dtypes`: the tensor element types on the wire.
 - `histograms`: the one quantile estimator over fixed-bucket histograms.
+- `trust`: the certificate names, annotation and paths of the operator <-> sidecar mutual TLS.
 
 tests/contract/ checks the CRD (crds/perfprofile.yaml) and docs against this package.
 """

@@ -116,6 +116,8 @@ def test_default_render_has_the_expected_objects(default: list[dict[str, Any]]) 
         ("PodDisruptionBudget", "operator"),
         # rendered by the chart; the operator only patches them (caBundle, drift)
         ("MutatingWebhookConfiguration", "webhooks"), ("ValidatingWebhookConfiguration", "webhooks"),
+        # the CA Secret of the operator's own namespace (role-ca.yaml)
+        ("Role", "operator-ca"), ("RoleBinding", "operator-ca"),
         # one per Grafana dashboard in charts/perfpilot/dashboards/
         ("ConfigMap", "dashboards"), ("ConfigMap", "dashboards"),
     ])
@@ -748,6 +750,11 @@ def granted(role: dict[str, Any]) -> dict[Need, set[str] | None]:
 
 def test_clusterrole_grants_exactly_what_the_operator_calls(default: list[dict[str, Any]]) -> None:
     needs = kopf_needs() | client_needs()
+    # Secrets: only the CA Secret of the operator's own namespace, granted by a Role (role-ca.yaml).
+    secrets = {n for n in needs if n[1] == "secrets"}
+    assert secrets == {("", "secrets", "get"), ("", "secrets", "create"), ("", "secrets", "update")}
+    assert set(granted(one(default, "Role", "operator-ca"))) == secrets
+    needs -= secrets
     # The concrete list, so that a reader (and a reviewer of a change) sees it.
     assert needs == {
         ("perfpilot.io", "perfprofiles", "list"), ("perfpilot.io", "perfprofiles", "watch"),
@@ -759,7 +766,6 @@ def test_clusterrole_grants_exactly_what_the_operator_calls(default: list[dict[s
         ("", "events", "create"),
         ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
         ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
-        ("", "secrets", "get"), ("", "secrets", "create"),
         ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "get"),
         ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "create"),
         ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "patch"),
@@ -798,9 +804,9 @@ def test_clusterrole_grants_exactly_what_the_operator_calls(default: list[dict[s
 
 
 def test_named_grants_are_the_objects_the_code_touches(default: list[dict[str, Any]]) -> None:
-    """get/patch of the webhook configurations, the Lease and get of Secrets are limited by
-    name, and the names are the ones the chart gives the operator."""
-    from perfpilot_operator.logic.injection import SidecarTemplate
+    """get/patch of the webhook configurations, the Lease and of the CA Secret are limited
+    by name, and the names are the ones the chart gives the operator."""
+    from perfpilot_operator.clients.casecret import SECRET_NAME
 
     env = env_of(operator_container(default))
     rules = granted(one(default, "ClusterRole"))
@@ -812,9 +818,16 @@ def test_named_grants_are_the_objects_the_code_touches(default: list[dict[str, A
     for verb in ("get", "patch"):
         assert rules[(adm, "mutatingwebhookconfigurations", verb)] == {mutating}
         assert rules[(adm, "validatingwebhookconfigurations", verb)] == {validating}
-    assert rules[("", "secrets", "get")] == {SidecarTemplate().token_secret}
-    # create cannot be limited by name in RBAC
-    assert rules[("", "secrets", "create")] is None
+    assert not any(r == "secrets" for _, r, _ in rules)    # no Secret outside its own namespace
+    ca_role = one(default, "Role", "operator-ca")
+    assert ca_role["metadata"]["namespace"] == one(default, "Deployment")["metadata"]["namespace"]
+    # create cannot be limited by name in RBAC: it is limited to the operator's namespace
+    assert granted(ca_role) == {("", "secrets", "get"): {SECRET_NAME},
+                                ("", "secrets", "update"): {SECRET_NAME},
+                                ("", "secrets", "create"): None}
+    ca_binding = one(default, "RoleBinding", "operator-ca")
+    assert ca_binding["roleRef"]["name"] == ca_role["metadata"]["name"]
+    assert ca_binding["subjects"] == one(default, "ClusterRoleBinding")["subjects"]
     role = one(default, "Role")
     assert role["metadata"]["namespace"] == "perfpilot-system"
     lease_rules = granted(role)

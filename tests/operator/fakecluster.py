@@ -28,10 +28,6 @@ class FakeKube:
         self.events: list[tuple[str, str]] = []
         self.status: dict[tuple[str, str], dict[str, Any]] = {}
 
-    async def ensure_token(self, namespace: str, name: str) -> str:
-        self.calls.append(f"GET secrets/{name}")
-        return "token"
-
     async def list_profiles(self, namespace: str | None = None) -> list[dict[str, Any]]:
         self.calls.append("LIST perfprofiles")
         return []

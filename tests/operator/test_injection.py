@@ -1,4 +1,5 @@
 import copy
+import json
 
 from perfpilot_operator.logic.injection import (
     ANNOTATION_INJECTED, DEFAULT_SHARED_MEMORY, SHM_VOLUME, SIDECAR_NAME, SIDECAR_UID, SOCKET_VOLUME,
@@ -133,10 +134,40 @@ def test_sidecar_satisfies_pod_security_restricted() -> None:
     assert ctx["seccompProfile"] == {"type": "RuntimeDefault"}
     assert ctx["readOnlyRootFilesystem"] is True
     assert "securityContext" not in pod["spec"]          # the pod's own fields are not touched
-    # Every volume the sidecar mounts is an emptyDir (restricted allows no hostPath etc.).
+    # Every volume the sidecar mounts is an emptyDir or the downwardAPI CA file (restricted
+    # allows no hostPath etc.).
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
     for m in _sidecar(pod)["volumeMounts"]:
-        assert set(volumes[m["name"]]) == {"name", "emptyDir"}, m
+        assert set(volumes[m["name"]]) in ({"name", "emptyDir"}, {"name", "downwardAPI"}), m
+
+
+CA = "-----BEGIN CERTIFICATE-----\nMIIB...\n-----END CERTIFICATE-----\n"
+
+
+def test_the_pod_gets_the_ca_certificate_and_no_secret() -> None:
+    """The CA's public certificate travels in the pod's own annotation, mounted by a downwardAPI
+    volume: no Secret, no ConfigMap, no secret env in the app's namespace."""
+    pod = apply(POD, inject(POD, PROFILE, SidecarTemplate(ca_bundle=CA)).changes)
+    assert pod["metadata"]["annotations"]["perfpilot.io/ca-bundle"] == CA
+    volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "perfpilot-ca")
+    assert volume["downwardAPI"]["items"] == [
+        {"path": "ca.crt", "fieldRef": {"fieldPath": "metadata.annotations['perfpilot.io/ca-bundle']"}}]
+    sidecar = _sidecar(pod)
+    env = {e["name"]: e for e in sidecar["env"]}
+    assert env["PERFPILOT_CA_FILE"]["value"] == "/var/run/perfpilot-ca/ca.crt"
+    assert {"name": "perfpilot-ca", "mountPath": "/var/run/perfpilot-ca", "readOnly": True} in sidecar["volumeMounts"]
+    text = json.dumps(pod)
+    assert "secretKeyRef" not in text and '"secret"' not in text and "configMap" not in text
+    app = pod["spec"]["containers"][0]
+    assert all(m["name"] != "perfpilot-ca" for m in app.get("volumeMounts", []))   # the app needs none
+
+
+def test_probes_use_the_plaintext_health_port() -> None:
+    """The kubelet's gRPC probes speak plaintext: never the mutual-TLS control port."""
+    sidecar = _sidecar(apply(POD, inject(POD, PROFILE, SidecarTemplate(grpc_port=7000, health_port=7001)).changes))
+    assert sidecar["startupProbe"]["grpc"] == {"port": 7001}
+    assert sidecar["readinessProbe"]["grpc"] == {"port": 7001}
+    assert {p["name"]: p["containerPort"] for p in sidecar["ports"]}["pp-grpc"] == 7000
 
 
 def test_pod_level_seccomp_profile_is_left_to_the_pod() -> None:
@@ -187,7 +218,7 @@ def test_app_starts_after_the_sidecar_is_serving() -> None:
     the gRPC health service, which reports SERVING only once the warm kernels are compiled."""
     sidecar = _sidecar(apply(POD, inject(POD, PROFILE, SidecarTemplate()).changes))
     probe = sidecar["startupProbe"]
-    assert probe["grpc"] == {"port": 50051}
+    assert probe["grpc"] == {"port": 50052}      # the plaintext health port
     assert probe["periodSeconds"] * probe["failureThreshold"] >= 60
 
 

@@ -26,14 +26,14 @@ async def test_a_steady_pass_reads_nothing_an_index_or_watch_has() -> None:
     first = Counter(await cluster.beat())
     # The first pass writes each profile's status once; the PrometheusRule API is discovered
     # once per operator (and re-checked once a minute while absent).
-    assert first == {"PATCH perfprofiles/prof/status": 3, "GET secrets/perfpilot-agent-token": 3,
+    assert first == {"PATCH perfprofiles/prof/status": 3,
                      "GET monitoring.coreos.com/v1 (discovery)": 1}, first
     cluster.deliver_status()
     for _ in range(3):
         calls = Counter(await cluster.beat())
-        # No LIST of the profiles (kopf's index), no status patch when nothing changed. Only
-        # the agent token remains (one GET per profile: removed with the token Secret).
-        assert calls == {"GET secrets/perfpilot-agent-token": 3}, calls
+        # No LIST of the profiles (kopf's index), no status patch when nothing changed, no
+        # Secret (the sidecars trust the operator's client certificate): no API call at all.
+        assert calls == {}, calls
     print(f"\nAPI calls per resync beat over {len(NAMESPACES)} profiles: first {sum(first.values())}"
           f" ({dict(first)}), steady {sum(calls.values())} ({dict(calls)})")
 

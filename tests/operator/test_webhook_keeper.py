@@ -12,7 +12,7 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from perfpilot_operator import metrics as prom
-from perfpilot_operator.clients.agents import AgentClients
+from perfpilot_operator.clients.agents import AgentClients, ClientIdentity
 from perfpilot_operator.leader import Leadership
 from perfpilot_operator.logic import webhooks
 from perfpilot_operator.runtime import Runtime
@@ -102,7 +102,8 @@ class FakeKube:
 
 
 def runtime(kube: FakeKube) -> Runtime:
-    rt = Runtime(settings=CFG, agents=AgentClients(), kube=kube, ca_bundle=b"CA")
+    rt = Runtime(settings=CFG, agents=AgentClients(ClientIdentity(b"", b"")), kube=kube,
+                 ca_bundle=b"CA")
     rt.leadership = Leadership(identity="me", namespace="perfpilot-system",
                                lease="perfpilot-operator")
     return rt

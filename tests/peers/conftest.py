@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.sidecar.conftest import make_agent, sock_dir  # noqa: F401  (fixtures for tests here)
+from tests.sidecar.conftest import make_agent, pki, sock_dir  # noqa: F401  (fixtures for tests here)
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "perfpilot"

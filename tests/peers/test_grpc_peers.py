@@ -1,7 +1,8 @@
 """The sidecar as Go's gRPC stack sees it: grpc-health-probe (what Kubernetes' gRPC probes do)
 and grpcurl (a client built only from protos/), against a real in-process agent (the server,
 health service and listeners of perfpilot_agent; kernels faked, see tests/sidecar/conftest.py)
-on its Unix socket and on TCP.
+on its Unix socket, its plaintext health port (what the kubelet probes) and its mutual-TLS control
+port.
 
 Bytes that do not parse are covered by tests/sidecar/test_grpcurl.py and test_hostile.py.
 """
@@ -35,7 +36,7 @@ async def run(*args: str) -> tuple[int, str]:
 
 
 def targets(agent: Agent) -> dict[str, str]:
-    return {"unix": f"unix://{agent.app.socket_path}", "tcp": f"127.0.0.1:{agent.app.tcp_port}"}
+    return {"unix": f"unix://{agent.app.socket_path}", "health": f"127.0.0.1:{agent.app.health_port}"}
 
 
 async def probe(agent: Agent, service: str = "") -> dict[str, tuple[int, str]]:
@@ -77,8 +78,8 @@ async def grpcurl(target: str, method: str, body: str, *extra: str) -> tuple[int
 
 
 async def test_grpcurl_heartbeat_from_the_proto_files(make_agent: MakeAgent) -> None:
-    """A client that knows only protos/ gets an answer on both listeners (Heartbeat needs no
-    token on TCP: the operator's liveness check)."""
+    """A client that knows only protos/ gets an answer on both plaintext listeners (Heartbeat
+    needs no certificate on the health port: the probes' and anyone's liveness check)."""
     agent = await make_agent()
     before = heartbeats(agent)
     for listener, target in targets(agent).items():
@@ -87,6 +88,29 @@ async def test_grpcurl_heartbeat_from_the_proto_files(make_agent: MakeAgent) -> 
         reply = json.loads(out)
         assert reply["sequence"] == "41" and reply["state"] == "AGENT_STATE_READY", (listener, reply)
     assert heartbeats(agent) == before + 2   # counted: the malformed-JSON test relies on it
+
+
+async def test_grpcurl_control_calls_need_the_operators_certificate(make_agent: MakeAgent,
+                                                                     tmp_path: Path) -> None:
+    """grpcurl without a certificate: UNAUTHENTICATED on the plaintext port (a gRPC status naming the
+    TLS port), a refused TLS handshake on the control port; with the operator's certificate the
+    same call is served."""
+    agent = await make_agent()
+    health, tcp = f"127.0.0.1:{agent.app.health_port}", f"127.0.0.1:{agent.app.tcp_port}"
+    code, out = await grpcurl(health, f"{SERVICE}/GetConfig", "{}")
+    assert code == 64 + 16 and "Unauthenticated" in out and "TLS control port" in out, (code, out)
+    (tmp_path / "server.crt").write_bytes(agent.app.tls_cert)
+    pin = ["-cacert", str(tmp_path / "server.crt"), "-servername", "perfpilot-agent"]
+    exe = str(peer("grpcurl"))
+    code, out = await run(exe, *pin, "-max-time", "10", *PROTO, "-d", "{}", tcp, f"{SERVICE}/GetConfig")
+    assert 0 < code < 64 and "Failed to dial" in out, (code, out)     # no certificate, no stream
+    key, cert = agent.pki.operator
+    (tmp_path / "op.key").write_bytes(key)
+    (tmp_path / "op.crt").write_bytes(cert)
+    code, out = await run(exe, *pin, "-cert", str(tmp_path / "op.crt"), "-key", str(tmp_path / "op.key"),
+                          "-max-time", "10", *PROTO, "-d", "{}", tcp, f"{SERVICE}/GetConfig")
+    assert code == 0 and "config" in out, (code, out)
+    assert agent.app.generation == 0
 
 
 BAD_JSON = [

@@ -1,4 +1,5 @@
-"""Fixtures: an in-process agent on a temporary Unix socket (and TCP on a free port), plus a fake
+"""Fixtures: an in-process agent on a temporary Unix socket, its mutual-TLS control port and its
+plaintext health port on free ports, a test CA with the operator's client certificate, plus a fake
 kernel pool whose calls can be held on an asyncio.Event, so tests synchronise on events and never
 on sleeps.
 """
@@ -20,8 +21,8 @@ from perfpilot.v1 import agent_pb2 as pb
 from perfpilot.v1 import agent_pb2_grpc as pb_grpc
 from perfpilot_agent.app import AgentApp
 from perfpilot_agent.config import Settings
-
-TOKEN = "test-token-123"
+from perfpilot_contract.trust import AGENT_SERVER_NAME
+from tests.sidecar.pki import PKI, Pair
 
 
 @dataclass
@@ -115,23 +116,32 @@ class Agent:
     channel: aio.Channel
     stub: pb_grpc.AgentStub
     pools: FakePools
+    pki: PKI
     _channels: list[aio.Channel] = field(default_factory=list)
 
-    def tcp_stub(self, token: str | None = None) -> pb_grpc.AgentStub:
-        """A stub on the TCP listener; with `token`, every call carries the bearer token."""
-        ch = aio.insecure_channel(f"127.0.0.1:{self.app.tcp_port}")
+    def tls_channel(self, pair: Pair | None) -> aio.Channel:
+        """A channel to the control port presenting `pair` (key PEM, cert PEM), or no certificate."""
+        kw = {} if pair is None else {"private_key": pair[0], "certificate_chain": pair[1]}
+        creds = grpc.ssl_channel_credentials(root_certificates=self.app.tls_cert, **kw)
+        ch = aio.secure_channel(f"127.0.0.1:{self.app.tcp_port}", creds,
+                                options=[("grpc.ssl_target_name_override", AGENT_SERVER_NAME)])
         self._channels.append(ch)
-        stub = pb_grpc.AgentStub(ch)
-        if token is None:
-            return stub
-        md = (("authorization", f"Bearer {token}"),)
+        return ch
 
-        class Authed:
-            def __getattr__(self, name: str) -> Callable[..., Any]:
-                method = getattr(stub, name)
-                return lambda req, **kw: method(req, metadata=md, **kw)
+    def tcp_stub(self, pair: Pair | None) -> pb_grpc.AgentStub:
+        """A stub on the control port presenting `pair`."""
+        return pb_grpc.AgentStub(self.tls_channel(pair))
 
-        return Authed()  # type: ignore[return-value]
+    @property
+    def control(self) -> pb_grpc.AgentStub:
+        """The operator's view: the control port with the operator's client certificate."""
+        return self.tcp_stub(self.pki.operator)
+
+    def health_channel(self) -> aio.Channel:
+        """A plaintext channel to the health port (what the kubelet's probes use)."""
+        ch = aio.insecure_channel(f"127.0.0.1:{self.app.health_port}")
+        self._channels.append(ch)
+        return ch
 
     async def heartbeat_ok(self) -> pb.HeartbeatResponse:
         """The agent still serves: a Heartbeat succeeds."""
@@ -161,21 +171,27 @@ MakeAgent = Callable[..., Awaitable[Agent]]
 
 
 @pytest.fixture
-async def make_agent(sock_dir: str) -> AsyncIterator[MakeAgent]:
+def pki(sock_dir: str) -> PKI:
+    """A test CA (its certificate in sock_dir/ca.crt), the operator's client pair and bad pairs."""
+    return PKI.make(sock_dir)
+
+
+@pytest.fixture
+async def make_agent(sock_dir: str, pki: PKI) -> AsyncIterator[MakeAgent]:
     """Factory: make_agent(**Settings overrides, pools=FakePools(), ready=True) -> started Agent."""
     started: list[Agent] = []
 
     async def make(*, pools: FakePools | None = None, ready: bool = True, **overrides: Any) -> Agent:
         pools = pools or FakePools()
-        kw: dict[str, Any] = dict(socket_path=f"{sock_dir}/a{len(started)}.sock", port=0, metrics_port=-1,
-                                  token=TOKEN.encode(), grace=1.0)
+        kw: dict[str, Any] = dict(socket_path=f"{sock_dir}/a{len(started)}.sock", port=0, health_port=0,
+                                  metrics_port=-1, ca_file=pki.ca_file, grace=1.0)
         kw.update(overrides)
         app = AgentApp(Settings(**kw), pool_factory=pools)
         await app.start()
         if ready:
             await asyncio.wait_for(app.wait_ready(), 30)
         channel = aio.insecure_channel(f"unix:{app.socket_path}")
-        agent = Agent(app, channel, pb_grpc.AgentStub(channel), pools)
+        agent = Agent(app, channel, pb_grpc.AgentStub(channel), pools, pki)
         started.append(agent)
         return agent
 

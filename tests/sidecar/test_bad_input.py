@@ -39,8 +39,19 @@ def run(**kw: Any) -> Callable[[pb_grpc.AgentStub], Awaitable[Any]]:
     return lambda s: s.RunKernel(pb.RunKernelRequest(**base))
 
 
-def configure(generation: int = 1, **sections: Any) -> Callable[[pb_grpc.AgentStub], Awaitable[Any]]:
-    return lambda s: s.Configure(pb.ConfigureRequest(generation=generation, config=pb.AgentConfig(**sections)))
+class Configure:
+    """A Configure call: operator-only, so its cases run on the control port with the operator's
+    certificate (transport "unix" is read as "operator" for them)."""
+
+    def __init__(self, generation: int, sections: dict[str, Any]) -> None:
+        self.request = pb.ConfigureRequest(generation=generation, config=pb.AgentConfig(**sections))
+
+    def __call__(self, stub: pb_grpc.AgentStub) -> Awaitable[Any]:
+        return stub.Configure(self.request)
+
+
+def configure(generation: int = 1, **sections: Any) -> Configure:
+    return Configure(generation, sections)
 
 
 def pools(**kw: Any) -> pb.PoolsConfig:
@@ -61,7 +72,7 @@ async def first_batch(call: Any) -> Any:
     return await call.read()
 
 
-# id, call, expected code, message substring, transport ("unix" or a token for TCP; None = TCP without token)
+# id, call, expected code, message substring, transport ("unix"; "socket" even for Configure; "health": the plaintext port)
 CASES: list[tuple[str, Callable[[pb_grpc.AgentStub], Awaitable[Any]], grpc.StatusCode, str, Any]] = [
     ("generation-zero", configure(0), INVALID, "generation must be > 0, got 0", "unix"),
     ("generation-negative", configure(-5), INVALID, "generation must be > 0, got -5", "unix"),
@@ -143,8 +154,8 @@ CASES: list[tuple[str, Callable[[pb_grpc.AgentStub], Awaitable[Any]], grpc.Statu
      "types[0] is not a known event type: 99", "unix"),
     ("oversize-max-batch", lambda s: first_batch(s.WatchEvents(pb.WatchEventsRequest(max_batch=10**6))), INVALID,
      "max_batch must be at most 10000", "unix"),
-    ("missing-token", configure(2), UNAUTH, "missing 'authorization' metadata", None),
-    ("wrong-token", configure(2), UNAUTH, "invalid bearer token", "wrong"),
+    ("configure-over-socket", configure(2), grpc.StatusCode.PERMISSION_DENIED, "Configure is operator-only", "socket"),
+    ("configure-over-health-port", configure(2), UNAUTH, "control calls go to the TLS control port", "health"),
     ("oversize-message", put(key="k", value=b"x" * (65 << 20)), EXHAUSTED, "larger than max", "unix"),
 ]
 
@@ -153,7 +164,12 @@ CASES: list[tuple[str, Callable[[pb_grpc.AgentStub], Awaitable[Any]], grpc.Statu
 async def test_malformed_request(make_agent: MakeAgent, name: str, call: Any, code: grpc.StatusCode,
                                  message: str, transport: Any) -> None:
     agent = await make_agent()
-    stub = agent.stub if transport == "unix" else agent.tcp_stub(transport)
+    if transport == "health":
+        stub = pb_grpc.AgentStub(agent.health_channel())
+    elif transport == "unix" and isinstance(call, Configure):
+        stub = agent.control
+    else:
+        stub = agent.stub
     with pytest.raises(grpc.aio.AioRpcError) as ei:
         await call(stub)
     got_code, details = rpc_error(ei)

@@ -14,7 +14,7 @@ from perfpilot.v1 import agent_pb2 as pb
 from perfpilot_agent.kernels import registry
 from perfpilot_client import AgentClient, AgentConfig, AsyncAgentClient
 from perfpilot_client.timings import TimingBuffer
-from tests.sidecar.conftest import TOKEN, Agent, MakeAgent
+from tests.sidecar.conftest import Agent, MakeAgent
 
 
 def _shm_names() -> set[str]:
@@ -92,7 +92,7 @@ async def test_sync_live_config_and_change_callback(agent: Agent) -> None:
         first = await asyncio.to_thread(lambda: client.config)
         assert first.generation == 0 and first.pools.process_workers == 2
         await asyncio.to_thread(client.on_config_change, cb)
-        await agent.stub.Configure(pb.ConfigureRequest(generation=4, config=new_pools(5)))
+        await agent.control.Configure(pb.ConfigureRequest(generation=4, config=new_pools(5)))
         assert await asyncio.to_thread(fired.wait, 10)
         assert changed[-1].generation == 4 and changed[-1].pools.process_workers == 5
         cfg = await asyncio.to_thread(lambda: client.config)
@@ -173,7 +173,7 @@ async def test_async_client_everything(agent: Agent) -> None:
         cfg = await client.get_config()
         assert cfg.generation == 0 and client.config == cfg
         await client.on_config_change(on_change)
-        await agent.stub.Configure(pb.ConfigureRequest(generation=9, config=new_pools(3)))
+        await agent.control.Configure(pb.ConfigureRequest(generation=9, config=new_pools(3)))
         await asyncio.wait_for(got.wait(), 10)
         assert events[-1].generation == 9 and (await client.get_config()).pools.process_workers == 3
         for _ in range(3):
@@ -188,17 +188,6 @@ async def test_async_client_everything(agent: Agent) -> None:
         np.testing.assert_allclose(out["mean"], np.ones(3))
         await client.cache_put("k", b"1")
         assert await client.cache_get("k") == b"1" and await client.cache_invalidate() == 1
-
-
-async def test_clients_over_tcp_with_token(agent: Agent) -> None:
-    target = f"127.0.0.1:{agent.app.tcp_port}"
-    async with AsyncAgentClient(target, token=TOKEN) as client:
-        assert client.shm_threshold is None  # no shared memory across hosts
-        r = await client.configure(2, pb.AgentConfig())
-        assert r.applied_generation == 2
-        out = await client.run_kernel("normalize_score", matrix=np.eye(3, dtype=np.float32),
-                                      query=np.array([1, 0, 0], np.float32))
-        assert out["scores"].shape == (3,)
 
 
 def test_client_never_imports_the_agent_numba_or_numpy() -> None:

@@ -180,9 +180,9 @@ async def test_errors_from_the_real_agent(agent: Agent) -> None:
         events = client.watch_events([99])  # type: ignore[list-item] # deliberately not an EventType
         with pytest.raises(InvalidArgument, match="not a known event type"):
             await events.__anext__()
-    async with AsyncAgentClient(f"127.0.0.1:{agent.app.tcp_port}", token="wrong") as tcp:
-        with pytest.raises(Unauthenticated, match="invalid bearer token"):
-            await tcp.stats()
+    async with AsyncAgentClient(f"127.0.0.1:{agent.app.health_port}") as tcp:
+        with pytest.raises(Unauthenticated, match="control calls go to the TLS control port"):
+            await tcp.stats()   # the plaintext port is for probes
 
 
 async def test_overloaded_when_the_kernel_queue_is_full(make_agent: MakeAgent) -> None:

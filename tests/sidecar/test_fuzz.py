@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from perfpilot.v1 import agent_pb2 as pb
 from perfpilot.v1 import agent_pb2_grpc as pb_grpc
+from perfpilot_contract.trust import AGENT_SERVER_NAME
 from tests.sidecar.conftest import Agent
 
 ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT}
@@ -90,7 +91,14 @@ async def fuzz(agent: Agent, strategy: st.SearchStrategy[Any], method: str) -> d
     seen: dict[grpc.StatusCode, int] = {}
 
     def body() -> None:
-        with grpc.insecure_channel(f"unix:{agent.app.socket_path}") as ch:
+        if method == "Configure":   # operator-only: the control port with the operator's certificate
+            key, cert = agent.pki.operator
+            creds = grpc.ssl_channel_credentials(agent.app.tls_cert, private_key=key, certificate_chain=cert)
+            channel = grpc.secure_channel(f"127.0.0.1:{agent.app.tcp_port}", creds,
+                                          options=[("grpc.ssl_target_name_override", AGENT_SERVER_NAME)])
+        else:
+            channel = grpc.insecure_channel(f"unix:{agent.app.socket_path}")
+        with channel as ch:
             stub = pb_grpc.AgentStub(ch)
 
             @FUZZ

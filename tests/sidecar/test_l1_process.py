@@ -54,7 +54,7 @@ OTHER_APP = textwrap.dedent("""
 def _sidecar(sock: str) -> subprocess.Popen[str]:
     from tests.sidecar.test_process import _wait_serving
 
-    proc = subprocess.Popen([str(SCRIPT), "--socket", sock, "--port", "-1", "--metrics-port", "-1", "--grace", "1",
+    proc = subprocess.Popen([str(SCRIPT), "--socket", sock, "--port", "-1", "--health-port", "-1", "--metrics-port", "-1", "--grace", "1",
                              "--config", CONFIG], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _wait_serving(sock)
     return proc

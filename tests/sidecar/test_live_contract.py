@@ -33,7 +33,7 @@ async def test_configure_turns_caching_off_and_on(make_agent: MakeAgent) -> None
     agent = await make_agent()
     await agent.stub.CachePut(pb.CachePutRequest(key="k", value=b"v"))
     off = pb.CacheConfig(ttl=duration_pb2.Duration(), max_entries=10)  # ttl 0s: defaults are not stored
-    r = await agent.stub.Configure(pb.ConfigureRequest(generation=2, config=pb.AgentConfig(cache=off)))
+    r = await agent.control.Configure(pb.ConfigureRequest(generation=2, config=pb.AgentConfig(cache=off)))
     assert r.applied
     await agent.stub.CachePut(pb.CachePutRequest(key="k", value=b"new"))
     assert not (await agent.stub.CacheGet(pb.CacheGetRequest(key="k"))).found  # the old value is gone too
@@ -41,7 +41,7 @@ async def test_configure_turns_caching_off_and_on(make_agent: MakeAgent) -> None
     await agent.stub.CachePut(pb.CachePutRequest(key="own", value=b"v", ttl=duration_pb2.Duration(seconds=30)))
     assert (await agent.stub.CacheGet(pb.CacheGetRequest(key="own"))).found
     none = pb.CacheConfig(ttl=duration_pb2.Duration(seconds=30), max_entries=0)
-    assert (await agent.stub.Configure(pb.ConfigureRequest(generation=3, config=pb.AgentConfig(cache=none)))).applied
+    assert (await agent.control.Configure(pb.ConfigureRequest(generation=3, config=pb.AgentConfig(cache=none)))).applied
     assert len(agent.app.cache) == 0
     await agent.stub.CachePut(pb.CachePutRequest(key="own", value=b"v", ttl=duration_pb2.Duration(seconds=30)))
     assert not (await agent.stub.CacheGet(pb.CacheGetRequest(key="own"))).found
@@ -50,7 +50,7 @@ async def test_configure_turns_caching_off_and_on(make_agent: MakeAgent) -> None
 def test_console_script_starts_with_caching_off(sock_dir: str) -> None:
     """The issue's crash-loop: `--config` with ttl 0s / maxEntries 0 used to exit 2 at start."""
     sock = f"{sock_dir}/agent.sock"
-    proc = subprocess.Popen([str(SCRIPT), "--socket", sock, "--port", "-1", "--metrics-port", "-1",
+    proc = subprocess.Popen([str(SCRIPT), "--socket", sock, "--port", "-1", "--health-port", "-1", "--metrics-port", "-1",
                              "--config", json.dumps(CACHE_OFF)],
                             env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

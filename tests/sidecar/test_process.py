@@ -41,10 +41,8 @@ def _wait_serving(socket_path: str, timeout: float = 60.0) -> None:
 def test_console_script_serves_and_exits_cleanly_on_sigterm(sock_dir: str) -> None:
     assert SCRIPT.exists(), "run `make venv` to install the console script"
     sock = f"{sock_dir}/agent.sock"
-    token_file = Path(sock_dir) / "token"
-    token_file.write_text("s3cret\n")
-    env = {**os.environ, "PERFPILOT_SOCKET": sock, "PERFPILOT_TOKEN_FILE": str(token_file)}
-    proc = subprocess.Popen([str(SCRIPT), "--port", "0", "--metrics-port", "-1", "--grace", "2"],
+    env = {**os.environ, "PERFPILOT_SOCKET": sock}
+    proc = subprocess.Popen([str(SCRIPT), "--port", "0", "--health-port", "0", "--metrics-port", "-1", "--grace", "2"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_serving(sock)
@@ -63,7 +61,7 @@ def test_console_script_serves_and_exits_cleanly_on_sigterm(sock_dir: str) -> No
 
 
 def test_bad_config_exits_2(sock_dir: str) -> None:
-    r = subprocess.run([str(SCRIPT), "--socket", f"{sock_dir}/x.sock", "--port", "-1", "--metrics-port", "-1",
+    r = subprocess.run([str(SCRIPT), "--socket", f"{sock_dir}/x.sock", "--port", "-1", "--health-port", "-1", "--metrics-port", "-1",
                         "--config", '{"pools": {"processWorkers": -3}}'], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "pools.processWorkers must be between 0 and 64, got -3" in r.stderr
 
@@ -95,8 +93,8 @@ HEARTBEAT_ONLY = textwrap.dedent("""
         async with AsyncAgentClient(app.socket_path) as c:
             for i in range(20):
                 await c.heartbeat(i)
-            await c.configure(1, pb.AgentConfig(pools=pb.PoolsConfig(process_workers=3, thread_workers=2,
-                                                                     max_queue=5, batch_size=5)))
+            app.configure(1, pb.AgentConfig(pools=pb.PoolsConfig(process_workers=3, thread_workers=2,
+                                                                 max_queue=5, batch_size=5)), operator=True)
             async with c.measure("op"):
                 pass
             await c.flush()

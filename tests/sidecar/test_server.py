@@ -42,10 +42,10 @@ async def test_heartbeat_fields(agent: Agent) -> None:
     assert stats.heartbeat_latency.count == 2  # the agent timed both heartbeats
 
 
-async def test_configure_applies_generations_in_order_and_emits_events(agent: Agent) -> None:
+async def test_configure_applies_the_operators_generation_and_emits_events(agent: Agent) -> None:
     call, nxt = await agent.watch(pb.EVENT_TYPE_CONFIG_APPLIED)
     cfg = pb.AgentConfig(pools=pools(max_queue=7), cache=pb.CacheConfig(ttl=dur(30), max_entries=5))
-    r = await agent.stub.Configure(pb.ConfigureRequest(generation=5, config=cfg))
+    r = await agent.control.Configure(pb.ConfigureRequest(generation=5, config=cfg))
     assert (r.applied_generation, r.applied) == (5, True)
     assert r.config.pools.max_queue == 7 and r.config.cache.max_entries == 5
     assert r.config.heartbeat.interval.seconds == 5  # untouched section keeps its default
@@ -55,16 +55,18 @@ async def test_configure_applies_generations_in_order_and_emits_events(agent: Ag
     assert agent.app.cache.max_entries == 5 and agent.app.runner.admission.limit == 7
 
     # same generation again: idempotent, nothing changes, no event
-    r = await agent.stub.Configure(pb.ConfigureRequest(generation=5, config=pb.AgentConfig(pools=pools(max_queue=9))))
+    r = await agent.control.Configure(pb.ConfigureRequest(generation=5, config=pb.AgentConfig(pools=pools(max_queue=9))))
     assert (r.applied_generation, r.applied) == (5, False) and r.config.pools.max_queue == 7
-    # older generation arriving late: ignored, answered with the applied one
-    r = await agent.stub.Configure(pb.ConfigureRequest(generation=3, config=pb.AgentConfig(pools=pools(max_queue=3))))
-    assert (r.applied_generation, r.applied) == (5, False) and agent.app.runner.admission.limit == 7
+    # a lower generation from the operator (Configure is operator-only) applies: it is the profile's
+    r = await agent.control.Configure(pb.ConfigureRequest(generation=3, config=pb.AgentConfig(pools=pools(max_queue=3))))
+    assert (r.applied_generation, r.applied) == (3, True) and agent.app.runner.admission.limit == 3
     # newer generation: applied
-    r = await agent.stub.Configure(pb.ConfigureRequest(generation=6, config=pb.AgentConfig(pools=pools(max_queue=8))))
+    r = await agent.control.Configure(pb.ConfigureRequest(generation=6, config=pb.AgentConfig(pools=pools(max_queue=8))))
     assert (r.applied_generation, r.applied) == (6, True)
     batch = await nxt()
-    assert [e.generation for e in batch.events] == [6]  # exactly one more event: the stale ones emitted none
+    assert [e.generation for e in batch.events] == [3]  # one event per applied generation; the repeat emitted none
+    batch = await nxt()
+    assert [e.generation for e in batch.events] == [6]
     got = await agent.stub.GetConfig(pb.GetConfigRequest())
     assert got.generation == 6 and got.config.pools.max_queue == 8
     call.cancel()
@@ -75,7 +77,7 @@ async def test_configure_resizes_pool_and_reports_it(make_agent: MakeAgent) -> N
     pool = agent.pools.created[0]
     assert pool.started_with == ["cosine_topk"]
     call, nxt = await agent.watch(pb.EVENT_TYPE_POOL_RESIZED)
-    await agent.stub.Configure(pb.ConfigureRequest(generation=1, config=pb.AgentConfig(pools=pools(process_workers=3))))
+    await agent.control.Configure(pb.ConfigureRequest(generation=1, config=pb.AgentConfig(pools=pools(process_workers=3))))
     batch = await nxt()
     assert batch.events[0].attributes["workers"] == "3" and batch.events[0].attributes["previous"] == "2"
     assert pool.resized == [3]
@@ -88,7 +90,7 @@ async def test_zero_process_workers_stops_the_pool_and_refuses_kernels(make_agen
     agent = await make_agent(initial_config={"kernels": {"warm": ["cosine_topk"]}})
     pool = agent.pools.created[0]
     call, nxt = await agent.watch(pb.EVENT_TYPE_POOL_RESIZED)
-    await agent.stub.Configure(pb.ConfigureRequest(generation=1, config=pb.AgentConfig(
+    await agent.control.Configure(pb.ConfigureRequest(generation=1, config=pb.AgentConfig(
         pools=pools(process_workers=0))))
     batch = await nxt()
     call.cancel()
@@ -103,7 +105,7 @@ async def test_zero_process_workers_stops_the_pool_and_refuses_kernels(make_agen
     code, details = rpc_error(exc)
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "processWorkers is 0" in details
     await agent.heartbeat_ok()
-    await agent.stub.Configure(pb.ConfigureRequest(generation=2, config=pb.AgentConfig(
+    await agent.control.Configure(pb.ConfigureRequest(generation=2, config=pb.AgentConfig(
         pools=pools(process_workers=1))))
     assert (await agent.app.runner.ensure_pool()) is agent.pools.created[-1] and len(agent.pools.created) == 2
 

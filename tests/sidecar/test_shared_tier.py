@@ -22,7 +22,7 @@ from perfpilot.v1 import agent_pb2 as pb
 from perfpilot_agent.app import AgentApp
 from perfpilot_contract.liveconfig import agent_config
 
-from .conftest import TOKEN, Agent, MakeAgent, rpc_error
+from .conftest import Agent, MakeAgent, rpc_error
 
 pytestmark = pytest.mark.skipif(redisserver.binary() is None,
                                 reason="redis-server is not installed (make debs installs Debian's redis-server)")
@@ -209,7 +209,7 @@ async def test_configure_turns_the_tier_on_and_off_live_and_refuses_bad_fields(
         make_agent: MakeAgent, redis_server: redisserver.RedisServer) -> None:
     agent = await make_agent()
     assert not agent.app.shared.view().configured
-    stub = agent.tcp_stub(TOKEN)
+    stub = agent.control
     await stub.Configure(pb.ConfigureRequest(generation=1, config=agent_config(shared_config(redis_server.url, "live:"))),
                          timeout=5)
     await until(lambda: agent.app.shared.view().up, "the tier configured live to come up")
@@ -311,7 +311,7 @@ def test_two_sidecar_processes_share_redis_through_the_client_library(sock_dir: 
                 env = {**os.environ, "PERFPILOT_SOCKET": sock, "PERFPILOT_CONFIG": json.dumps(config),
                        "PERFPILOT_PROFILE": "ns/p", "PERFPILOT_POD_NAME": f"pod-{name}",
                        "PERFPILOT_CACHE_SHARED_PASSWORD": "pw-123"}
-                procs.append(subprocess.Popen([str(script), "--port", "-1", "--metrics-port", "-1", "--grace", "2"],
+                procs.append(subprocess.Popen([str(script), "--port", "-1", "--health-port", "-1", "--metrics-port", "-1", "--grace", "2"],
                                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
                 _wait_serving(sock)
                 clients.append(AgentClient(f"unix:{sock}", timeout=10))

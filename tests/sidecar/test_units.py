@@ -148,20 +148,18 @@ def test_genprotos_check_fails_on_stale_stubs(tmp_path: Path, monkeypatch: pytes
 
 
 def test_settings_defaults_flags_and_env(tmp_path: Path) -> None:
-    from perfpilot_agent.config import DEFAULT_METRICS_PORT, DEFAULT_PORT, load_settings
+    from perfpilot_agent.config import DEFAULT_HEALTH_PORT, DEFAULT_METRICS_PORT, DEFAULT_PORT, load_settings
 
     s = load_settings([], env={})
-    assert (s.port, s.metrics_port, s.listen_host, s.token) == (DEFAULT_PORT, DEFAULT_METRICS_PORT, "127.0.0.1", None)
+    assert (s.port, s.health_port, s.metrics_port, s.listen_host, s.ca_file) == (
+        DEFAULT_PORT, DEFAULT_HEALTH_PORT, DEFAULT_METRICS_PORT, "127.0.0.1", "")
     assert s.socket_path.endswith("agent.sock") and s.initial_config == {}
-    token = tmp_path / "token"
-    token.write_text("  abc \n")
-    env = {"PERFPILOT_PORT": "7000", "PERFPILOT_SOCKET": "/tmp/x.sock", "PERFPILOT_TOKEN": "from-env",
-           "PERFPILOT_CONFIG": '{"pools": {"processWorkers": 3}}', "PERFPILOT_GRACE": "2.5"}
+    env = {"PERFPILOT_PORT": "7000", "PERFPILOT_SOCKET": "/tmp/x.sock", "PERFPILOT_CA_FILE": "/ca/ca.crt",
+           "PERFPILOT_HEALTH_PORT": "7002", "PERFPILOT_CONFIG": '{"pools": {"processWorkers": 3}}',
+           "PERFPILOT_GRACE": "2.5"}
     s = load_settings(["--port", "7001"], env=env)
-    assert (s.port, s.socket_path, s.token, s.grace) == (7001, "/tmp/x.sock", b"from-env", 2.5)  # flag beats env
-    assert s.initial_config == {"pools": {"processWorkers": 3}}
-    s = load_settings(["--token-file", str(token)], env=env)
-    assert s.token == b"abc"  # the file wins over PERFPILOT_TOKEN, whitespace stripped
+    assert (s.port, s.health_port, s.socket_path, s.ca_file, s.grace) == (7001, 7002, "/tmp/x.sock", "/ca/ca.crt", 2.5)
+    assert s.initial_config == {"pools": {"processWorkers": 3}}  # flag beats env
     with pytest.raises(SystemExit):
         load_settings(["--port", "70000"], env={})
 

@@ -81,8 +81,8 @@ replica answers, the API server's refusal quotes the URL, so the path says what 
 */}}
 {{- define "perfpilot.podWebhookPath" -}}/perfpilot-sidecar-injector-unavailable-check-operator-pods{{- end }}
 {{- define "perfpilot.profileWebhookPath" -}}/perfpilot-profile-validator-unavailable-check-operator-pods{{- end }}
-{{/* The per-namespace agent token Secret the operator creates (SidecarTemplate.token_secret). */}}
-{{- define "perfpilot.tokenSecretName" -}}perfpilot-agent-token{{- end }}
+{{/* The operator's CA Secret in its own namespace (clients/casecret.py SECRET_NAME). */}}
+{{- define "perfpilot.caSecretName" -}}perfpilot-operator-ca{{- end }}
 {{/*
 The label the pod webhook sets on every pod it injects (injection.py, LABEL_PROFILE; the value is
 the profile's name) and the sidecar container's metrics port name (sidecar_container()); the

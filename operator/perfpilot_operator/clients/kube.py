@@ -6,10 +6,8 @@ The official client is synchronous; calls run in a thread so the event loop neve
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime
 import os
-import secrets
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -17,8 +15,6 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from perfpilot_operator.logic.coverage import RESTARTED_AT
-
-TOKEN_SECRET_KEY = "token"
 
 
 def load() -> client.ApiClient:
@@ -153,31 +149,6 @@ class Kube:
         patch = {"spec": {"template": {"metadata": {"annotations": {
             RESTARTED_AT: now}}}}}
         await asyncio.to_thread(self.apps.patch_namespaced_deployment, name, namespace, patch)
-
-    async def ensure_token(self, namespace: str, name: str) -> str:
-        """The namespace's agent token Secret; created with a random token when missing."""
-        def run() -> str:
-            try:
-                s = self.core.read_namespaced_secret(name, namespace)
-                return base64.b64decode((s.data or {})[TOKEN_SECRET_KEY]).decode()
-            except ApiException as e:
-                if e.status != 404:
-                    raise
-            token = secrets.token_urlsafe(32)
-            body = client.V1Secret(
-                metadata=client.V1ObjectMeta(name=name, labels={
-                    "app.kubernetes.io/part-of": "perfpilot",
-                    "app.kubernetes.io/component": "agent-token"}),
-                string_data={TOKEN_SECRET_KEY: token}, type="Opaque")
-            try:
-                self.core.create_namespaced_secret(namespace, body)
-            except ApiException as e:
-                if e.status != 409:
-                    raise
-                s = self.core.read_namespaced_secret(name, namespace)
-                return base64.b64decode((s.data or {})[TOKEN_SECRET_KEY]).decode()
-            return token
-        return await asyncio.to_thread(run)
 
     def _webhook_calls(self, kind: str) -> tuple[Any, Any, Any]:
         """(read, create, patch) of a Mutating- or ValidatingWebhookConfiguration."""

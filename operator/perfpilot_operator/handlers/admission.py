@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import kopf
@@ -35,10 +36,8 @@ async def inject_sidecar(body: kopf.Body, patch: kopf.Patch, warnings: list[str]
         warnings.append(f"perfpilot: this pod opted in ({OPT_IN_LABEL}=true) but no PerfProfile "
                         f"in namespace {namespace!r} selects it; admitted without a sidecar")
         return
-    tmpl = rt.settings.sidecar
-    if tmpl.native_sidecar != rt.native_sidecar:
-        from dataclasses import replace
-        tmpl = replace(tmpl, native_sidecar=rt.native_sidecar)
+    # The pod receives the CA's public certificate(s) only, in its own annotation.
+    tmpl = replace(rt.settings.sidecar, native_sidecar=rt.native_sidecar, ca_bundle=rt.ca_bundle.decode())
     result = inject(dict(body), profile, tmpl)
     warnings.extend(f"perfpilot: {w}" for w in result.warnings)
     for path, value in result.changes.items():

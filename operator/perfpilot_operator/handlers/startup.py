@@ -10,10 +10,10 @@ from typing import Any
 
 import kopf
 
-from perfpilot_operator.certs import ensure_webhook_certs
 from perfpilot_operator import metrics as prom
 from perfpilot_operator.clients import kube as kube_client
 from perfpilot_operator.clients.agents import AgentClients
+from perfpilot_operator.pki import ReplicaPKI
 from perfpilot_operator.handlers import indexes, profiles
 from perfpilot_operator.leader import Leadership, LeaseElector, always_leader
 from perfpilot_operator.logic import resize
@@ -50,11 +50,21 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Lo
     if cfg.webhook_service:
         ns, svc = cfg.webhook_service.split("/", 1)
         names = [f"{svc}.{ns}.svc", f"{svc}.{ns}.svc.cluster.local", svc, *names]
-    certs = ensure_webhook_certs(cfg.cert_dir, names)
-    rt = Runtime(settings=cfg, agents=AgentClients(timeout=cfg.rpc_timeout), kube=kube,
+    # The CA is shared by every replica (a Secret in cfg.namespace); this replica's serving and
+    # client certificates are issued from it, so all replicas serve under one caBundle.
+    pki = ReplicaPKI(kube.core, cfg.namespace, cfg.cert_dir, names)
+    certs = await pki.start()
+    rt = Runtime(settings=cfg, agents=AgentClients(pki.client_identity(), timeout=cfg.rpc_timeout),
+                 kube=kube,
                  scale=kube_client.ScaleClient(api), native_sidecar=native,
                  resize=minor >= resize.RESIZE_MIN_MINOR,
-                 ca_bundle=certs.ca_bundle())
+                 ca_bundle=pki.ca_bundle)
+
+    def certificates_changed(p: ReplicaPKI) -> None:     # a rotated CA or re-issued certificates
+        rt.ca_bundle = p.ca_bundle
+        rt.agents.use(p.client_identity())
+    pki.listeners.append(certificates_changed)
+    memo.pki_task = asyncio.create_task(pki.run(), name="perfpilot-certificates")
     if cfg.metrics_port >= 0:
         try:
             prom.serve(cfg.metrics_port, cfg.metrics_host)
@@ -71,9 +81,9 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Lo
 
     settings.admission.server = kopf.WebhookServer(
         addr=cfg.webhook_host, port=cfg.webhook_port, host=cfg.webhook_url_host,
-        certfile=str(certs.cert), pkeyfile=str(certs.key), cafile=str(certs.ca))
+        certfile=str(certs.cert), pkeyfile=str(certs.key), cafile=str(certs.ca),
+        context=pki.context)    # ReplicaPKI reloads it with re-issued certificates
     settings.admission.managed = None   # the chart (or the leader, locally) renders them
-    rt.certs = certs
     me = cfg.leader_identity or f"{socket.gethostname()}:{cfg.webhook_port}"
     if cfg.leader_election:
         rt.leadership = Leadership(identity=me, namespace=cfg.namespace, lease=cfg.leader_lease)
@@ -133,7 +143,8 @@ async def _keep_webhooks(keeper: Keeper, interval: float) -> None:
 
 @kopf.on.cleanup(id="cleanup")
 async def cleanup(memo: Any, **_: Any) -> None:
-    tasks = [t for t in (getattr(memo, "leader_task", None), getattr(memo, "election_task", None))
+    tasks = [t for t in (getattr(memo, "leader_task", None), getattr(memo, "election_task", None),
+                               getattr(memo, "pki_task", None))
              if t is not None]
     for task in tasks:
         task.cancel()

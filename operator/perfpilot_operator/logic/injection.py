@@ -14,6 +14,7 @@ from typing import Any
 
 from perfpilot_contract.liveconfig import live_sections
 from perfpilot_contract.sharedcache import PASSWORD_ENV
+from perfpilot_contract.trust import CA_ANNOTATION, CA_DIR, CA_FILE
 
 ANNOTATION_INJECTED = "perfpilot.io/injected"
 ANNOTATION_GENERATION = "perfpilot.io/profile-generation"
@@ -25,6 +26,10 @@ SOCKET_DIR = "/var/run/perfpilot"
 SHM_VOLUME = "perfpilot-shm"
 SHM_DIR = "/dev/shm"
 TMP_VOLUME = "perfpilot-tmp"
+# The operator's CA certificate(s), public only: the webhook writes them into the pod's own
+# annotation and a downwardAPI volume mounts that as a file. No Secret or ConfigMap in the app's
+# namespace, nothing a pod can read that lets it call the sidecars' control port.
+CA_VOLUME = "perfpilot-ca"
 # The sidecar image's user (distroless "nonroot"); set explicitly so `runAsNonRoot` holds even
 # when the image's USER is numeric-less or the pod runs its app as root.
 SIDECAR_UID = 65532
@@ -43,9 +48,10 @@ class SidecarTemplate:
     image: str = "perfpilot/sidecar:0.1.0"
     image_pull_policy: str = ""           # empty: the API server's default for the tag
     command: tuple[str, ...] = ("perfpilot-sidecar",)
-    grpc_port: int = 50051
+    grpc_port: int = 50051                # control port: mutual TLS, the operator only
+    health_port: int = 50052              # plaintext Heartbeat + grpc.health.v1: the kubelet's probes
     metrics_port: int = 9464
-    token_secret: str = "perfpilot-agent-token"
+    ca_bundle: str = ""                   # the operator's CA certificate(s), PEM (set per admission)
     native_sidecar: bool = True           # initContainer with restartPolicy: Always
     extra_env: tuple[tuple[str, str], ...] = field(default_factory=tuple)
 
@@ -130,14 +136,14 @@ def sidecar_container(profile_ns: str, profile_name: str, tmpl: SidecarTemplate,
     env = [
         {"name": "PERFPILOT_SOCKET", "value": tmpl.socket_path},
         {"name": "PERFPILOT_PORT", "value": str(tmpl.grpc_port)},
+        {"name": "PERFPILOT_HEALTH_PORT", "value": str(tmpl.health_port)},
+        {"name": "PERFPILOT_CA_FILE", "value": CA_FILE},
         {"name": "PERFPILOT_METRICS_PORT", "value": str(tmpl.metrics_port)},
         {"name": "PERFPILOT_LISTEN_HOST",
          "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         {"name": "PERFPILOT_PROFILE", "value": f"{profile_ns}/{profile_name}"},
         {"name": "PERFPILOT_CONFIG", "value": config},
         {"name": "PERFPILOT_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        {"name": "PERFPILOT_TOKEN", "valueFrom": {"secretKeyRef": {
-            "name": tmpl.token_secret, "key": "token"}}},
         *({"name": k, "value": v} for k, v in tmpl.extra_env),
         *(extra_env or ()),
     ]
@@ -148,14 +154,17 @@ def sidecar_container(profile_ns: str, profile_name: str, tmpl: SidecarTemplate,
         "env": env,
         "ports": [
             {"name": "pp-grpc", "containerPort": tmpl.grpc_port, "protocol": "TCP"},
+            {"name": "pp-health", "containerPort": tmpl.health_port, "protocol": "TCP"},
             {"name": "pp-metrics", "containerPort": tmpl.metrics_port, "protocol": "TCP"},
         ],
         "volumeMounts": [{"name": SOCKET_VOLUME, "mountPath": SOCKET_DIR},
                          {"name": shm_volume, "mountPath": SHM_DIR},
-                         {"name": TMP_VOLUME, "mountPath": "/tmp"}],
-        "startupProbe": {"grpc": {"port": tmpl.grpc_port}, "periodSeconds": STARTUP_PERIOD_S,
+                         {"name": TMP_VOLUME, "mountPath": "/tmp"},
+                         {"name": CA_VOLUME, "mountPath": CA_DIR, "readOnly": True}],
+        # The kubelet's gRPC probes speak plaintext: they use the health-only port.
+        "startupProbe": {"grpc": {"port": tmpl.health_port}, "periodSeconds": STARTUP_PERIOD_S,
                          "failureThreshold": STARTUP_FAILURES},
-        "readinessProbe": {"grpc": {"port": tmpl.grpc_port}, "periodSeconds": 5},
+        "readinessProbe": {"grpc": {"port": tmpl.health_port}, "periodSeconds": 5},
         "securityContext": security if security is not None else security_context({}),
     }
     if tmpl.image_pull_policy:
@@ -165,6 +174,12 @@ def sidecar_container(profile_ns: str, profile_name: str, tmpl: SidecarTemplate,
     if tmpl.native_sidecar:
         container["restartPolicy"] = "Always"
     return container
+
+
+def ca_volume() -> dict[str, Any]:
+    """The pod's own CA_ANNOTATION as the file ca.crt (downwardAPI: read-only, no API access)."""
+    return {"name": CA_VOLUME, "downwardAPI": {"defaultMode": 0o444, "items": [
+        {"path": "ca.crt", "fieldRef": {"fieldPath": f"metadata.annotations['{CA_ANNOTATION}']"}}]}}
 
 
 def shared_memory(spec: dict[str, Any]) -> str:
@@ -231,11 +246,14 @@ def inject(pod: dict[str, Any], profile: dict[str, Any], tmpl: SidecarTemplate) 
             (TMP_VOLUME, {"sizeLimit": "64Mi"})):
         if empty_dir is not None and not any(v.get("name") == name for v in volumes):
             volumes.append({"name": name, "emptyDir": empty_dir})
+    if not any(v.get("name") == CA_VOLUME for v in volumes):
+        volumes.append(ca_volume())
     changes["spec.volumes"] = volumes
     changes["metadata.labels"] = {LABEL_PROFILE: meta["name"]}
     changes["metadata.annotations"] = {
         ANNOTATION_INJECTED: "true",
         ANNOTATION_GENERATION: str(meta.get("generation", 0)),
+        CA_ANNOTATION: tmpl.ca_bundle,
     }
     return Injection(changes, tuple(warnings))
 

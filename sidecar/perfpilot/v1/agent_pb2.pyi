@@ -3,8 +3,9 @@
 isort:skip_file
 The perfpilot sidecar agent API.
 
-The app container reaches the agent on a Unix socket (trusted); the operator reaches it over TCP,
-where every call except Heartbeat (and grpc.health.v1) needs `authorization: Bearer <token>`.
+The app container reaches the agent on a Unix socket (every call but Configure); the operator
+reaches it on the TCP control port with mutual TLS (its client certificate); the kubelet's probes
+use a plaintext health port serving only Heartbeat and grpc.health.v1 (docs/sidecar.md).
 Generated stubs live in sidecar/perfpilot/v1/ and come from `python -m scripts.genprotos`.
 """
 

@@ -99,9 +99,9 @@ class AgentServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Configure(self, request, context):
-        """Configure applies a live config; over the Unix socket stale generations are ignored (idempotent,
-        out-of-order safe); over authenticated TCP (the operator) any other generation applies, lower
-        ones too, so a sidecar pushed ahead of its profile is brought back. A repeat is a no-op.
+        """Configure applies a live config. Operator-only (mutual TLS; PERMISSION_DENIED over the Unix
+        socket): any other generation applies, lower ones too, so a sidecar always comes back to its
+        profile's config. A repeat of the applied generation is a no-op.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

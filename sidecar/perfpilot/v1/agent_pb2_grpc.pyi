@@ -3,8 +3,9 @@
 isort:skip_file
 The perfpilot sidecar agent API.
 
-The app container reaches the agent on a Unix socket (trusted); the operator reaches it over TCP,
-where every call except Heartbeat (and grpc.health.v1) needs `authorization: Bearer <token>`.
+The app container reaches the agent on a Unix socket (every call but Configure); the operator
+reaches it on the TCP control port with mutual TLS (its client certificate); the kubelet's probes
+use a plaintext health port serving only Heartbeat and grpc.health.v1 (docs/sidecar.md).
 Generated stubs live in sidecar/perfpilot/v1/ and come from `python -m scripts.genprotos`.
 """
 
@@ -41,9 +42,9 @@ class AgentStub:
     Heartbeat: _grpc.UnaryUnaryMultiCallable[_agent_pb2.HeartbeatRequest, _agent_pb2.HeartbeatResponse]
     """Heartbeat returns a cheap, non-blocking sample of the agent's health (sub-millisecond budget)."""
     Configure: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ConfigureRequest, _agent_pb2.ConfigureResponse]
-    """Configure applies a live config; over the Unix socket stale generations are ignored (idempotent,
-    out-of-order safe); over authenticated TCP (the operator) any other generation applies, lower
-    ones too, so a sidecar pushed ahead of its profile is brought back. A repeat is a no-op.
+    """Configure applies a live config. Operator-only (mutual TLS; PERMISSION_DENIED over the Unix
+    socket): any other generation applies, lower ones too, so a sidecar always comes back to its
+    profile's config. A repeat of the applied generation is a no-op.
     """
     GetConfig: _grpc.UnaryUnaryMultiCallable[_agent_pb2.GetConfigRequest, _agent_pb2.GetConfigResponse]
     """GetConfig returns the config currently applied."""
@@ -70,9 +71,9 @@ class AgentAsyncStub(AgentStub):
     Heartbeat: _aio.UnaryUnaryMultiCallable[_agent_pb2.HeartbeatRequest, _agent_pb2.HeartbeatResponse]  # type: ignore[assignment]
     """Heartbeat returns a cheap, non-blocking sample of the agent's health (sub-millisecond budget)."""
     Configure: _aio.UnaryUnaryMultiCallable[_agent_pb2.ConfigureRequest, _agent_pb2.ConfigureResponse]  # type: ignore[assignment]
-    """Configure applies a live config; over the Unix socket stale generations are ignored (idempotent,
-    out-of-order safe); over authenticated TCP (the operator) any other generation applies, lower
-    ones too, so a sidecar pushed ahead of its profile is brought back. A repeat is a no-op.
+    """Configure applies a live config. Operator-only (mutual TLS; PERMISSION_DENIED over the Unix
+    socket): any other generation applies, lower ones too, so a sidecar always comes back to its
+    profile's config. A repeat of the applied generation is a no-op.
     """
     GetConfig: _aio.UnaryUnaryMultiCallable[_agent_pb2.GetConfigRequest, _agent_pb2.GetConfigResponse]  # type: ignore[assignment]
     """GetConfig returns the config currently applied."""
@@ -108,9 +109,9 @@ class AgentServicer(metaclass=_abc_1.ABCMeta):
         request: _agent_pb2.ConfigureRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_agent_pb2.ConfigureResponse, _abc.Awaitable[_agent_pb2.ConfigureResponse]]:
-        """Configure applies a live config; over the Unix socket stale generations are ignored (idempotent,
-        out-of-order safe); over authenticated TCP (the operator) any other generation applies, lower
-        ones too, so a sidecar pushed ahead of its profile is brought back. A repeat is a no-op.
+        """Configure applies a live config. Operator-only (mutual TLS; PERMISSION_DENIED over the Unix
+        socket): any other generation applies, lower ones too, so a sidecar always comes back to its
+        profile's config. A repeat of the applied generation is a no-op.
         """
 
     @_abc_1.abstractmethod

@@ -31,7 +31,7 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "max_queue": ("gauge", (), "Kernel admission limit (pools.maxQueue)."),
     "worker_restarts_total": ("counter", (), "Kernel workers restarted after dying."),
     "rejected_total": ("counter", ("class",), "Calls answered RESOURCE_EXHAUSTED by a full queue, by class of work."),
-    "auth_failures_total": ("counter", (), "TCP calls rejected for a missing or wrong bearer token."),
+    "auth_failures_total": ("counter", (), "Calls refused by who may call what: control calls on the health port or from a non-operator certificate, Configure over the socket."),
     "rpc_total": ("counter", ("method", "code"), "Finished gRPC calls by method and status code."),
     "rpc_duration_seconds": ("histogram", ("method",), "Time spent in the handler, by method."),
     "heartbeat_duration_seconds": ("histogram", (), "Time spent answering Heartbeat."),

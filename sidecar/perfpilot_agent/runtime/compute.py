@@ -310,7 +310,7 @@ class KernelRunner:
 
         XXH3 runs near memory speed (~3 ms for 80 MB here, blake2b ~130 ms: slower than most kernels,
         which made the result cache a loss for large inputs). It is not cryptographic; that is fine
-        because only the pod's own app (Unix socket, or TCP with the bearer token) fills this cache
+        because only the pod's own app (Unix socket) or the operator (mutual TLS) fills this cache
         and reads it back, and an accidental 128-bit collision is out of reach."""
 
         def work() -> str:

@@ -96,31 +96,41 @@ class DecodeInterceptor(aio.ServerInterceptor):
     def wrap(self, handler: grpc.RpcMethodHandler[Any, Any], method: str) -> grpc.RpcMethodHandler[Any, Any]:
         """A handler of the same shape whose behaviour first refuses Malformed requests."""
         guard = self.guard
-        kw: dict[str, Any] = dict(request_deserializer=guard_deserializer(handler.request_deserializer),
-                                  response_serializer=handler.response_serializer)
-        if handler.unary_unary is not None:
-            inner_unary: Any = handler.unary_unary  # an async behaviour on an aio server
 
-            async def unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-                if isinstance(request, Malformed):
-                    await guard.refuse(method, request, context)
-                return await inner_unary(request, context)
-
-            return grpc.unary_unary_rpc_method_handler(unary, **kw)
-        inner_stream: Any = handler.unary_stream
-        if not inspect.isasyncgenfunction(inner_stream):  # writes with context.write (grpc.health.v1 Watch)
-
-            async def writing(request: Any, context: aio.ServicerContext[Any, Any]) -> None:
-                if isinstance(request, Malformed):
-                    await guard.refuse(method, request, context)
-                await inner_stream(request, context)
-
-            return grpc.unary_stream_rpc_method_handler(writing, **kw)
-
-        async def streaming(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        async def before(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
             if isinstance(request, Malformed):
                 await guard.refuse(method, request, context)
-            async for item in inner_stream(request, context):
-                yield item
+            return request
 
-        return grpc.unary_stream_rpc_method_handler(streaming, **kw)
+        return with_precheck(handler, guard_deserializer(handler.request_deserializer), before)
+
+
+Precheck = Callable[[Any, aio.ServicerContext[Any, Any]], Awaitable[Any]]
+"""Runs before a behaviour: returns the request to hand on, or aborts the call."""
+
+
+def with_precheck(handler: grpc.RpcMethodHandler[Any, Any], deserializer: Callable[[bytes], Any] | None,
+                  before: Precheck) -> grpc.RpcMethodHandler[Any, Any]:
+    """A unary-request handler of the same shape as `handler`, with `deserializer`, whose behaviour
+    awaits `before(request, context)` and passes its result to the original behaviour."""
+    kw: dict[str, Any] = dict(request_deserializer=deserializer, response_serializer=handler.response_serializer)
+    if handler.unary_unary is not None:
+        inner_unary: Any = handler.unary_unary  # an async behaviour on an aio server
+
+        async def unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+            return await inner_unary(await before(request, context), context)
+
+        return grpc.unary_unary_rpc_method_handler(unary, **kw)
+    inner_stream: Any = handler.unary_stream
+    if not inspect.isasyncgenfunction(inner_stream):  # writes with context.write (grpc.health.v1 Watch)
+
+        async def writing(request: Any, context: aio.ServicerContext[Any, Any]) -> None:
+            await inner_stream(await before(request, context), context)
+
+        return grpc.unary_stream_rpc_method_handler(writing, **kw)
+
+    async def streaming(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        async for item in inner_stream(await before(request, context), context):
+            yield item
+
+    return grpc.unary_stream_rpc_method_handler(streaming, **kw)
