@@ -4,11 +4,11 @@
 psutil: ~60 MB), so for pods labelled `perfpilot.io/host=fleet` this process runs the real
 `AgentApp` (the sidecar's own servicer, auth interceptor, decode guard, live config, TTL cache,
 monitor and event bus) once per pod, bound to the pod's 127.x IP and the injected port, with the
-pod's injected env resolved as a kubelet would (fieldRefs, the token Secret). The pod runner
+pod's injected env resolved as a kubelet would (fieldRefs, Secret refs, the CA file). The pod runner
 (e2e/harness/podrunner.py) starts full sidecar processes for every other injected pod.
 
 How faithful it is: the operator talks to one real gRPC server per pod over TCP, with the real
-Configure / GetStats / Heartbeat code and the token check. What differs from a sidecar process:
+Configure / GetStats / Heartbeat code and the mutual-TLS check. What differs from a sidecar process:
 the agents share one process, event loop and GIL (their latencies include each other's work, a
 worst case), there is no Unix socket and no /metrics listener, and no kernel pool (the scale
 profiles set pools.processWorkers 0: heartbeat-only agents, as the CRD documents); the psutil
@@ -35,7 +35,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from e2e.harness.cluster import LocalCluster
-from e2e.harness.podrunner import INJECTED, resolve_env, sidecar_spec
+from e2e.harness.podrunner import (
+    INJECTED, map_paths, resolve_env, sidecar_spec, write_downward_volumes,
+)
 
 FLEET_LABEL = "perfpilot.io/host"
 FLEET_SELECTOR = f"{FLEET_LABEL}=fleet"
@@ -96,6 +98,7 @@ class Fleet:
         self.api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
         self.core = client.CoreV1Api(self.api)
         self.selector = selector
+        self.volumes = cluster.state / "fleet"    # per pod: its downwardAPI files (the CA)
         self.apps: dict[str, Any] = {}            # uid -> AgentApp
         self.keys: dict[str, str] = {}            # uid -> namespace/name
         self.pods: dict[str, dict[str, Any]] = {}  # uid -> latest pod
@@ -144,7 +147,12 @@ class Fleet:
         try:
             env = await asyncio.to_thread(resolve_env, container, pod, self.read_secret)
         except LookupError:
-            return                                   # the token Secret is not there yet
+            return                                   # a Secret it names is not there yet
+        # Like the kubelet: the downwardAPI volume with the operator's CA (from the pod's
+        # annotation) becomes a file, and the env's paths point into this pod's directory.
+        volumes = self.volumes / uid
+        env = map_paths(env, container, volumes)
+        await asyncio.to_thread(write_downward_volumes, pod, container, volumes)
         settings = load_settings([], env=env)
         settings = dataclasses.replace(settings, listen_host=pod["status"]["podIP"],
                                        socket_path="", metrics_port=-1)

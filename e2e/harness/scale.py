@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from e2e.harness import dev
-from e2e.harness.cluster import LocalCluster
+from e2e.harness.cluster import NODE_COUNT, LocalCluster
 from e2e.harness.fleet import FLEET_LABEL
 from e2e.harness.pki import issue_client_cert
 
@@ -403,6 +403,16 @@ class Scale:
                      "the scenario's namespaces to go", timeout, 2.0)
             except TimeoutError as e:
                 self.log(f"{e} (left to the namespace controller)")
+                return
+        # The nodes it added go too: later tests' pods must not land on them (kwok, flooded by
+        # the scenario, may let them go NotReady and their pods be evicted and replaced).
+        extra = [n for n in c.kubectl("get", "nodes", "-l", "type=kwok", "-o",
+                                      "jsonpath={.items[*].metadata.name}",
+                                      check=False).stdout.split()
+                 if n.rsplit("-", 1)[-1].isdigit() and int(n.rsplit("-", 1)[-1]) >= NODE_COUNT]
+        if extra:
+            self.log(f"deleting the {len(extra)} kwok nodes it added")
+            c.kubectl("delete", "node", *extra, "--wait=false", check=False, timeout=120)
 
 
 def wait(pred: Callable[[], Any], what: str, timeout: float, interval: float = 0.2) -> Any:

@@ -22,6 +22,7 @@ class Runtime:
     prometheus_rules_checked: float | None = None   # monotonic time of the last discovery
     ca_bundle: bytes = b""
     leadership: Any = None                # perfpilot_operator.leader.Leadership
+    kopf_settings: Any = None             # kopf.OperatorSettings (for per-object loggers)
     # namespace -> [(labels, PodView)]: kopf's index of opted-in pods (a server-side filtered
     # watch) plus the coverage audit's finds (handlers/indexes.CoveredPods).
     pods: Any = None

@@ -8,7 +8,7 @@ from collections import Counter
 from perfpilot.v1 import agent_pb2 as pb
 from perfpilot_operator.clients.agents import Target
 from perfpilot_operator.logic.status import condition
-from tests.operator.fakecluster import Cluster, FakeScale, FakeSidecars, pods, runtime
+from tests.operator.fakecluster import LOG, Cluster, FakeScale, FakeSidecars, pods, runtime
 
 NAMESPACES = ("a", "b", "c")
 
@@ -142,3 +142,30 @@ async def test_the_scaler_holds_while_stats_are_missing_and_resumes_after() -> N
     sidecars.down = set()                        # back: it decides on the data again
     assert (await scaling())["reason"] == "ScaledUp"
     assert scale.writes == [6]                   # +4 (the default up-step limit)
+
+
+async def test_a_spec_change_is_applied_by_the_event_handler_with_the_kwargs_kopf_passes() -> None:
+    """The on.event handler, called with exactly the kwargs kopf gives a resource event handler
+    (no `settings`: kopf passes those to activity handlers only), configures the sidecars at
+    once on the leader and does nothing on a follower."""
+    import kopf
+
+    from perfpilot_operator.handlers.profiles import reconcile
+    from perfpilot_operator.leader import Leadership, always_leader
+
+    for leads in (False, True):
+        sidecars = FakeSidecars({"127.1.0.0": 1})
+        rt = runtime(sidecars)
+        rt.kopf_settings = kopf.OperatorSettings()
+        rt.leadership = always_leader("me") if leads else Leadership(identity="me")
+        cluster = Cluster(rt)
+        cluster.add("a", {}, pods(1), generation=2)
+        rt.pods = cluster.pods
+        body = kopf.Body(cluster.profiles["a"][0])
+        await reconcile(event={"type": "MODIFIED", "object": dict(body)}, body=body,
+                        meta=body.meta, spec=body.spec, status=body.status, uid="uid-a",
+                        name="prof", namespace="a", patch=kopf.Patch(), logger=LOG,
+                        memo=kopf.Memo(runtime=rt), resource=None, type="MODIFIED",
+                        pods_by_namespace=cluster.pods)
+        assert sidecars.configured == (["127.1.0.0"] if leads else []), (leads, sidecars.configured)
+        assert (("a", "prof") in rt.kube.status) is leads

@@ -83,7 +83,7 @@ def profile_state(rt: Runtime, namespace: str, name: str) -> ProfileState:
 
 @kopf.on.event(GROUP, VERSION, PLURAL, id="reconcile-spec")  # type: ignore[arg-type]  # kopf-kwargs
 async def reconcile(event: kopf.RawEvent, body: kopf.Body, memo: Any, namespace: str, name: str,
-                    settings: kopf.OperatorSettings, pods_by_namespace: Any, **_: Any) -> None:
+                    **_: Any) -> None:
     """A new generation of a profile, applied at once - by the leader only.
 
     A watch-event handler, not kopf's on.create/on.update: those make kopf write progress and
@@ -102,7 +102,8 @@ async def reconcile(event: kopf.RawEvent, body: kopf.Body, memo: Any, namespace:
     generation = int(body.get("metadata", {}).get("generation", 0))
     if generation <= getattr(state, "seen_generation", 0):
         return      # status/metadata writes (ours included), or a generation already applied
-    await _resync_one(rt, settings, dict(body), rt.pods, None,
+    # kopf passes its settings to activity handlers only: the startup handler kept them.
+    await _resync_one(rt, rt.kopf_settings, dict(body), rt.pods, None,
                       logging.getLogger("perfpilot_operator.profiles"))
 
 

@@ -72,6 +72,7 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Lo
             raise kopf.PermanentError(
                 f"cannot serve /metrics on {cfg.metrics_host}:{cfg.metrics_port}: {e.strerror}; "
                 f"set PERFPILOT_METRICS_PORT to a free port (-1 turns it off)") from e
+    rt.kopf_settings = settings
     rt.refusals = refusals_by_namespace     # kopf keeps it current; every profile pass reads it
     rt.replicaset_owners = replicaset_owners   # the coverage audit's workload of each pod
     memo.runtime = rt
