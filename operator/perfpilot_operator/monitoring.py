@@ -13,7 +13,7 @@ import datetime as dt
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
@@ -26,6 +26,7 @@ from perfpilot_operator.logic import stats
 from perfpilot_operator.logic.alerting import Transition
 from perfpilot_operator.logic.conditions import PodView, now_iso
 from perfpilot_operator.logic.scaling import Decision, ScalerState, decide
+from perfpilot_operator.logic.sharedcache import shared_cache_condition
 from perfpilot_operator.logic.status import Cond, Observed
 from perfpilot_operator.runtime import Runtime
 from perfpilot_operator.state import MonitorState, resume
@@ -54,6 +55,8 @@ class Stats:
     values: dict[str, float]
     unreachable: dict[str, str]
     generations: dict[str, int]
+    # pod name -> its sidecar's shared cache tier report (perfpilot.v1.SharedCacheStats).
+    shared: dict[str, Any] = field(default_factory=dict)
 
 
 async def read_stats(rt: Runtime, state: MonitorState, pods: list[PodView],
@@ -69,7 +72,7 @@ async def read_stats(rt: Runtime, state: MonitorState, pods: list[PodView],
     since_last_look = None if state.last_look is None else looked - state.last_look
     state.last_look = looked
     results = await bounded_gather([call(p) for p in live], limit=rt.settings.rollout_concurrency)
-    deltas, failures, generations = [], {}, {}
+    deltas, failures, generations, shared = [], {}, {}, {}
     keys = set()
     for p, r in zip(live, results):
         key = f"{p.name}@{p.ip}"
@@ -80,6 +83,7 @@ async def read_stats(rt: Runtime, state: MonitorState, pods: list[PodView],
             failures[p.name] = code
             continue
         generations[p.name] = int(r.generation)
+        shared[p.name] = r.shared_cache
         snap = stats.from_proto(r)
         prev = state.snapshots.get(key)
         deltas.append(stats.delta(prev, snap) if prev is not None
@@ -90,7 +94,7 @@ async def read_stats(rt: Runtime, state: MonitorState, pods: list[PodView],
     values = stats.profile_metrics(deltas, memory_limit_bytes=mon.sidecar_memory_limit(spec))
     for metric, value in values.items():
         prom.set_or_clear(prom.PROFILE_METRIC, (namespace, name, metric), value)
-    return Stats(values, failures, generations)
+    return Stats(values, failures, generations, shared)
 
 
 async def advance_alerts(rt: Runtime, state: MonitorState, body: kopf.Body, spec: dict[str, Any],
@@ -136,6 +140,9 @@ async def observe(*, rt: Runtime, state: MonitorState, body: kopf.Body, spec: di
     active, alerting = await advance_alerts(rt, state, body, spec, read.values, now, logger)
     status: dict[str, Any] = {"activeAlerts": active}
     conditions = [alerting]
+    tier = shared_cache_condition(read.shared)
+    if tier is not None:        # only profiles with spec.cache.shared get the condition
+        conditions.append(Cond(*tier))
     auto = mon.autoscaling(spec)
     if auto is None:
         state.scaler = ScalerState()

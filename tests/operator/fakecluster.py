@@ -60,6 +60,7 @@ class FakeSidecars:
         self.generations = generations
         self.configured: list[str] = []
         self.down: set[str] = set()
+        self.shared: dict[str, pb.SharedCacheStats] = {}     # IP -> its shared tier report
 
     def _check(self, target: Target) -> None:
         if target.host in self.down:
@@ -73,7 +74,8 @@ class FakeSidecars:
 
     async def get_stats(self, target: Target) -> pb.GetStatsResponse:
         self._check(target)
-        return pb.GetStatsResponse(generation=self.generations[target.host], uptime_seconds=100.0)
+        return pb.GetStatsResponse(generation=self.generations[target.host], uptime_seconds=100.0,
+                                   shared_cache=self.shared.get(target.host))
 
     async def forget(self, address: str) -> None:
         pass

@@ -169,3 +169,29 @@ async def test_a_spec_change_is_applied_by_the_event_handler_with_the_kwargs_kop
                         pods_by_namespace=cluster.pods)
         assert sidecars.configured == (["127.1.0.0"] if leads else []), (leads, sidecars.configured)
         assert (("a", "prof") in rt.kube.status) is leads
+
+
+async def test_the_shared_cache_condition_reports_what_the_sidecars_say() -> None:
+    """SharedCacheAvailable appears only with a configured tier, and follows the sidecars'
+    reports: one sidecar down makes it False naming the pod and its error, back up makes it True."""
+    sidecars = FakeSidecars({"127.1.0.0": 1, "127.1.0.1": 1})
+    cluster = Cluster(runtime(sidecars))
+    cluster.add("a", {}, pods(2))
+    calls = await cluster.beat()
+    assert "PATCH perfprofiles/prof/status" in calls, (calls, cluster.rt.kube.status)
+    cluster.deliver_status()
+    assert condition(cluster.profiles["a"][0]["status"], "SharedCacheAvailable") == {}
+    sidecars.shared = {"127.1.0.0": pb.SharedCacheStats(configured=True, up=True),
+                       "127.1.0.1": pb.SharedCacheStats(configured=True, up=False,
+                                                        last_error="connection refused")}
+    await cluster.beat()
+    cluster.deliver_status()
+    got = condition(cluster.profiles["a"][0]["status"], "SharedCacheAvailable")
+    assert (got["status"], got["reason"]) == ("False", "Disconnected"), got
+    assert "p1: connection refused" in got["message"] and "1 of 2" in got["message"], got
+    assert condition(cluster.profiles["a"][0]["status"], "Ready")["status"] == "True"   # information only
+    sidecars.shared["127.1.0.1"] = pb.SharedCacheStats(configured=True, up=True)
+    await cluster.beat()
+    cluster.deliver_status()
+    got = condition(cluster.profiles["a"][0]["status"], "SharedCacheAvailable")
+    assert (got["status"], got["reason"]) == ("True", "Connected"), got

@@ -4,8 +4,7 @@ Pure: takes each reachable sidecar's GetStats `shared_cache` (perfpilot.v1.Share
 name and returns the condition, or None when no sidecar has the tier configured (the condition is
 then left out). A sidecar whose tier is down still serves its app from its local caches, so this
 is information, not Ready=False: `(type, status, reason, message)` as the other conditions.
-Not wired into the status yet: the profile pass's status composition is being reshaped
-(logic/status.compose_status); one call there adds it.
+monitoring.observe adds it to the pass's conditions (logic/status.compose_status sets them).
 """
 
 from __future__ import annotations
