@@ -364,8 +364,9 @@ def run(small: bool, log: Callable[[str], None] = _print) -> dict[str, Entry]:
             f"a FlowSchema matching the operator's client-certificate user) per second over "
             f"{WINDOW_S:g}s at steady state with {spec.other_pods} unrelated pods; baseline: the "
             f"same with 0 unrelated pods; idle operator (no profile): {idle['rps']:.2f} req/s. "
-            f"{spec.profiles} profiles, resync {spec.resync} (the per-profile GET of the token "
-            f"Secret, status PATCHes, the resync's LIST of profiles, coverage audits every 30 s).")
+            f"{spec.profiles} profiles, resync {spec.resync} (what remains at steady state: "
+            f"status PATCHes when a status changes, the leader's Lease renewals, the coverage "
+            f"audit's filtered LIST per profile every 30 s).")
 
         # ---- one stats/alerts/scaling pass over 1,000 sidecars
         results["scale_pass_s_1000_pods"] = pass_entry(sc, spec, (a_since, a_until),
