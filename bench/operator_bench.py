@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Entry, entry, failed_entry, median, percentile
+from e2e.harness.procs import wait_until
 from perfpilot_operator.logic.webhooks import POD_HANDLER_ID
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -233,16 +234,7 @@ class Harness:
                 c.down()
 
     # ---------------------------------------------------------------- helpers
-    @staticmethod
-    def _wait(pred: Callable[[], Any], what: str, timeout: float, interval: float = 0.1) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            v = pred()
-            if v:
-                return v
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-            time.sleep(interval)
+    _wait = staticmethod(wait_until)
 
     def webhooks_ours(self) -> bool:
         """Both webhook configurations call our operator's port (not an e2e or dev one)."""

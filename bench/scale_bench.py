@@ -254,7 +254,8 @@ def operator_log(sc: Any) -> str:
 def run(small: bool, log: Callable[[str], None] = _print) -> dict[str, Entry]:
     os.environ.setdefault("PERFPILOT_REAL_NODE", "0")   # kwok nodes only: the real node's
     from e2e.harness.cluster import LocalCluster, Ports          # kubelet is not measured here
-    from e2e.harness.scale import Scale, ScaleSpec, wait
+    from e2e.harness.procs import wait_until as wait
+    from e2e.harness.scale import Scale, ScaleSpec
 
     spec = (ScaleSpec(namespaces=4, profiles_per_namespace=5, replicas=10, other_pods=1000,
                       other_namespaces=4) if small else ScaleSpec())

@@ -26,6 +26,7 @@ isolate()   # before the harness reads PERFPILOT_STATE / PERFPILOT_PORT_BASE
 from e2e.harness import dev  # noqa: E402
 from e2e.harness.anycluster import LOCAL_ONLY, ExternalCluster, external  # noqa: E402
 from e2e.harness.cluster import ClusterError, LocalCluster, Ports  # noqa: E402
+from e2e.harness.procs import wait_until  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -130,14 +131,7 @@ def namespace(cluster: LocalCluster) -> Iterator[str]:
 
 def _wait_for(predicate, what: str, timeout: float = 30.0, interval: float = 0.1):  # type: ignore[no-untyped-def]
     """Poll until predicate() is truthy; fail naming `what`. Returns the truthy value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
+    return wait_until(predicate, what, timeout, interval)
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,23 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+
+def wait_until(pred: Callable[[], Any], what: str, timeout: float = 30.0,
+               interval: float = 0.1) -> Any:
+    """Poll until pred() is truthy and return it; TimeoutError naming `what` after `timeout` s.
+    The one deadline-bounded wait of the e2e suite, the harness and the benchmarks."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
 
 
 def pid_alive(pid: int) -> bool:

@@ -33,6 +33,7 @@ from e2e.harness import dev
 from e2e.harness.cluster import NODE_COUNT, LocalCluster
 from e2e.harness.fleet import FLEET_LABEL
 from e2e.harness.pki import issue_client_cert
+from e2e.harness.procs import wait_until
 
 OPERATOR_USER = "perfpilot-operator"
 SCALE_LABEL = "perfpilot.io/scale"          # on every namespace the scenario creates
@@ -238,9 +239,9 @@ class Scale:
         self.cluster.kubectl("apply", "-f", "-", input=json.dumps(
             {"apiVersion": "v1", "kind": "List", "items": items}))
         for n in names:
-            wait(lambda n=n: self.cluster.kubectl("get", "sa", "default", "-n", n,
-                                                  check=False).returncode == 0,
-                 f"namespace {n}'s default ServiceAccount", 60)
+            wait_until(lambda n=n: self.cluster.kubectl("get", "sa", "default", "-n", n,
+                                                        check=False).returncode == 0,
+                       f"namespace {n}'s default ServiceAccount", 60, 0.2)
 
     def create_profiles(self, replicas: int) -> None:
         """Every namespace, PerfProfile and Deployment (`replicas` each)."""
@@ -397,10 +398,10 @@ class Scale:
             self.log(f"deleting {len(names)} namespaces (their pods go with them)")
             c.kubectl("delete", *names, "--wait=false", check=False, timeout=120)
             try:
-                wait(lambda: not c.kubectl("get", "ns", "-l",
-                                           f"{SCALE_LABEL}={self.spec.prefix}", "-o", "name",
-                                           check=False).stdout.split(),
-                     "the scenario's namespaces to go", timeout, 2.0)
+                wait_until(lambda: not c.kubectl("get", "ns", "-l",
+                                                 f"{SCALE_LABEL}={self.spec.prefix}", "-o",
+                                                 "name", check=False).stdout.split(),
+                           "the scenario's namespaces to go", timeout, 2.0)
             except TimeoutError as e:
                 self.log(f"{e} (left to the namespace controller)")
                 return
@@ -414,13 +415,3 @@ class Scale:
             self.log(f"deleting the {len(extra)} kwok nodes it added")
             c.kubectl("delete", "node", *extra, "--wait=false", check=False, timeout=120)
 
-
-def wait(pred: Callable[[], Any], what: str, timeout: float, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
