@@ -28,6 +28,13 @@ def _rate(metric: str, by: str, extra: str = "") -> str:
     return f"sum by ({by}) (rate({metric}{{{inner}}}[{WINDOW}]))"
 
 
+def _hit_ratio(prefix: str) -> str:
+    """hits / (hits + misses) per pod over the window, of `<prefix>_hits_total` and
+    `<prefix>_misses_total` (no value while nothing was read)."""
+    hits, misses = _rate(f"{prefix}_hits_total", "pod"), _rate(f"{prefix}_misses_total", "pod")
+    return f"{hits} / ({hits} + {misses} > 0)"
+
+
 def _quantile(q: float, histogram: str, by: str) -> str:
     """The q-quantile of a histogram over the window, per `by` (le added)."""
     return (f"histogram_quantile({q}, sum by ({by}, le) "
@@ -222,9 +229,7 @@ def build() -> Dashboard:
         "Reads that found a live entry, over the window and since the agent started. Low: "
         "the TTL is shorter than the reuse interval (raise cache.ttl) or entries are evicted "
         "before reuse (raise cache.maxEntries).",
-        [Query(f"{_rate('perfpilot_sidecar_cache_hits_total', 'pod')} / "
-               f"({_rate('perfpilot_sidecar_cache_hits_total', 'pod')} + "
-               f"{_rate('perfpilot_sidecar_cache_misses_total', 'pod')} > 0)", "{{pod}}"),
+        [Query(_hit_ratio("perfpilot_sidecar_cache"), "{{pod}}"),
          Query(f"perfpilot_sidecar_cache_hit_ratio{{{SEL}}}", "{{pod}} since start")],
         unit="percentunit", max_val=1),
         width=12, height=8)
@@ -259,9 +264,7 @@ def build() -> Dashboard:
         "not in the cache hit ratio above. Low with L1 on: cache.l1.maxEntries or maxBytes too "
         "small for the working set, values over cache.l1.maxValueBytes, or many writes "
         "invalidating entries (invalidations below).",
-        [Query(f"{_rate('perfpilot_sidecar_cache_l1_hits_total', 'pod')} / "
-               f"({_rate('perfpilot_sidecar_cache_l1_hits_total', 'pod')} + "
-               f"{_rate('perfpilot_sidecar_cache_l1_misses_total', 'pod')} > 0)", "{{pod}}"),
+        [Query(_hit_ratio("perfpilot_sidecar_cache_l1"), "{{pod}}"),
          Query(f"perfpilot_sidecar_cache_l1_hit_ratio{{{SEL}}}", "{{pod}} since start")],
         unit="percentunit", max_val=1),
         width=12, height=8)
