@@ -73,7 +73,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     cluster = current_cluster()
     state = cluster.state
     logs = [state / "logs" / f"{name}.log"
-            for name in ("operator", "podrunner", "kubelet", "containerd")]
+            for name in ("operator", "podrunner", "scale-fleet", "kubelet", "containerd")]
     logs += sorted((state / "pods").glob("*/*.log"))[-6:]
     for log in logs:
         # Only logs this session wrote: a previous run's leftovers would mislead.

@@ -106,6 +106,7 @@ class Fleet:
         self.record: IO[str] | None = record.open("a", buffering=1) if record else None
         self.registry: Any = None
         self.changed = asyncio.Event()
+        self.failed: dict[str, str] = {}          # uid -> why its agent is not running (yet)
 
     def read_secret(self, namespace: str, name: str, key: str) -> str | None:
         import base64
@@ -146,8 +147,9 @@ class Fleet:
         assert container is not None
         try:
             env = await asyncio.to_thread(resolve_env, container, pod, self.read_secret)
-        except LookupError:
-            return                                   # a Secret it names is not there yet
+        except LookupError as e:
+            self._failed(uid, key, f"waiting: {e}")  # a Secret it names is not there yet
+            return
         # Like the kubelet: the downwardAPI volume with the operator's CA (from the pod's
         # annotation) becomes a file, and the env's paths point into this pod's directory.
         volumes = self.volumes / uid
@@ -175,8 +177,20 @@ class Fleet:
         try:
             await app.start()
         except Exception as e:  # noqa: BLE001 - one pod's failure never stops the fleet
-            _log(f"{key}: agent did not start on {settings.listen_host}: {e}")
+            # E.g. the pod IP's port still held by the agent of a pod deleted a moment ago:
+            # retried (reconcile) like a kubelet restarts a container that exited.
             self.apps.pop(uid, None)
+            self.keys.pop(uid, None)
+            self._failed(uid, key, f"agent did not start on {settings.listen_host}: {e}")
+            return
+        if self.failed.pop(uid, None) is not None:
+            _log(f"{key}: agent started on {settings.listen_host} after a retry")
+
+    def _failed(self, uid: str, key: str, why: str) -> None:
+        """Logged once per pod and reason; reconcile retries while the pod is wanted."""
+        if self.failed.get(uid) != why:
+            _log(f"{key}: {why}; retrying")
+        self.failed[uid] = why
 
     async def stop_app(self, uid: str) -> None:
         app = self.apps.pop(uid, None)
@@ -186,6 +200,8 @@ class Fleet:
 
     async def reconcile(self) -> None:
         want = {uid for uid, p in self.pods.items() if wanted(p)}
+        for uid in [u for u in self.failed if u not in want]:
+            del self.failed[uid]
         gone = [uid for uid in self.apps if uid not in want]
         new = [uid for uid in want if uid not in self.apps]
         if gone:
@@ -206,7 +222,10 @@ class Fleet:
             while not stop.is_set():
                 waiter = asyncio.ensure_future(self.changed.wait())
                 stopper = asyncio.ensure_future(stop.wait())
-                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                # Level-triggered: pods whose agent failed to start are retried every second
+                # even when no pod event comes.
+                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED,
+                                   timeout=1.0 if self.failed else None)
                 waiter.cancel()
                 stopper.cancel()
                 self.changed.clear()

@@ -355,6 +355,24 @@ class Scale:
             bad.append(f"only {len(sts)} of {self.spec.profiles} profiles")
         return not bad, f"{len(bad)} not yet: " + "; ".join(bad[:3])
 
+    def wait_configured(self, replicas: int, generation: int | None = None, *,
+                        timeout: float, what: str) -> float:
+        """Seconds until all_configured(); checks our processes on the way, logs what is
+        missing every 15 s, and on timeout says which profiles are behind and why."""
+        t0 = time.monotonic()
+        last_log, why = t0, ""
+        while time.monotonic() - t0 < timeout:
+            ok, why = self.all_configured(replicas, generation)
+            if ok:
+                return time.monotonic() - t0
+            self.check_processes()
+            if time.monotonic() - last_log > 15:
+                self.log(f"waiting for {what}: {why}")
+                last_log = time.monotonic()
+            time.sleep(1.0)
+        raise TimeoutError(f"{what}: not within {timeout:.0f}s; {why} (agent fleet log: "
+                           f"{self.cluster.logs / (FLEET + '.log')})")
+
     def apiserver_metrics(self) -> str:
         return self.cluster._get(f"{self.cluster.server}/metrics", timeout=30)
 
