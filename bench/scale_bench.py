@@ -1,6 +1,7 @@
 """Cluster-scale benchmarks: 100 PerfProfiles x 10 injected pods + 10,000 unrelated pods.
 
     .venv/bin/python -m bench.scale_bench [--small]       # make bench-scale
+    .venv/bin/python -m bench.scale_bench --only burst     # set-up + one phase (burst, breach)
 
 writes bench/results/scale.json ({key: {value, unit, baseline, ratio, note}}, every baseline
 measured in the same run) and scale-meta.json. The scenario (nodes, profiles, the agent fleet on
@@ -9,7 +10,8 @@ pod IPs, the operator under its own user) is e2e/harness/scale.py, shared with e
 Order: the operator idles on an empty cluster; 100 Deployments scale 0 -> 10 (ready time); steady
 state with 1,000 injected pods (RSS, CPU, API requests/s: the baselines); 10,000 unrelated pods
 are created; steady state again (the values); a spec change to all 100 profiles and to one
-(rollout); a burst of 1,000 pod creations with and without the webhook. The cluster is started
+(rollout); a burst of 1,000 pod creations with and without the webhook; a metric breach of one
+profile until its scale step, among 100 profiles and then alone. The cluster is started
 here when none runs (without the real node) and stopped afterwards.
 """
 
@@ -45,8 +47,13 @@ UNITS: dict[str, str] = {
     "scale_operator_cpu_pct_10k_other": "%",
     "scale_api_requests_per_s": "req/s",
     "scale_webhook_added_ms_p99_burst": "ms",
+    "scale_breach_to_step_s": "s",
     "scale_other_pods_created_per_s": "pods/s",
 }
+
+# phases that `--only` runs alone (after the scenario's set-up), and the keys they write
+ONLY_PHASES: dict[str, tuple[str, ...]] = {"burst": ("scale_webhook_added_ms_p99_burst",),
+                                           "breach": ("scale_breach_to_step_s",)}
 
 
 def _print(msg: str) -> None:
@@ -177,11 +184,67 @@ def sweeps(records: list[tuple[float, str, str, int]], ticks: list[float], since
     return out
 
 
+def bucket_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
+    """q-quantile of the observations between two scrapes of a cumulative histogram, linearly
+    interpolated inside its bucket (PromQL's histogram_quantile); nan without observations."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    if not counts or counts[-1] <= 0:
+        return math.nan
+    rank, lower, below = q * counts[-1], 0.0, 0.0
+    for bound, cum in zip(bounds, counts):
+        if cum >= rank:
+            if math.isinf(bound):
+                return lower        # in the +Inf bucket: its lower bound, as PromQL does
+            return lower + (bound - lower) * (rank - below) / max(cum - below, 1e-12)
+        lower, below = bound, cum
+    return lower
+
+
+class Admission:
+    """The pod webhook's timing between two scrapes: the API server's own view of each call
+    (apiserver_admission_webhook_admission_duration_seconds: network, TLS, queueing, handling)
+    and the operator's (perfpilot_operator_webhook_duration_seconds: handling only)."""
+
+    API = "apiserver_admission_webhook_admission_duration_seconds"
+    OPERATOR = "perfpilot_operator_webhook_duration_seconds"
+
+    def __init__(self, sc: Any) -> None:
+        from perfpilot_operator.logic.webhooks import POD_HANDLER_ID, POD_WEBHOOK
+
+        self.sc = sc
+        self.api_labels = {"name": POD_WEBHOOK, "operation": "CREATE", "type": "admit"}
+        self.op_labels = {"webhook": POD_HANDLER_ID}
+        self.before = self._scrape()
+
+    def _scrape(self) -> dict[str, Any]:
+        from e2e.harness.scale import parse_counter, parse_histogram
+
+        api, op = self.sc.apiserver_metrics(), self.sc.operator_metrics()
+        return {"api": parse_histogram(api, self.API, self.api_labels),
+                "api_sum": parse_counter(api, self.API + "_sum", self.api_labels),
+                "op": parse_histogram(op, self.OPERATOR, self.op_labels),
+                "op_sum": parse_counter(op, self.OPERATOR + "_sum", self.op_labels)}
+
+    def summary(self) -> dict[str, float]:
+        """p50/p99/mean in ms of both views since construction, and the call counts."""
+        a, b = self.before, self._scrape()
+        out: dict[str, float] = {}
+        for view in ("api", "op"):
+            n = b[view].get(math.inf, 0.0) - a[view].get(math.inf, 0.0)
+            out[f"{view}_n"] = n
+            out[f"{view}_mean"] = 1000 * (b[view + "_sum"] - a[view + "_sum"]) / n if n else math.nan
+            for q in (0.5, 0.99):
+                out[f"{view}_p{round(q * 100)}"] = 1000 * bucket_quantile(a[view], b[view], q)
+        return out
+
+
 def webhook_burst(sc: Any, n: int, threads: int, log: Callable[[str], None]
-                  ) -> tuple[list[float], list[float]]:
+                  ) -> tuple[list[float], list[float], dict[str, float]]:
     """ms per pod CREATE in a burst of n concurrent creations, with the webhook (opted-in pods a
     profile selects) and without (the same pods without the opt-in label); arms alternate in
-    chunks of 100. Pods are scheduling-gated (never run) and deleted afterwards."""
+    chunks of 100. Pods are scheduling-gated (never run) and deleted afterwards. Also: the
+    webhook's timing by the API server and by the operator, and the stored pods' sizes."""
     from e2e.harness.scale import other_pod, profile_doc
 
     ns = sc.spec.namespace(0)
@@ -189,6 +252,7 @@ def webhook_burst(sc: Any, n: int, threads: int, log: Callable[[str], None]
     sc.cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(prof))
     time.sleep(2.0)     # the webhook's profile index sees it
     times: dict[str, list[float]] = {"in": [], "out": []}
+    sizes: dict[str, int] = {}
 
     def create(arm: str, i: int) -> None:
         body = other_pod(f"burst-{arm}-{i}", "", gated=True, inject=arm == "in")
@@ -201,19 +265,182 @@ def webhook_burst(sc: Any, n: int, threads: int, log: Callable[[str], None]
         if (injected == "true") != (arm == "in"):
             raise RuntimeError(f"burst pod {pod['metadata']['name']}: injected={injected}")
         times[arm].append(dt)
+        sizes.setdefault(f"size_{arm}", len(out.data))
 
+    admission = Admission(sc)
     t0 = time.monotonic()
     with ThreadPoolExecutor(threads) as pool:
         futures = [pool.submit(create, arm, i) for start in range(0, n, 100)
                    for arm in ("in", "out") for i in range(start, min(n, start + 100))]
         for f in futures:
             f.result()
-    log(f"webhook burst: {2 * n} creates ({threads} concurrent) in {time.monotonic() - t0:.1f}s")
+    info = {**admission.summary(), **sizes, "load": os.getloadavg()[0]}
+    log(f"webhook burst: {2 * n} creates ({threads} concurrent) in {time.monotonic() - t0:.1f}s; "
+        f"the webhook's calls by the API server: p50 {info['api_p50']:.1f} ms, p99 "
+        f"{info['api_p99']:.1f} ms, mean {info['api_mean']:.1f} ms; handled by the operator: "
+        f"p50 {info['op_p50']:.2f} ms, p99 {info['op_p99']:.2f} ms, mean {info['op_mean']:.2f} "
+        f"ms; pod {sizes.get('size_in', 0)} vs {sizes.get('size_out', 0)} bytes")
     sc.core.delete_collection_namespaced_pod(ns, label_selector="app=burst",
                                              grace_period_seconds=0)
     sc.custom.delete_namespaced_custom_object("perfpilot.io", "v1alpha1", ns, "perfprofiles",
                                               "burst")
-    return times["in"], times["out"]
+    return times["in"], times["out"], info
+
+
+def burst_entry(wh_in: list[float], wh_out: list[float], info: dict[str, float],
+                threads: int) -> Entry:
+    p99_in, p99_out = percentile(wh_in, 0.99), percentile(wh_out, 0.99)
+    return entry(
+        p99_in - p99_out, "ms", p99_out,
+        f"a burst of {len(wh_in)} opted-in pod CREATEs (a profile selects them; the "
+        f"operator's mutating webhook injects the sidecar) interleaved in chunks of 100 with "
+        f"{len(wh_out)} of the same pod without the opt-in label (the objectSelector skips "
+        f"the webhook), {threads} concurrent creates; value = p99 with ({p99_in:.1f} ms) minus "
+        f"p99 without ({p99_out:.1f} ms); baseline = p99 without. p50 {median(wh_in):.1f} vs "
+        f"{median(wh_out):.1f} ms. Where the time goes: the API server's own timing of the "
+        f"webhook call ({info['api_n']:.0f} calls; apiserver_admission_webhook_admission_"
+        f"duration_seconds, coarse buckets) p50 {info['api_p50']:.1f} ms, p99 "
+        f"{info['api_p99']:.1f} ms, mean {info['api_mean']:.1f} ms; the operator's handling "
+        f"of a review ({info['op_n']:.0f}; perfpilot_operator_webhook_duration_seconds, from "
+        f"the body read to the response) p50 {info['op_p50']:.2f} ms, p99 "
+        f"{info['op_p99']:.2f} ms, mean {info['op_mean']:.2f} ms; the rest of a call is "
+        f"network, TLS and waiting for the operator's loop or GIL. The stored pod is "
+        f"{info.get('size_in', 0):.0f} bytes injected vs {info.get('size_out', 0):.0f} without "
+        f"(the sidecar container, volumes, annotations): the API server also stores more. "
+        f"Pods are scheduling-gated (never run); load {info['load']:.1f} during the burst. "
+        f"Target: <= 5 ms added.")
+
+
+class ReplicasWatch(threading.Thread):
+    """A watch on one Deployment: (arrival time (unix), spec.replicas) of every event; the
+    first arrival of a new size is when the scale step reached the API server's watchers."""
+
+    def __init__(self, sc: Any, namespace: str, name: str) -> None:
+        super().__init__(daemon=True, name="replicas-watch")
+        self.sc, self.namespace, self.name = sc, namespace, name
+        self.seen: list[tuple[float, int]] = []
+        self.ready = threading.Event()
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        from kubernetes import watch
+
+        apps, sel = self.sc.apps, f"metadata.name={self.name}"
+        rv = apps.list_namespaced_deployment(self.namespace, field_selector=sel).metadata
+        self.ready.set()
+        w = watch.Watch()
+        while not self.stopping.is_set():
+            for ev in w.stream(apps.list_namespaced_deployment, self.namespace,
+                               field_selector=sel, resource_version=rv.resource_version,
+                               timeout_seconds=60):
+                self.seen.append((time.time(), int(ev["object"].spec.replicas)))
+                rv = ev["object"].metadata
+                if self.stopping.is_set():
+                    w.stop()
+                    return
+
+    def first(self, replicas: int, since: float) -> float:
+        return next((t for t, r in self.seen if r == replicas and t >= since), math.nan)
+
+
+BREACH_S, CALM_S, TARGET_S = 0.2, 0.001, 0.05     # app latency p99: breaching, calm, the target
+
+
+def autoscaling_patch(name: str, low: int, high: int) -> dict[str, Any]:
+    """spec.target and spec.autoscaling on app_latency_p99_seconds: one pod per step up at
+    once; down only after an hour (so each breach steps up from where the last one left it)."""
+    return {"spec": {"target": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+                     "autoscaling": {"minReplicas": low, "maxReplicas": high,
+                                     "metric": "app_latency_p99_seconds", "target": TARGET_S,
+                                     "interval": "1s",
+                                     "scaleUp": {"stabilizationWindow": "0s", "maxStep": 1},
+                                     "scaleDown": {"stabilizationWindow": "1h",
+                                                   "maxStep": 1}}}}
+
+
+def breach_trials(sc: Any, target: tuple[str, str], trials: int, resync: float,
+                  log: Callable[[str], None]) -> list[tuple[float, float]]:
+    """`trials` breaches of one profile's app latency (its fleet agents report BREACH_S against
+    a TARGET_S autoscaling target), each until the Deployment's next size: per trial, (seconds
+    from the breach's first recorded batch to the new size on a watch, seconds from the first
+    resync tick after the breach to it). Between trials the latency is calm for 2-3 resyncs
+    (a random phase against the ticks)."""
+    import random
+
+    from e2e.harness.scale import GROUP, PLURAL, VERSION
+
+    ns, name = target
+    key = f"{ns}/{name}"
+    current = int(sc.apps.read_namespaced_deployment_scale(name, ns).spec.replicas)
+    sc.set_app_latency({target: CALM_S})
+    sc.custom.patch_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name,
+                                             autoscaling_patch(name, current, current + trials))
+    time.sleep(2.5 * resync)         # the scaler has seen the calm metric
+    w = ReplicasWatch(sc, ns, name)
+    w.start()
+    w.ready.wait(30)
+    out = []
+    for k in range(trials):
+        time.sleep(random.uniform(0, resync))
+        t_set = time.time()
+        sc.set_app_latency({target: BREACH_S})
+        want = current + k + 1
+        deadline = time.monotonic() + 60 + 4 * resync
+        while math.isnan(w.first(want, t_set)) and time.monotonic() < deadline:
+            sc.check_processes()
+            time.sleep(0.2)
+        t_step = w.first(want, t_set)
+        fed = [t for t, what, d, _ in sc.fleet_records(since=t_set)
+               if what == "latency" and d == key]
+        if math.isnan(t_step) or not fed:
+            raise TimeoutError(f"{key}: no scale step to {want} replicas within "
+                               f"{60 + 4 * resync:.0f}s of the breach ({len(fed)} breach "
+                               f"records)")
+        tick = next((t for t in resync_ticks(operator_log(sc)) if t >= fed[0]), math.nan)
+        out.append((t_step - fed[0], t_step - tick))
+        log(f"breach {k + 1}/{trials} of {key}: scale step to {want} replicas "
+            f"{out[-1][0]:.2f}s after the breach ({out[-1][1]:.2f}s after the next resync tick)")
+        sc.set_app_latency({target: CALM_S})
+        time.sleep(2 * resync)
+    w.stopping.set()
+    sc.set_app_latency({})
+    return out
+
+
+def breach_entry(sc: Any, spec: Any, trials: int, log: Callable[[str], None]) -> Entry:
+    """scale_breach_to_step_s: among every profile's pods, then with the others scaled to 0."""
+    from e2e.harness.procs import wait_until
+
+    resync = float(spec.resync.rstrip("s"))
+    target = spec.targets()[-1]      # a fleet profile (the sample ones run full sidecars)
+    among = breach_trials(sc, target, trials, resync, log)
+    others = [t for t in spec.targets() if t != target]
+    t = time.monotonic()
+    sc.scale_to(0, others)
+    names = [spec.namespace(i) for i in range(spec.namespaces)]
+    current = int(sc.apps.read_namespaced_deployment_scale(target[1], target[0]).spec.replicas)
+    wait_until(lambda: sc.count_pods("perfpilot.io/inject=true", names) <= current,
+               f"the other {len(others)} profiles' pods gone", 600, 2.0)
+    log(f"the other {len(others)} profiles' pods gone after {time.monotonic() - t:.0f}s")
+    time.sleep(3 * resync)
+    alone = breach_trials(sc, target, trials, resync, log)
+    v, b = [x for x, _ in among], [x for x, _ in alone]
+    return entry(
+        median(v), "s", median(b),
+        f"one profile ({target[0]}/{target[1]}) among {spec.profiles} with {spec.injected} "
+        f"injected pods: its fleet agents start reporting an app latency of "
+        f"{BREACH_S * 1000:g} ms (RecordTimings batches every 0.1 s) against an "
+        f"autoscaling target of app_latency_p99_seconds {TARGET_S:g} (maxStep 1 up, "
+        f"stabilization 0 s); seconds from the first breaching batch (fleet record) to the "
+        f"Deployment's new size arriving on a watch, median of {len(v)} breaches: "
+        f"{', '.join(f'{x:.2f}' for x in v)} s; of which after the first resync tick that "
+        f"followed the breach: {', '.join(f'{x:.2f}' for _, x in among)} s. baseline: the same "
+        f"breaches of the same profile after the other {spec.profiles - 1} Deployments were "
+        f"scaled to 0 (their profiles kept, no sidecars): "
+        f"{', '.join(f'{x:.2f}' for x in b)} s (after the tick: "
+        f"{', '.join(f'{x:.2f}' for _, x in alone)} s). The operator reads metrics once per "
+        f"resync ({spec.resync}): a breach waits 0..{spec.resync} for the next pass (random "
+        f"phase per breach), then that profile's turn in the pass and the scale PATCH.")
 
 
 def pass_entry(sc: Any, spec: Any, a: tuple[float, float], b: tuple[float, float]) -> Entry:
@@ -251,12 +478,15 @@ def operator_log(sc: Any) -> str:
 
 # --------------------------------------------------------------------------- driver
 
-def run(small: bool, log: Callable[[str], None] = _print) -> dict[str, Entry]:
+def run(small: bool, log: Callable[[str], None] = _print, only: frozenset[str] = frozenset()
+        ) -> dict[str, Entry]:
+    """Every phase, or (`only`) the scenario's set-up and just those of ONLY_PHASES."""
     os.environ.setdefault("PERFPILOT_REAL_NODE", "0")   # kwok nodes only: the real node's
     from e2e.harness.cluster import LocalCluster, Ports          # kubelet is not measured here
     from e2e.harness.procs import wait_until as wait
     from e2e.harness.scale import Scale, ScaleSpec
 
+    phases = only or frozenset(ONLY_PHASES)
     spec = (ScaleSpec(namespaces=4, profiles_per_namespace=5, replicas=10, other_pods=1000,
                       other_namespaces=4) if small else ScaleSpec())
     base = Ports().base
@@ -275,142 +505,147 @@ def run(small: bool, log: Callable[[str], None] = _print) -> dict[str, Entry]:
         sc.prepare()
         sc.start_agents()
         sc.start_operator()
-        idle = steady(sc, "idle: no profile, no pod", log, settle=10)
+        idle = {} if only else steady(sc, "idle: no profile, no pod", log, settle=10)
         sc.create_profiles(replicas=0)
         wait(lambda: sc.all_configured(0)[0], "every profile reconciled with 0 pods", 120, 1.0)
 
-        # ---- ready: 100 Deployments 0 -> 10
-        t0 = sc.scale_to(spec.replicas)
-        names = [spec.namespace(i) for i in range(spec.namespaces)]
-        running_at = configured_at = math.nan
-        deadline = time.monotonic() + 900
-        last = 0.0
-        while time.monotonic() < deadline:
-            if math.isnan(running_at):
-                n = sc.count_running("perfpilot.io/inject=true", names)
-                if n >= spec.injected:
-                    running_at = time.time() - t0
-                    log(f"all {n} pods Running after {running_at:.1f}s")
-            else:
-                ok, why = sc.all_configured(spec.replicas)
-                if ok:
-                    configured_at = time.time() - t0
-                    break
-                if time.monotonic() - last > 15:
-                    log(f"waiting for every profile to report its pods configured: {why}")
-                    last = time.monotonic()
-            sc.check_processes()
-            time.sleep(1.0)
-        if math.isnan(configured_at):
-            raise TimeoutError("the 1,000 pods were not all injected, Running and configured "
-                               "within 900s")
-        log(f"all {spec.injected} pods injected, Running and configured after "
-            f"{configured_at:.1f}s")
-        results["scale_ready_s_1000_pods"] = entry(
-            configured_at, "s", running_at,
-            f"{spec.profiles} Deployments scaled 0 -> {spec.replicas} at once (scale "
-            f"subresource patches, 16 concurrent) until every PerfProfile's status reports "
-            f"{spec.replicas} pods injected and configured (generation read back from each "
-            f"sidecar by GetStats/Configure) and none uninjected, polled every 1 s. baseline: "
-            f"until all {spec.injected} pods are Running (kube-controller-manager's ReplicaSets "
-            f"at its default 20 QPS, the scheduler, kwok): the floor without perfpilot. "
-            f"{spec.injected - spec.sample_deployments * spec.replicas} pods on the agent fleet, "
-            f"{spec.sample_deployments * spec.replicas} on full sidecar processes; resync "
-            f"{spec.resync}.")
+        if only:
+            # the scenario up to 1,000 injected pods, configured, without the timed phases
+            sc.scale_to(spec.replicas)
+            t = sc.wait_configured(spec.replicas, timeout=900,
+                                   what=f"all {spec.injected} pods injected and configured")
+            log(f"all {spec.injected} pods injected, Running and configured after {t:.0f}s")
+        else:
+            # ---- ready: 100 Deployments 0 -> 10
+            t0 = sc.scale_to(spec.replicas)
+            names = [spec.namespace(i) for i in range(spec.namespaces)]
+            running_at = configured_at = math.nan
+            deadline = time.monotonic() + 900
+            last = 0.0
+            while time.monotonic() < deadline:
+                if math.isnan(running_at):
+                    n = sc.count_running("perfpilot.io/inject=true", names)
+                    if n >= spec.injected:
+                        running_at = time.time() - t0
+                        log(f"all {n} pods Running after {running_at:.1f}s")
+                else:
+                    ok, why = sc.all_configured(spec.replicas)
+                    if ok:
+                        configured_at = time.time() - t0
+                        break
+                    if time.monotonic() - last > 15:
+                        log(f"waiting for every profile to report its pods configured: {why}")
+                        last = time.monotonic()
+                sc.check_processes()
+                time.sleep(1.0)
+            if math.isnan(configured_at):
+                raise TimeoutError("the 1,000 pods were not all injected, Running and configured "
+                                   "within 900s")
+            log(f"all {spec.injected} pods injected, Running and configured after "
+                f"{configured_at:.1f}s")
+            results["scale_ready_s_1000_pods"] = entry(
+                configured_at, "s", running_at,
+                f"{spec.profiles} Deployments scaled 0 -> {spec.replicas} at once (scale "
+                f"subresource patches, 16 concurrent) until every PerfProfile's status reports "
+                f"{spec.replicas} pods injected and configured (generation read back from each "
+                f"sidecar by GetStats/Configure) and none uninjected, polled every 1 s. baseline: "
+                f"until all {spec.injected} pods are Running (kube-controller-manager's ReplicaSets "
+                f"at its default 20 QPS, the scheduler, kwok): the floor without perfpilot. "
+                f"{spec.injected - spec.sample_deployments * spec.replicas} pods on the agent fleet, "
+                f"{spec.sample_deployments * spec.replicas} on full sidecar processes; resync "
+                f"{spec.resync}.")
 
-        # ---- steady state with 1,000 injected pods (baselines)
-        base_a = steady(sc, f"{spec.injected} injected pods, 0 other", log, settle=15)
-        a_since = time.time() - WINDOW_S
-        a_until = time.time()
+            # ---- steady state with 1,000 injected pods (baselines)
+            base_a = steady(sc, f"{spec.injected} injected pods, 0 other", log, settle=15)
+            a_since = time.time() - WINDOW_S
+            a_until = time.time()
 
-        # ---- 10,000 unrelated pods
-        t = time.monotonic()
-        rate = sc.create_other_pods()
-        others = [spec.other_namespace(i) for i in range(spec.other_namespaces)]
-        wait(lambda: sc.count_running("app=other", others) >= spec.other_pods,
-             f"{spec.other_pods} other pods Running", 900, 5.0)
-        log(f"{spec.other_pods} other pods created ({rate:.0f}/s) and Running after "
-            f"{time.monotonic() - t:.0f}s")
-        results["scale_other_pods_created_per_s"] = entry(
-            rate, "pods/s", spec.other_pods,
-            f"creation rate of {spec.other_pods} bare pods (bound to nodes, 16 concurrent "
-            f"creates, kubernetes Python client) on the shared 2-core machine; baseline = the "
-            f"count (ratio = 1/seconds); all Running {time.monotonic() - t:.0f}s after the "
-            f"first create.")
-        b = steady(sc, f"{spec.injected} injected pods, {spec.other_pods} other", log,
-                   settle=20)
-        b_since, b_until = time.time() - WINDOW_S, time.time()
-        results["scale_operator_rss_mb_1000_injected"] = entry(
-            base_a["rss"], "MB", idle["rss"],
-            f"operator VmRSS at steady state with {spec.profiles} profiles and {spec.injected} "
-            f"injected pods (0 other pods); baseline: the same operator idle on the empty "
-            f"cluster ({idle['rss']:.1f} MB). CPU {base_a['cpu']:.1f}% of one core vs "
-            f"{idle['cpu']:.1f}% idle over {WINDOW_S:g}s.")
-        results["scale_operator_rss_mb_10k_other"] = entry(
-            b["rss"], "MB", base_a["rss"],
-            f"operator VmRSS at steady state with {spec.other_pods} unrelated pods (bound and "
-            f"Running, {spec.other_namespaces} namespaces) besides {spec.injected} injected "
-            f"pods; baseline: the same operator before they existed. Added: "
-            f"{b['rss'] - base_a['rss']:+.1f} MB (target <= +20 MB; idle {idle['rss']:.1f} MB). "
-            f"The pod watch is filtered by the API server (labelSelector "
-            f"perfpilot.io/inject=true), so unrelated pods never reach the operator.")
-        results["scale_operator_cpu_pct_10k_other"] = entry(
-            b["cpu"], "%", base_a["cpu"],
-            f"operator CPU (utime+stime, % of one core) over {WINDOW_S:g}s at steady state with "
-            f"{spec.other_pods} unrelated pods; baseline: the same window before they existed.")
-        results["scale_api_requests_per_s"] = entry(
-            b["rps"], "req/s", base_a["rps"],
-            f"requests the API server dispatched for the operator's user (its own metrics: "
-            f"apiserver_flowcontrol_dispatched_requests_total{{flow_schema=perfpilot-operator}}, "
-            f"a FlowSchema matching the operator's client-certificate user) per second over "
-            f"{WINDOW_S:g}s at steady state with {spec.other_pods} unrelated pods; baseline: the "
-            f"same with 0 unrelated pods; idle operator (no profile): {idle['rps']:.2f} req/s. "
-            f"{spec.profiles} profiles, resync {spec.resync} (what remains at steady state: "
-            f"status PATCHes when a status changes, the leader's Lease renewals, the coverage "
-            f"audit's filtered LIST per profile every 30 s).")
+            # ---- 10,000 unrelated pods
+            t = time.monotonic()
+            rate = sc.create_other_pods()
+            others = [spec.other_namespace(i) for i in range(spec.other_namespaces)]
+            wait(lambda: sc.count_running("app=other", others) >= spec.other_pods,
+                 f"{spec.other_pods} other pods Running", 900, 5.0)
+            log(f"{spec.other_pods} other pods created ({rate:.0f}/s) and Running after "
+                f"{time.monotonic() - t:.0f}s")
+            results["scale_other_pods_created_per_s"] = entry(
+                rate, "pods/s", spec.other_pods,
+                f"creation rate of {spec.other_pods} bare pods (bound to nodes, 16 concurrent "
+                f"creates, kubernetes Python client) on the shared 2-core machine; baseline = the "
+                f"count (ratio = 1/seconds); all Running {time.monotonic() - t:.0f}s after the "
+                f"first create.")
+            b = steady(sc, f"{spec.injected} injected pods, {spec.other_pods} other", log,
+                       settle=20)
+            b_since, b_until = time.time() - WINDOW_S, time.time()
+            results["scale_operator_rss_mb_1000_injected"] = entry(
+                base_a["rss"], "MB", idle["rss"],
+                f"operator VmRSS at steady state with {spec.profiles} profiles and {spec.injected} "
+                f"injected pods (0 other pods); baseline: the same operator idle on the empty "
+                f"cluster ({idle['rss']:.1f} MB). CPU {base_a['cpu']:.1f}% of one core vs "
+                f"{idle['cpu']:.1f}% idle over {WINDOW_S:g}s.")
+            results["scale_operator_rss_mb_10k_other"] = entry(
+                b["rss"], "MB", base_a["rss"],
+                f"operator VmRSS at steady state with {spec.other_pods} unrelated pods (bound and "
+                f"Running, {spec.other_namespaces} namespaces) besides {spec.injected} injected "
+                f"pods; baseline: the same operator before they existed. Added: "
+                f"{b['rss'] - base_a['rss']:+.1f} MB (target <= +20 MB; idle {idle['rss']:.1f} MB). "
+                f"The pod watch is filtered by the API server (labelSelector "
+                f"perfpilot.io/inject=true), so unrelated pods never reach the operator.")
+            results["scale_operator_cpu_pct_10k_other"] = entry(
+                b["cpu"], "%", base_a["cpu"],
+                f"operator CPU (utime+stime, % of one core) over {WINDOW_S:g}s at steady state with "
+                f"{spec.other_pods} unrelated pods; baseline: the same window before they existed.")
+            results["scale_api_requests_per_s"] = entry(
+                b["rps"], "req/s", base_a["rps"],
+                f"requests the API server dispatched for the operator's user (its own metrics: "
+                f"apiserver_flowcontrol_dispatched_requests_total{{flow_schema=perfpilot-operator}}, "
+                f"a FlowSchema matching the operator's client-certificate user) per second over "
+                f"{WINDOW_S:g}s at steady state with {spec.other_pods} unrelated pods; baseline: the "
+                f"same with 0 unrelated pods; idle operator (no profile): {idle['rps']:.2f} req/s. "
+                f"{spec.profiles} profiles, resync {spec.resync} (what remains at steady state: "
+                f"status PATCHes when a status changes, the leader's Lease renewals, the coverage "
+                f"audit's filtered LIST per profile every 30 s).")
 
-        # ---- one stats/alerts/scaling pass over 1,000 sidecars
-        results["scale_pass_s_1000_pods"] = pass_entry(sc, spec, (a_since, a_until),
-                                                      (b_since, b_until))
+            # ---- one stats/alerts/scaling pass over 1,000 sidecars
+            results["scale_pass_s_1000_pods"] = pass_entry(sc, spec, (a_since, a_until),
+                                                          (b_since, b_until))
 
-        # ---- rollout to all 1,000, then to one profile's 10 while the 990 are live
-        lat, delivered = rollout(sc, spec.targets(), 2000, 300, log)
-        results["scale_rollout_p99_s_1000_pods"] = entry(
-            percentile(lat, 0.99), "s", percentile(delivered, 0.99),
-            f"spec change (cache.maxEntries) to all {spec.profiles} profiles at once (16 "
-            f"concurrent PATCHes), until each fleet sidecar applied the new generation "
-            f"(recorded by the sidecar's own Configure, {len(lat)} sidecars): p50 "
-            f"{median(lat):.2f}s, p99 {percentile(lat, 0.99):.2f}s, max {max(lat):.2f}s. "
-            f"baseline: p99 of a cluster-wide PerfProfile watch (opened before) receiving each "
-            f"profile's new generation ({len(delivered)} profiles; p50 "
-            f"{median(delivered):.3f}s). {spec.other_pods} unrelated pods present. Target: "
-            f"p99 <= 2 s.")
-        one = [spec.targets()[-1]]
-        lat1, del1 = rollout(sc, one, 3000, 120, log)
-        results["scale_rollout_p99_s_10_of_1000_pods"] = entry(
-            percentile(lat1, 0.99), "s", percentile(del1, 0.99),
-            f"spec change to one profile ({one[0][0]}/{one[0][1]}, {len(lat1)} sidecars) while "
-            f"the other {spec.injected - len(lat1)} are live: p50 {median(lat1):.2f}s; "
-            f"baseline: the watch delivery of that change.")
+            # ---- rollout to all 1,000, then to one profile's 10 while the 990 are live
+            lat, delivered = rollout(sc, spec.targets(), 2000, 300, log)
+            results["scale_rollout_p99_s_1000_pods"] = entry(
+                percentile(lat, 0.99), "s", percentile(delivered, 0.99),
+                f"spec change (cache.maxEntries) to all {spec.profiles} profiles at once (16 "
+                f"concurrent PATCHes), until each fleet sidecar applied the new generation "
+                f"(recorded by the sidecar's own Configure, {len(lat)} sidecars): p50 "
+                f"{median(lat):.2f}s, p99 {percentile(lat, 0.99):.2f}s, max {max(lat):.2f}s. "
+                f"baseline: p99 of a cluster-wide PerfProfile watch (opened before) receiving each "
+                f"profile's new generation ({len(delivered)} profiles; p50 "
+                f"{median(delivered):.3f}s). {spec.other_pods} unrelated pods present. Target: "
+                f"p99 <= 2 s.")
+            one = [spec.targets()[-1]]
+            lat1, del1 = rollout(sc, one, 3000, 120, log)
+            results["scale_rollout_p99_s_10_of_1000_pods"] = entry(
+                percentile(lat1, 0.99), "s", percentile(del1, 0.99),
+                f"spec change to one profile ({one[0][0]}/{one[0][1]}, {len(lat1)} sidecars) while "
+                f"the other {spec.injected - len(lat1)} are live: p50 {median(lat1):.2f}s; "
+                f"baseline: the watch delivery of that change.")
 
         # ---- webhook burst
-        wh_in, wh_out = webhook_burst(sc, 1000 if not small else 200, 16, log)
-        p99_in, p99_out = percentile(wh_in, 0.99), percentile(wh_out, 0.99)
-        results["scale_webhook_added_ms_p99_burst"] = entry(
-            p99_in - p99_out, "ms", p99_out,
-            f"a burst of {len(wh_in)} opted-in pod CREATEs (a profile selects them; the "
-            f"operator's mutating webhook injects the sidecar) interleaved in chunks of 100 with "
-            f"{len(wh_out)} of the same pod without the opt-in label (the objectSelector skips "
-            f"the webhook), 16 concurrent creates; value = p99 with ({p99_in:.1f} ms) minus p99 "
-            f"without ({p99_out:.1f} ms); baseline = p99 without. p50 {median(wh_in):.1f} vs "
-            f"{median(wh_out):.1f} ms. Pods are scheduling-gated (never run). The injected pod "
-            f"is larger (the sidecar container, volumes): part of the difference is storing it. "
-            f"Target: <= 5 ms added.")
+        if "burst" in phases:
+            threads = 16
+            wh_in, wh_out, info = webhook_burst(sc, 1000 if not small else 200, threads, log)
+            results["scale_webhook_added_ms_p99_burst"] = burst_entry(wh_in, wh_out, info,
+                                                                      threads)
+
+        # ---- breach -> scale step for one profile among 100, then with the others' pods gone
+        if "breach" in phases:
+            results["scale_breach_to_step_s"] = breach_entry(sc, spec, 3 if small else 5, log)
     except Exception as e:  # noqa: BLE001 - every key still reported
         why = f"{type(e).__name__}: {str(e)[:300]}"
         log(f"failed: {why}")
         for k, u in UNITS.items():
-            results.setdefault(k, failed_entry(u, why))
+            if not only or any(k in ONLY_PHASES[p] for p in only):
+                results.setdefault(k, failed_entry(u, why))
     finally:
         if sc is not None and not started:
             sc.close()
@@ -423,7 +658,8 @@ def run(small: bool, log: Callable[[str], None] = _print) -> dict[str, Entry]:
     for k in results:
         results[k]["note"] += (f" Machine: 2 cores shared with other sessions; load average at "
                                f"the end {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}.")
-    return {k: results[k] for k in UNITS if k in results}
+    keys = [k for k in UNITS if not only or any(k in ONLY_PHASES[p] for p in only)]
+    return {k: results[k] for k in keys if k in results}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -433,13 +669,19 @@ def main(argv: list[str] | None = None) -> int:
                                  description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--small", action="store_true",
                     help="20 profiles x 10 pods + 1,000 other pods (a smoke run)")
+    ap.add_argument("--only", action="append", choices=sorted(ONLY_PHASES), default=[],
+                    help="set up the scenario (1,000 injected pods) and run only this phase "
+                         "(repeatable); writes scale-only-<phases>.json")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ns = ap.parse_args(argv)
     t0, load = time.monotonic(), os.getloadavg()
-    results = run(ns.small)
+    only = frozenset(ns.only)
+    results = run(ns.small, only=only)
     wall = time.monotonic() - t0
     ns.out.mkdir(parents=True, exist_ok=True)
     name = "scale-small" if ns.small else "scale"
+    if only:
+        name += "-only-" + "-".join(sorted(only))
     (ns.out / f"{name}.json").write_text(json.dumps(_json_safe(results), indent=2) + "\n")
     meta = {"mode": name, "wall_seconds": round(wall, 1),
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cpu_count": os.cpu_count(),

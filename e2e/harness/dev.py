@@ -72,10 +72,11 @@ def podrunner_command() -> list[str]:
     return [sys.executable, "-m", "e2e.harness.podrunner"]
 
 
-def fleet_command(record: Path | None = None) -> list[str]:
+def fleet_command(record: Path | None = None, load: Path | None = None) -> list[str]:
     """The agent fleet (e2e/harness/fleet.py): real agents for pods labelled perfpilot.io/host=fleet."""
     return [sys.executable, "-m", "e2e.harness.fleet",
-            *(["--record", str(record)] if record is not None else [])]
+            *(["--record", str(record)] if record is not None else []),
+            *(["--load", str(load)] if load is not None else [])]
 
 
 def wait_healthy(cluster: LocalCluster, proc: subprocess.Popen[bytes], health_port: int,

@@ -17,7 +17,14 @@ sample in Heartbeat/GetStats is the fleet process's.
 With `--record FILE` it appends one line per applied Configure and per GetStats:
 `<unix time> configure|stats <namespace>/<pod> <generation>`; the scale benchmark reads it.
 
-    python -m e2e.harness.fleet [--record FILE]      # runs until SIGTERM
+With `--load FILE` it plays an app's traffic: FILE holds `{"<namespace>/<deployment>": seconds}`
+(rewritten at will); every 0.1 s each agent of those Deployments' pods records a batch of ops of
+that duration through the agent's own RecordTimings code (`Monitor.record_timings`, what the
+client library's measure() reaches over the Unix socket), so GetStats reports that app latency.
+The first batch of each new value is recorded as `<unix time> latency <namespace>/<deployment>
+<microseconds>` (the moment a breach begins, for the scale benchmark).
+
+    python -m e2e.harness.fleet [--record FILE] [--load FILE]     # runs until SIGTERM
 """
 
 from __future__ import annotations
@@ -45,6 +52,24 @@ FLEET_SELECTOR = f"{FLEET_LABEL}=fleet"
 
 def _log(msg: str) -> None:
     print(f"[fleet {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+LOAD_PERIOD_S = 0.1
+LOAD_BATCH = 10          # ops per agent per period
+
+
+def deployment_of(key: str) -> str:
+    """`<namespace>/<deployment>` of a Deployment's pod `<namespace>/<deployment>-<rs>-<id>`."""
+    return key.rsplit("-", 2)[0]
+
+
+def read_load(path: Path) -> dict[str, float]:
+    """The --load file: {namespace/deployment: seconds}; absent or half-written reads as none."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): float(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
 
 def wanted(pod: dict[str, Any]) -> bool:
@@ -92,7 +117,7 @@ class Fleet:
     """pod uid -> a running AgentApp, kept level with the pods the feed reports."""
 
     def __init__(self, cluster: LocalCluster, *, selector: str = FLEET_SELECTOR,
-                 record: Path | None = None) -> None:
+                 record: Path | None = None, load: Path | None = None) -> None:
         from kubernetes import client, config
 
         self.api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
@@ -107,6 +132,8 @@ class Fleet:
         self.registry: Any = None
         self.changed = asyncio.Event()
         self.failed: dict[str, str] = {}          # uid -> why its agent is not running (yet)
+        self.load_path = load
+        self.load_fed: dict[str, float] = {}      # namespace/deployment -> seconds being fed
 
     def read_secret(self, namespace: str, name: str, key: str) -> str | None:
         import base64
@@ -192,6 +219,33 @@ class Fleet:
             _log(f"{key}: {why}; retrying")
         self.failed[uid] = why
 
+    def feed_load(self) -> None:
+        """One period of the --load traffic: a batch of ops into each matching agent."""
+        from perfpilot.v1 import agent_pb2 as pb
+
+        load = read_load(self.load_path) if self.load_path is not None else {}
+        for deployment, seconds in load.items():
+            if self.load_fed.get(deployment) != seconds:
+                self.load_fed[deployment] = seconds
+                self._note("latency", deployment, round(seconds * 1e6))
+        for gone in [d for d in self.load_fed if d not in load]:
+            del self.load_fed[gone]
+        if not load:
+            return
+        for uid, app in list(self.apps.items()):
+            seconds = load.get(deployment_of(self.keys.get(uid, "")))
+            if seconds is not None:
+                app.monitor.record_timings(pb.RecordTimingsRequest(ops=[pb.OpObservations(
+                    op="answer", durations_seconds=[seconds] * LOAD_BATCH)]))
+
+    async def play_load(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            self.feed_load()
+            try:
+                await asyncio.wait_for(stop.wait(), LOAD_PERIOD_S)
+            except TimeoutError:
+                pass
+
     async def stop_app(self, uid: str) -> None:
         app = self.apps.pop(uid, None)
         self.keys.pop(uid, None)
@@ -218,6 +272,7 @@ class Fleet:
         feed = PodFeed(self.core, self.selector, asyncio.get_running_loop(), self.on_event)
         feed.start()
         _log(f"hosting agents for pods {self.selector}")
+        player = asyncio.ensure_future(self.play_load(stop)) if self.load_path else None
         try:
             while not stop.is_set():
                 waiter = asyncio.ensure_future(self.changed.wait())
@@ -233,17 +288,19 @@ class Fleet:
                 await self.reconcile()
         finally:
             feed.stopping.set()
+            if player is not None:
+                player.cancel()
             await asyncio.gather(*(self.stop_app(u) for u in list(self.apps)))
             _log("stopped every agent")
 
 
-async def amain(record: Path | None) -> None:
+async def amain(record: Path | None, load: Path | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await Fleet(LocalCluster(), record=record).run(stop)
+    await Fleet(LocalCluster(), record=record, load=load).run(stop)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -251,8 +308,10 @@ def main(argv: list[str] | None = None) -> int:
                                  description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--record", type=Path, default=None,
                     help="append applied Configures and GetStats calls to this file")
+    ap.add_argument("--load", type=Path, default=None,
+                    help="play app latencies from this JSON file {namespace/deployment: seconds}")
     args = ap.parse_args(argv)
-    asyncio.run(amain(args.record))
+    asyncio.run(amain(args.record, args.load))
     return 0
 
 

@@ -23,7 +23,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,19 +132,31 @@ def flow_schema() -> dict[str, Any]:
                                                   "nonResourceURLs": ["*"]}]}]}}
 
 
-def parse_counter(text: str, name: str, labels: dict[str, str]) -> float:
-    """Sum of a Prometheus counter's samples whose labels include `labels`."""
-    total = 0.0
+def samples(text: str, name: str) -> Iterator[tuple[dict[str, str], float]]:
+    """(labels, value) of every sample of the metric `name` in a Prometheus exposition."""
     for line in text.splitlines():
         if not line.startswith(name + "{"):
             continue
         m = re.match(r"[^{]+\{(.*)\}\s+(\S+)", line)
-        if m is None:
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
-        if all(found.get(k) == v for k, v in labels.items()):
-            total += float(m.group(2))
-    return total
+        if m is not None:
+            yield dict(re.findall(r'(\w+)="([^"]*)"', m.group(1))), float(m.group(2))
+
+
+def parse_counter(text: str, name: str, labels: dict[str, str]) -> float:
+    """Sum of a Prometheus counter's samples whose labels include `labels`."""
+    return sum(v for found, v in samples(text, name)
+               if all(found.get(k) == want for k, want in labels.items()))
+
+
+def parse_histogram(text: str, name: str, labels: dict[str, str]) -> dict[float, float]:
+    """Cumulative counts by upper bound (`le`) of a Prometheus histogram's `<name>_bucket`
+    samples whose labels include `labels`, summed over the other labels."""
+    out: dict[float, float] = {}
+    for found, v in samples(text, name + "_bucket"):
+        if "le" in found and all(found.get(k) == want for k, want in labels.items()):
+            le = float(found["le"])     # "+Inf" parses as inf
+            out[le] = out.get(le, 0.0) + v
+    return out
 
 
 class Scale:
@@ -167,6 +179,7 @@ class Scale:
         self.custom = client.CustomObjectsApi(self.api)
         self.procs: dict[str, Any] = {}
         self.record = cluster.state / "scale-fleet.record"
+        self.load = cluster.state / "scale-fleet.load"     # the fleet's app latencies (--load)
 
     # ---------------------------------------------------------------- cluster preparation
     def prepare(self) -> None:
@@ -214,10 +227,12 @@ class Scale:
     def start_agents(self, podrunner: bool = True) -> None:
         """The fleet (and, unless the caller runs its own, a pod runner for the sample)."""
         self.record.unlink(missing_ok=True)
+        self.load.unlink(missing_ok=True)
         names = [FLEET] + ([PODRUNNER] if podrunner else [])
         for name in names:
             dev.stop(self.cluster, name)
-        self.procs[FLEET] = dev.start(self.cluster, FLEET, dev.fleet_command(self.record), {})
+        self.procs[FLEET] = dev.start(self.cluster, FLEET,
+                                      dev.fleet_command(self.record, self.load), {})
         if podrunner:
             self.procs[PODRUNNER] = dev.start(self.cluster, PODRUNNER, dev.podrunner_command(),
                                               {})
@@ -260,12 +275,13 @@ class Scale:
         self.log(f"{s.profiles} PerfProfiles and Deployments ({replicas} replicas) in "
                  f"{s.namespaces} namespaces")
 
-    def scale_to(self, replicas: int) -> float:
-        """Patch every Deployment's replicas at once; returns the wall time of the first patch."""
+    def scale_to(self, replicas: int, targets: list[tuple[str, str]] | None = None) -> float:
+        """Patch every Deployment's (or `targets`') replicas at once; returns the wall time of
+        the first patch."""
         t0 = time.time()
         body = {"spec": {"replicas": replicas}}
         self._parallel([lambda ns=ns, n=n: self.apps.patch_namespaced_deployment_scale(
-            n, ns, body) for ns, n in self.spec.targets()])
+            n, ns, body) for ns, n in (self.spec.targets() if targets is None else targets)])
         return t0
 
     def patch_profiles(self, targets: list[tuple[str, str]], max_entries: int) -> float:
@@ -311,6 +327,12 @@ class Scale:
     # ---------------------------------------------------------------- reading
     def count_running(self, selector: str, namespaces: list[str] | None = None) -> int:
         """Running pods matching `selector` (in `namespaces`, or anywhere), via raw JSON."""
+        return self.count_pods(selector, namespaces, running=True)
+
+    def count_pods(self, selector: str, namespaces: list[str] | None = None, *,
+                   running: bool = False) -> int:
+        """Pods matching `selector` (in `namespaces`, or anywhere), not being deleted, and
+        (`running`) Running, via raw JSON."""
         total = 0
         for ns in namespaces or [None]:  # type: ignore[list-item]
             cont = None
@@ -323,7 +345,7 @@ class Scale:
                        else self.core.list_pod_for_all_namespaces(**kw))
                 data = json.loads(out.data)
                 total += sum(1 for p in data["items"]
-                             if (p.get("status") or {}).get("phase") == "Running"
+                             if (not running or (p.get("status") or {}).get("phase") == "Running")
                              and not p["metadata"].get("deletionTimestamp"))
                 cont = data["metadata"].get("continue")
                 if not cont:
@@ -381,6 +403,18 @@ class Scale:
         return parse_counter(self.apiserver_metrics(),
                              "apiserver_flowcontrol_dispatched_requests_total",
                              {"flow_schema": OPERATOR_USER})
+
+    def set_app_latency(self, latencies: dict[tuple[str, str], float]) -> None:
+        """Make the fleet's agents of these Deployments ((namespace, name) -> seconds) report that
+        app latency from now on (every 0.1 s); {} stops the traffic."""
+        tmp = self.load.with_suffix(".tmp")
+        tmp.write_text(json.dumps({f"{ns}/{n}": v for (ns, n), v in latencies.items()}))
+        tmp.replace(self.load)
+
+    def operator_metrics(self) -> str:
+        """The exposition of the operator `start_operator` runs."""
+        assert self.ports is not None, "Scale(ports=...) runs an operator"
+        return self.cluster._get(f"http://127.0.0.1:{self.ports[2]}/metrics", timeout=10)
 
     def fleet_records(self, since: float = 0.0) -> list[tuple[float, str, str, int]]:
         """(unix time, configure|stats, namespace/pod, generation) lines of the fleet's record."""
