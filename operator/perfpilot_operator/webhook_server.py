@@ -42,6 +42,11 @@ def webhook_label(path_id: str | None) -> str:
     return path_id if path_id in KNOWN_PATHS else "other"
 
 
+# kopf's own server generator, without kopf's wrapper that registers it for closing by the
+# server's `async with` (on kopf's loop; it lives on the thread's loop: the thread closes it).
+KOPF_SERVE: Any = kopf.WebhookServer.__call__.__wrapped__    # type: ignore[attr-defined]
+
+
 class TimedWebhookServer(kopf.WebhookServer):
     """kopf's WebhookServer, every review timed into WEBHOOK_SECONDS."""
 
@@ -75,7 +80,7 @@ class ThreadedWebhookServer(TimedWebhookServer):
             server["loop"], server["task"] = asyncio.get_running_loop(), asyncio.current_task()
             started.set()
             try:
-                async for config in kopf.WebhookServer.__call__(self, fn):
+                async for config in KOPF_SERVE(self, fn):
                     forward(config)
             except asyncio.CancelledError:
                 raise

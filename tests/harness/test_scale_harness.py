@@ -1,14 +1,17 @@
-"""The scale harness's pure parts: node sizing, the API server's counter parsing, which pods the
-agent fleet hosts, and how the benchmark turns the fleet's record into a pass duration."""
+"""The scale harness's pure parts: node sizing, the API server's counter and histogram parsing,
+which pods the agent fleet hosts and the app latencies it plays, and how the benchmark turns the
+fleet's record into a pass duration."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
-from bench.scale_bench import resync_ticks, sweeps
-from e2e.harness.fleet import wanted
-from e2e.harness.scale import ScaleSpec, deployment_doc, parse_counter
+from pathlib import Path
+
+from bench.scale_bench import bucket_quantile, resync_ticks, sweeps
+from e2e.harness.fleet import Fleet, deployment_of, read_load, wanted
+from e2e.harness.scale import ScaleSpec, deployment_doc, parse_counter, parse_histogram
 
 
 def test_nodes_leave_room_for_every_pod_beside_the_two_default_ones() -> None:
@@ -73,3 +76,66 @@ def test_a_pass_lasts_until_every_sidecar_was_asked_after_the_tick() -> None:
     # A sidecar never asked after the tick: no complete pass to report.
     assert sweeps(records[:2], ticks, t - 5, t + 5, sidecars=2) == []
     assert all(math.isfinite(x) for x in sweeps(records, ticks, t - 5, t + 5, 1))
+
+
+HIST = "\n".join([
+    "# TYPE apiserver_admission_webhook_admission_duration_seconds histogram",
+    *(f'apiserver_admission_webhook_admission_duration_seconds_bucket{{name="{name}",'
+      f'operation="CREATE",rejected="false",type="admit",le="{le}"}} {n}'
+      for name, counts in (("sidecar-injector.perfpilot.io", (10, 90, 99, 100)),
+                           ("other.example.com", (1, 2, 3, 4)))
+      for le, n in zip(("0.005", "0.025", "0.1", "+Inf"), counts)),
+    'apiserver_admission_webhook_admission_duration_seconds_sum{name="x"} 3.0',
+])
+
+
+def test_parse_histogram_reads_one_webhooks_buckets_by_upper_bound() -> None:
+    h = parse_histogram(HIST, "apiserver_admission_webhook_admission_duration_seconds",
+                        {"name": "sidecar-injector.perfpilot.io", "type": "admit"})
+    assert h == {0.005: 10, 0.025: 90, 0.1: 99, math.inf: 100}
+
+
+def test_bucket_quantile_interpolates_between_scrapes_like_promql() -> None:
+    before = {0.005: 10.0, 0.025: 10.0, 0.1: 10.0, math.inf: 10.0}
+    after = {0.005: 10.0, 0.025: 90.0, 0.1: 110.0, math.inf: 110.0}   # 80 + 20 new calls
+    assert math.isclose(bucket_quantile(before, after, 0.5), 0.005 + 0.020 * 50 / 80)
+    assert math.isclose(bucket_quantile(before, after, 0.99), 0.025 + 0.075 * 19 / 20)
+    assert math.isnan(bucket_quantile(after, after, 0.99))          # nothing in between
+    over = {**after, math.inf: 120.0}                                 # 10 beyond the last bound
+    assert bucket_quantile(before, over, 0.99) == 0.1
+
+
+def test_the_fleet_plays_the_load_files_latencies_into_the_agents_of_those_deployments(
+        tmp_path: Path) -> None:
+    assert deployment_of("ns-1/app-3-5d8f7c-x2x9q") == "ns-1/app-3"
+    load = tmp_path / "load"
+    assert read_load(load) == {}                        # absent: no traffic
+    load.write_text('{"ns-1/app-3": 0.2')
+    assert read_load(load) == {}                        # half-written: no traffic yet
+
+    class Monitor:
+        def __init__(self) -> None:
+            self.seen: list[tuple[str, list[float]]] = []
+
+        def record_timings(self, request: Any) -> None:
+            self.seen += [(o.op, list(o.durations_seconds)) for o in request.ops]
+
+    class App:
+        def __init__(self) -> None:
+            self.monitor = Monitor()
+
+    fleet = Fleet.__new__(Fleet)       # no cluster: only the load player's state
+    hit, miss = App(), App()
+    fleet.apps = {"u1": hit, "u2": miss}
+    fleet.keys = {"u1": "ns-1/app-3-5d8f7c-x2x9q", "u2": "ns-1/app-30-6c9d-abcde"}
+    fleet.load_path, fleet.load_fed, fleet.record = load, {}, (tmp_path / "rec").open("a")
+    load.write_text('{"ns-1/app-3": 0.2}')
+    fleet.feed_load()
+    fleet.feed_load()
+    assert hit.monitor.seen == [("answer", [0.2] * 10)] * 2 and miss.monitor.seen == []
+    load.write_text("{}")
+    fleet.feed_load()
+    assert len(hit.monitor.seen) == 2
+    fleet.record.close()
+    lines = [ln.split()[1:] for ln in (tmp_path / "rec").read_text().splitlines()]
+    assert lines == [["latency", "ns-1/app-3", "200000"]]     # once per new value

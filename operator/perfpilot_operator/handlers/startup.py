@@ -21,7 +21,7 @@ from perfpilot_operator.logic.lease import LeaseTimings
 from perfpilot_operator.runtime import Runtime
 from perfpilot_operator.settings import Settings
 from perfpilot_operator.webhook_keeper import Keeper
-from perfpilot_operator.webhook_server import TimedWebhookServer
+from perfpilot_operator.webhook_server import ThreadedWebhookServer
 
 NATIVE_SIDECAR_MINOR = 29   # SidecarContainers is on by default from 1.29
 
@@ -81,7 +81,7 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Lo
     indexes.filter_watches(settings)
     rt.pods = indexes.CoveredPods(pods_by_namespace, api)
 
-    settings.admission.server = TimedWebhookServer(
+    settings.admission.server = ThreadedWebhookServer(
         addr=cfg.webhook_host, port=cfg.webhook_port, host=cfg.webhook_url_host,
         certfile=str(certs.cert), pkeyfile=str(certs.key), cafile=str(certs.ca),
         context=pki.context)    # ReplicaPKI reloads it with re-issued certificates
