@@ -26,7 +26,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -182,265 +181,6 @@ def sweeps(records: list[tuple[float, str, str, int]], ticks: list[float], since
         if len(firsts) >= sidecars and max(firsts) <= until + 60:
             out.append(max(firsts) - tick)
     return out
-
-
-def bucket_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
-    """q-quantile of the observations between two scrapes of a cumulative histogram, linearly
-    interpolated inside its bucket (PromQL's histogram_quantile); nan without observations."""
-    bounds = sorted(after)
-    counts = [after[b] - before.get(b, 0.0) for b in bounds]
-    if not counts or counts[-1] <= 0:
-        return math.nan
-    rank, lower, below = q * counts[-1], 0.0, 0.0
-    for bound, cum in zip(bounds, counts):
-        if cum >= rank:
-            if math.isinf(bound):
-                return lower        # in the +Inf bucket: its lower bound, as PromQL does
-            return lower + (bound - lower) * (rank - below) / max(cum - below, 1e-12)
-        lower, below = bound, cum
-    return lower
-
-
-class Admission:
-    """The pod webhook's timing between two scrapes: the API server's own view of each call
-    (apiserver_admission_webhook_admission_duration_seconds: network, TLS, queueing, handling)
-    and the operator's (perfpilot_operator_webhook_duration_seconds: handling only)."""
-
-    API = "apiserver_admission_webhook_admission_duration_seconds"
-    OPERATOR = "perfpilot_operator_webhook_duration_seconds"
-
-    def __init__(self, sc: Any) -> None:
-        from perfpilot_operator.logic.webhooks import POD_HANDLER_ID, POD_WEBHOOK
-
-        self.sc = sc
-        self.api_labels = {"name": POD_WEBHOOK, "operation": "CREATE", "type": "admit"}
-        self.op_labels = {"webhook": POD_HANDLER_ID}
-        self.before = self._scrape()
-
-    def _scrape(self) -> dict[str, Any]:
-        from e2e.harness.scale import parse_counter, parse_histogram
-
-        api, op = self.sc.apiserver_metrics(), self.sc.operator_metrics()
-        return {"api": parse_histogram(api, self.API, self.api_labels),
-                "api_sum": parse_counter(api, self.API + "_sum", self.api_labels),
-                "op": parse_histogram(op, self.OPERATOR, self.op_labels),
-                "op_sum": parse_counter(op, self.OPERATOR + "_sum", self.op_labels)}
-
-    def summary(self) -> dict[str, float]:
-        """p50/p99/mean in ms of both views since construction, and the call counts."""
-        a, b = self.before, self._scrape()
-        out: dict[str, float] = {}
-        for view in ("api", "op"):
-            n = b[view].get(math.inf, 0.0) - a[view].get(math.inf, 0.0)
-            out[f"{view}_n"] = n
-            out[f"{view}_mean"] = 1000 * (b[view + "_sum"] - a[view + "_sum"]) / n if n else math.nan
-            for q in (0.5, 0.99):
-                out[f"{view}_p{round(q * 100)}"] = 1000 * bucket_quantile(a[view], b[view], q)
-        return out
-
-
-def webhook_burst(sc: Any, n: int, threads: int, log: Callable[[str], None]
-                  ) -> tuple[list[float], list[float], dict[str, float]]:
-    """ms per pod CREATE in a burst of n concurrent creations, with the webhook (opted-in pods a
-    profile selects) and without (the same pods without the opt-in label); arms alternate in
-    chunks of 100. Pods are scheduling-gated (never run) and deleted afterwards. Also: the
-    webhook's timing by the API server and by the operator, and the stored pods' sizes."""
-    from e2e.harness.scale import other_pod, profile_doc
-
-    ns = sc.spec.namespace(0)
-    prof = profile_doc("burst")
-    sc.cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(prof))
-    time.sleep(2.0)     # the webhook's profile index sees it
-    times: dict[str, list[float]] = {"in": [], "out": []}
-    sizes: dict[str, int] = {}
-
-    def create(arm: str, i: int) -> None:
-        body = other_pod(f"burst-{arm}-{i}", "", gated=True, inject=arm == "in")
-        body["metadata"]["labels"]["app"] = "burst"
-        t = time.perf_counter()
-        out = sc.core.create_namespaced_pod(ns, body, _preload_content=False)
-        dt = (time.perf_counter() - t) * 1000
-        pod = json.loads(out.data)
-        injected = (pod["metadata"].get("annotations") or {}).get("perfpilot.io/injected")
-        if (injected == "true") != (arm == "in"):
-            raise RuntimeError(f"burst pod {pod['metadata']['name']}: injected={injected}")
-        times[arm].append(dt)
-        sizes.setdefault(f"size_{arm}", len(out.data))
-
-    admission = Admission(sc)
-    t0 = time.monotonic()
-    with ThreadPoolExecutor(threads) as pool:
-        futures = [pool.submit(create, arm, i) for start in range(0, n, 100)
-                   for arm in ("in", "out") for i in range(start, min(n, start + 100))]
-        for f in futures:
-            f.result()
-    info = {**admission.summary(), **sizes, "load": os.getloadavg()[0]}
-    log(f"webhook burst: {2 * n} creates ({threads} concurrent) in {time.monotonic() - t0:.1f}s; "
-        f"the webhook's calls by the API server: p50 {info['api_p50']:.1f} ms, p99 "
-        f"{info['api_p99']:.1f} ms, mean {info['api_mean']:.1f} ms; handled by the operator: "
-        f"p50 {info['op_p50']:.2f} ms, p99 {info['op_p99']:.2f} ms, mean {info['op_mean']:.2f} "
-        f"ms; pod {sizes.get('size_in', 0)} vs {sizes.get('size_out', 0)} bytes")
-    sc.core.delete_collection_namespaced_pod(ns, label_selector="app=burst",
-                                             grace_period_seconds=0)
-    sc.custom.delete_namespaced_custom_object("perfpilot.io", "v1alpha1", ns, "perfprofiles",
-                                              "burst")
-    return times["in"], times["out"], info
-
-
-def burst_entry(wh_in: list[float], wh_out: list[float], info: dict[str, float],
-                threads: int) -> Entry:
-    p99_in, p99_out = percentile(wh_in, 0.99), percentile(wh_out, 0.99)
-    return entry(
-        p99_in - p99_out, "ms", p99_out,
-        f"a burst of {len(wh_in)} opted-in pod CREATEs (a profile selects them; the "
-        f"operator's mutating webhook injects the sidecar) interleaved in chunks of 100 with "
-        f"{len(wh_out)} of the same pod without the opt-in label (the objectSelector skips "
-        f"the webhook), {threads} concurrent creates; value = p99 with ({p99_in:.1f} ms) minus "
-        f"p99 without ({p99_out:.1f} ms); baseline = p99 without. p50 {median(wh_in):.1f} vs "
-        f"{median(wh_out):.1f} ms. Where the time goes: the API server's own timing of the "
-        f"webhook call ({info['api_n']:.0f} calls; apiserver_admission_webhook_admission_"
-        f"duration_seconds, coarse buckets) p50 {info['api_p50']:.1f} ms, p99 "
-        f"{info['api_p99']:.1f} ms, mean {info['api_mean']:.1f} ms; the operator's handling "
-        f"of a review ({info['op_n']:.0f}; perfpilot_operator_webhook_duration_seconds, from "
-        f"the body read to the response) p50 {info['op_p50']:.2f} ms, p99 "
-        f"{info['op_p99']:.2f} ms, mean {info['op_mean']:.2f} ms; the rest of a call is "
-        f"network, TLS and waiting for the operator's loop or GIL. The stored pod is "
-        f"{info.get('size_in', 0):.0f} bytes injected vs {info.get('size_out', 0):.0f} without "
-        f"(the sidecar container, volumes, annotations): the API server also stores more. "
-        f"Pods are scheduling-gated (never run); load {info['load']:.1f} during the burst. "
-        f"Target: <= 5 ms added.")
-
-
-class ReplicasWatch(threading.Thread):
-    """A watch on one Deployment: (arrival time (unix), spec.replicas) of every event; the
-    first arrival of a new size is when the scale step reached the API server's watchers."""
-
-    def __init__(self, sc: Any, namespace: str, name: str) -> None:
-        super().__init__(daemon=True, name="replicas-watch")
-        self.sc, self.namespace, self.name = sc, namespace, name
-        self.seen: list[tuple[float, int]] = []
-        self.ready = threading.Event()
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        from kubernetes import watch
-
-        apps, sel = self.sc.apps, f"metadata.name={self.name}"
-        rv = apps.list_namespaced_deployment(self.namespace, field_selector=sel).metadata
-        self.ready.set()
-        w = watch.Watch()
-        while not self.stopping.is_set():
-            for ev in w.stream(apps.list_namespaced_deployment, self.namespace,
-                               field_selector=sel, resource_version=rv.resource_version,
-                               timeout_seconds=60):
-                self.seen.append((time.time(), int(ev["object"].spec.replicas)))
-                rv = ev["object"].metadata
-                if self.stopping.is_set():
-                    w.stop()
-                    return
-
-    def first(self, replicas: int, since: float) -> float:
-        return next((t for t, r in self.seen if r == replicas and t >= since), math.nan)
-
-
-BREACH_S, CALM_S, TARGET_S = 0.2, 0.001, 0.05     # app latency p99: breaching, calm, the target
-
-
-def autoscaling_patch(name: str, low: int, high: int) -> dict[str, Any]:
-    """spec.target and spec.autoscaling on app_latency_p99_seconds: one pod per step up at
-    once; down only after an hour (so each breach steps up from where the last one left it)."""
-    return {"spec": {"target": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
-                     "autoscaling": {"minReplicas": low, "maxReplicas": high,
-                                     "metric": "app_latency_p99_seconds", "target": TARGET_S,
-                                     "interval": "1s",
-                                     "scaleUp": {"stabilizationWindow": "0s", "maxStep": 1},
-                                     "scaleDown": {"stabilizationWindow": "1h",
-                                                   "maxStep": 1}}}}
-
-
-def breach_trials(sc: Any, target: tuple[str, str], trials: int, resync: float,
-                  log: Callable[[str], None]) -> list[tuple[float, float]]:
-    """`trials` breaches of one profile's app latency (its fleet agents report BREACH_S against
-    a TARGET_S autoscaling target), each until the Deployment's next size: per trial, (seconds
-    from the breach's first recorded batch to the new size on a watch, seconds from the first
-    resync tick after the breach to it). Between trials the latency is calm for 2-3 resyncs
-    (a random phase against the ticks)."""
-    import random
-
-    from e2e.harness.scale import GROUP, PLURAL, VERSION
-
-    ns, name = target
-    key = f"{ns}/{name}"
-    current = int(sc.apps.read_namespaced_deployment_scale(name, ns).spec.replicas)
-    sc.set_app_latency({target: CALM_S})
-    sc.custom.patch_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name,
-                                             autoscaling_patch(name, current, current + trials))
-    time.sleep(2.5 * resync)         # the scaler has seen the calm metric
-    w = ReplicasWatch(sc, ns, name)
-    w.start()
-    w.ready.wait(30)
-    out = []
-    for k in range(trials):
-        time.sleep(random.uniform(0, resync))
-        t_set = time.time()
-        sc.set_app_latency({target: BREACH_S})
-        want = current + k + 1
-        deadline = time.monotonic() + 60 + 4 * resync
-        while math.isnan(w.first(want, t_set)) and time.monotonic() < deadline:
-            sc.check_processes()
-            time.sleep(0.2)
-        t_step = w.first(want, t_set)
-        fed = [t for t, what, d, _ in sc.fleet_records(since=t_set)
-               if what == "latency" and d == key]
-        if math.isnan(t_step) or not fed:
-            raise TimeoutError(f"{key}: no scale step to {want} replicas within "
-                               f"{60 + 4 * resync:.0f}s of the breach ({len(fed)} breach "
-                               f"records)")
-        tick = next((t for t in resync_ticks(operator_log(sc)) if t >= fed[0]), math.nan)
-        out.append((t_step - fed[0], t_step - tick))
-        log(f"breach {k + 1}/{trials} of {key}: scale step to {want} replicas "
-            f"{out[-1][0]:.2f}s after the breach ({out[-1][1]:.2f}s after the next resync tick)")
-        sc.set_app_latency({target: CALM_S})
-        time.sleep(2 * resync)
-    w.stopping.set()
-    sc.set_app_latency({})
-    return out
-
-
-def breach_entry(sc: Any, spec: Any, trials: int, log: Callable[[str], None]) -> Entry:
-    """scale_breach_to_step_s: among every profile's pods, then with the others scaled to 0."""
-    from e2e.harness.procs import wait_until
-
-    resync = float(spec.resync.rstrip("s"))
-    target = spec.targets()[-1]      # a fleet profile (the sample ones run full sidecars)
-    among = breach_trials(sc, target, trials, resync, log)
-    others = [t for t in spec.targets() if t != target]
-    t = time.monotonic()
-    sc.scale_to(0, others)
-    names = [spec.namespace(i) for i in range(spec.namespaces)]
-    current = int(sc.apps.read_namespaced_deployment_scale(target[1], target[0]).spec.replicas)
-    wait_until(lambda: sc.count_pods("perfpilot.io/inject=true", names) <= current,
-               f"the other {len(others)} profiles' pods gone", 600, 2.0)
-    log(f"the other {len(others)} profiles' pods gone after {time.monotonic() - t:.0f}s")
-    time.sleep(3 * resync)
-    alone = breach_trials(sc, target, trials, resync, log)
-    v, b = [x for x, _ in among], [x for x, _ in alone]
-    return entry(
-        median(v), "s", median(b),
-        f"one profile ({target[0]}/{target[1]}) among {spec.profiles} with {spec.injected} "
-        f"injected pods: its fleet agents start reporting an app latency of "
-        f"{BREACH_S * 1000:g} ms (RecordTimings batches every 0.1 s) against an "
-        f"autoscaling target of app_latency_p99_seconds {TARGET_S:g} (maxStep 1 up, "
-        f"stabilization 0 s); seconds from the first breaching batch (fleet record) to the "
-        f"Deployment's new size arriving on a watch, median of {len(v)} breaches: "
-        f"{', '.join(f'{x:.2f}' for x in v)} s; of which after the first resync tick that "
-        f"followed the breach: {', '.join(f'{x:.2f}' for _, x in among)} s. baseline: the same "
-        f"breaches of the same profile after the other {spec.profiles - 1} Deployments were "
-        f"scaled to 0 (their profiles kept, no sidecars): "
-        f"{', '.join(f'{x:.2f}' for x in b)} s (after the tick: "
-        f"{', '.join(f'{x:.2f}' for _, x in alone)} s). The operator reads metrics once per "
-        f"resync ({spec.resync}): a breach waits 0..{spec.resync} for the next pass (random "
-        f"phase per breach), then that profile's turn in the pass and the scale PATCH.")
 
 
 def pass_entry(sc: Any, spec: Any, a: tuple[float, float], b: tuple[float, float]) -> Entry:
@@ -632,13 +372,16 @@ def run(small: bool, log: Callable[[str], None] = _print, only: frozenset[str] =
 
         # ---- webhook burst
         if "burst" in phases:
+            from bench.scale_webhook import burst_entry, webhook_burst
+
             threads = 16
-            wh_in, wh_out, info = webhook_burst(sc, 1000 if not small else 200, threads, log)
-            results["scale_webhook_added_ms_p99_burst"] = burst_entry(wh_in, wh_out, info,
-                                                                      threads)
+            times, info = webhook_burst(sc, 1000 if not small else 200, threads, log)
+            results["scale_webhook_added_ms_p99_burst"] = burst_entry(times, info, threads)
 
         # ---- breach -> scale step for one profile among 100, then with the others' pods gone
         if "breach" in phases:
+            from bench.scale_breach import breach_entry
+
             results["scale_breach_to_step_s"] = breach_entry(sc, spec, 3 if small else 5, log)
     except Exception as e:  # noqa: BLE001 - every key still reported
         why = f"{type(e).__name__}: {str(e)[:300]}"

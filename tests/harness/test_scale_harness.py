@@ -9,7 +9,8 @@ from typing import Any
 
 from pathlib import Path
 
-from bench.scale_bench import bucket_quantile, resync_ticks, sweeps
+from bench.scale_bench import resync_ticks, sweeps
+from bench.scale_webhook import bucket_quantile
 from e2e.harness.fleet import Fleet, deployment_of, read_load, wanted
 from e2e.harness.scale import ScaleSpec, deployment_doc, parse_counter, parse_histogram
 
@@ -139,3 +140,17 @@ def test_the_fleet_plays_the_load_files_latencies_into_the_agents_of_those_deplo
     fleet.record.close()
     lines = [ln.split()[1:] for ln in (tmp_path / "rec").read_text().splitlines()]
     assert lines == [["latency", "ns-1/app-3", "200000"]]     # once per new value
+
+
+def test_the_floor_webhook_allows_with_its_fixed_patch_for_the_reviews_uid() -> None:
+    import base64
+    import json
+
+    from bench.floor_webhook import review_response
+
+    patch = base64.b64encode(json.dumps([{"op": "add", "path": "/spec", "value": {}}]).encode())
+    out = review_response({"apiVersion": "admission.k8s.io/v1", "request": {"uid": "u-7"}},
+                          patch.decode())
+    assert out["response"] == {"uid": "u-7", "allowed": True, "patchType": "JSONPatch",
+                               "patch": patch.decode()}
+    assert out["kind"] == "AdmissionReview" and out["apiVersion"] == "admission.k8s.io/v1"
