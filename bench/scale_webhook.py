@@ -12,9 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from typing import Any
 
-from bench.common import Entry, entry, median, percentile
-
-FLOOR_PORT = 49444       # the floor webhook (bench/floor_webhook.py), offset by PERFPILOT_PORT_BASE
+from bench.common import Entry, entry, free_port, median, percentile
 
 
 def bucket_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
@@ -157,10 +155,8 @@ class FloorWebhook:
     sends it the burst's pods labelled FLOOR_LABEL (in the burst's namespace only)."""
 
     def __init__(self, sc: Any, namespace: str, patch: list[dict[str, Any]]) -> None:
-        from e2e.harness.cluster import Ports
-
         self.sc, self.namespace, self.patch = sc, namespace, patch
-        self.port = FLOOR_PORT + Ports().base
+        self.port = free_port()
 
     def start(self) -> None:
         import base64
@@ -176,11 +172,14 @@ class FloorWebhook:
         crt, key = issue_serving_cert(c.pki, name="bench-floor", ips=["127.0.0.1"], dns=[],
                                       out_dir=out)
         (out / "patch.json").write_text(json.dumps(self.patch))
-        dev.start(c, FLOOR_NAME, [sys.executable, "-m", "bench.floor_webhook", "--port",
-                                  str(self.port), "--cert", str(crt), "--key", str(key),
-                                  "--patch", str(out / "patch.json")], {})
+        proc = dev.start(c, FLOOR_NAME, [sys.executable, "-m", "bench.floor_webhook",
+                                         "--port", str(self.port), "--cert", str(crt),
+                                         "--key", str(key), "--patch", str(out / "patch.json")],
+                         {})
 
         def listening() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the floor webhook exited; see {c.logs / FLOOR_NAME}.log")
             with socket.socket() as s:
                 return s.connect_ex(("127.0.0.1", self.port)) == 0
         wait_until(listening, f"the floor webhook on port {self.port}", 30, 0.2)

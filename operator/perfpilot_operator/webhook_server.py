@@ -22,6 +22,7 @@ call's network, TLS and queueing.
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -34,6 +35,9 @@ from perfpilot_operator.logic.webhooks import POD_HANDLER_ID, PROFILE_HANDLER_ID
 from perfpilot_operator.metrics import WEBHOOK_SECONDS
 
 THREAD_NAME = "perfpilot-webhooks"
+# A thread waiting for the GIL asks its holder to drop it after this long (Python's default: 5 ms).
+# A review needs the GIL a few times (wake-up, read, handle, write) while kopf's thread is busy.
+SWITCH_INTERVAL_S = 0.0005
 KNOWN_PATHS = frozenset({POD_HANDLER_ID, PROFILE_HANDLER_ID})   # bounded metric labels
 
 
@@ -96,6 +100,7 @@ class ThreadedWebhookServer(TimedWebhookServer):
             finally:
                 started.set()
 
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
         thread = threading.Thread(target=run, name=THREAD_NAME, daemon=True)
         thread.start()
         try:
