@@ -116,6 +116,19 @@ def breach_trials(sc: Any, target: tuple[str, str], trials: int, resync: float,
     return out
 
 
+def restore(sc: Any, spec: Any, target: tuple[str, str], log: Callable[[str], None]) -> None:
+    """The scenario as the breaches found it: no autoscaling, every Deployment at
+    spec.replicas, every profile configured (later phases count on it)."""
+    from e2e.harness.scale import GROUP, PLURAL, VERSION
+
+    sc.custom.patch_namespaced_custom_object(GROUP, VERSION, target[0], PLURAL, target[1],
+                                             {"spec": {"autoscaling": None, "target": None}})
+    sc.scale_to(spec.replicas)
+    t = sc.wait_configured(spec.replicas, timeout=600,
+                           what="every Deployment back at its size after the breaches")
+    log(f"the scenario restored after the breaches in {t:.0f}s")
+
+
 def breach_entry(sc: Any, spec: Any, trials: int, log: Callable[[str], None]) -> Entry:
     """scale_breach_to_step_s: among every profile's pods, then with the others scaled to 0."""
     from e2e.harness.procs import wait_until
@@ -133,6 +146,7 @@ def breach_entry(sc: Any, spec: Any, trials: int, log: Callable[[str], None]) ->
     log(f"the other {len(others)} profiles' pods gone after {time.monotonic() - t:.0f}s")
     time.sleep(3 * resync)
     alone = breach_trials(sc, target, trials, resync, log)
+    restore(sc, spec, target, log)
     v, b = [x for x, _ in among], [x for x, _ in alone]
     return entry(
         median(v), "s", median(b),
