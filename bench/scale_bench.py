@@ -9,8 +9,10 @@ pod IPs, the operator under its own user) is e2e/harness/scale.py, shared with e
 Order: the operator idles on an empty cluster; 100 Deployments scale 0 -> 10 (ready time); steady
 state with 1,000 injected pods (RSS, CPU, API requests/s: the baselines); 10,000 unrelated pods
 are created; steady state again (the values); a spec change to all 100 profiles and to one
-(rollout); a burst of 1,000 pod creations with and without the webhook. The cluster is started
-here when none runs (without the real node) and stopped afterwards.
+(rollout); a burst of 1,000 pod creations with and without the webhook; then the single operator
+is replaced by two replicas that spread the profiles (PERFPILOT_SHARDING): their RSS, CPU and a
+rollout to all 100 again. The cluster is started here when none runs (without the real node) and
+stopped afterwards.
 """
 
 from __future__ import annotations
@@ -46,7 +48,12 @@ UNITS: dict[str, str] = {
     "scale_api_requests_per_s": "req/s",
     "scale_webhook_added_ms_p99_burst": "ms",
     "scale_other_pods_created_per_s": "pods/s",
+    "scale_sharded_rss_mb_per_replica": "MB",
+    "scale_sharded_cpu_pct_per_replica": "%",
+    "scale_sharded_rollout_p99_s_1000_pods": "s",
+    "scale_sharded_api_requests_per_s": "req/s",
 }
+SHARD_OFFSET = 10        # the second replica's ports: webhook/health/metrics + 10
 
 
 def _print(msg: str) -> None:
@@ -67,18 +74,25 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def steady(sc: Any, what: str, log: Callable[[str], None], settle: float) -> dict[str, float]:
-    """RSS at the end, CPU % and the operator's API requests/s over WINDOW_S, after `settle`."""
+def steady(sc: Any, what: str, log: Callable[[str], None], settle: float,
+           names: tuple[str, ...] = ()) -> dict[str, float]:
+    """RSS at the end, CPU % and the operator's API requests/s over WINDOW_S, after `settle`.
+    With several operator replicas (`names`): rss/cpu are the largest replica's, rss_<name> and
+    cpu_<name> each one's, rps the replicas' total (one user)."""
     time.sleep(settle)
-    pid = sc.operator_pid()
+    pids = {n: sc.operator_pid(n) for n in names} if names else {"": sc.operator_pid()}
     sc.check_processes()
-    c0, r0, t0 = cpu_s(pid), sc.operator_requests(), time.monotonic()
+    c0, r0, t0 = {n: cpu_s(p) for n, p in pids.items()}, sc.operator_requests(), time.monotonic()
     time.sleep(WINDOW_S)
-    c1, r1, t1 = cpu_s(pid), sc.operator_requests(), time.monotonic()
-    out = {"rss": rss_mb(pid), "cpu": 100 * (c1 - c0) / (t1 - t0), "rps": (r1 - r0) / (t1 - t0),
-           "load": os.getloadavg()[0]}
-    log(f"steady state ({what}): RSS {out['rss']:.1f} MB, CPU {out['cpu']:.1f}%, "
-        f"{out['rps']:.2f} API req/s, load {out['load']:.1f}")
+    c1, r1, t1 = {n: cpu_s(p) for n, p in pids.items()}, sc.operator_requests(), time.monotonic()
+    out = {"rps": (r1 - r0) / (t1 - t0), "load": os.getloadavg()[0]}
+    for n, p in pids.items():
+        out[f"rss_{n}"], out[f"cpu_{n}"] = rss_mb(p), 100 * (c1[n] - c0[n]) / (t1 - t0)
+    out["rss"] = max(out[f"rss_{n}"] for n in pids)
+    out["cpu"] = max(out[f"cpu_{n}"] for n in pids)
+    each = "; ".join(f"{n or 'operator'}: RSS {out[f'rss_{n}']:.1f} MB, CPU "
+                     f"{out[f'cpu_{n}']:.1f}%" for n in pids)
+    log(f"steady state ({what}): {each}; {out['rps']:.2f} API req/s, load {out['load']:.1f}")
     return out
 
 
@@ -238,6 +252,76 @@ def pass_entry(sc: Any, spec: Any, a: tuple[float, float], b: tuple[float, float
         f"a profile whose pass outlasts it skips a beat (the operator logged 'N still busy from "
         f"the previous one' {len(busy)} times in the run, up to "
         f"{max((int(x) for x in busy), default=0)} of {spec.profiles} profiles).")
+
+
+def owned(port: int) -> float:
+    """perfpilot_operator_profiles_owned on the replica whose /metrics is on `port`."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return math.nan
+    return next((s.value for f in text_string_to_metric_families(text) for s in f.samples
+                 if s.name == "perfpilot_operator_profiles_owned"), math.nan)
+
+
+def sharded(sc: Any, spec: Any, single: dict[str, float], single_p99: float, ports: list[int],
+            log: Callable[[str], None]) -> dict[str, Entry]:
+    """The same cluster with two replicas that spread the profiles (PERFPILOT_SHARDING): each
+    replica's RSS and CPU, and the rollout to all sidecars, beside the single leader's."""
+    from e2e.harness.procs import wait_until as wait
+    from e2e.harness.scale import OPERATOR
+
+    names = (OPERATOR, OPERATOR + "-b")
+    sc.stop_operator()
+    t0 = time.monotonic()
+    for i, name in enumerate(names):
+        sc.start_operator(name, tuple(p + i * SHARD_OFFSET for p in ports),
+                          {"PERFPILOT_SHARDING": "true"})
+    metrics = [ports[2] + i * SHARD_OFFSET for i in range(len(names))]
+
+    def spread() -> list[float] | None:
+        counts = [owned(m) for m in metrics]
+        return counts if sum(counts) == spec.profiles and min(counts) > 0 else None
+
+    counts = wait(spread, f"{spec.profiles} profiles spread over {len(names)} replicas", 120, 1.0)
+    wait(lambda: sc.all_configured(spec.replicas)[0], "every profile reconciled by its owner",
+         300, 2.0)
+    log(f"sharded: {len(names)} replicas own {counts[0]:g} + {counts[1]:g} profiles, all "
+        f"configured {time.monotonic() - t0:.1f}s after the single operator stopped")
+    two = steady(sc, f"{len(names)} sharded replicas", log, settle=15, names=names)
+    lat, delivered = rollout(sc, spec.targets(), 4000, 300, log)
+    shares = f"{counts[0]:g} and {counts[1]:g} of {spec.profiles} profiles"
+    each = ", ".join(f"{two[f'rss_{n}']:.1f}" for n in names)
+    return {
+        "scale_sharded_rss_mb_per_replica": entry(
+            two["rss"], "MB", single["rss"],
+            f"the larger VmRSS of {len(names)} operator replicas with PERFPILOT_SHARDING=true "
+            f"({shares}; {each} MB) at steady state, same cluster ({spec.injected} injected, "
+            f"{spec.other_pods} other pods); baseline: the single unsharded leader's RSS in the "
+            f"same state earlier in this run. Each replica still indexes every opted-in pod "
+            f"(the webhooks' and the audit's view); channels, stats baselines and passes are "
+            f"per share."),
+        "scale_sharded_cpu_pct_per_replica": entry(
+            two["cpu"], "%", single["cpu"],
+            f"the busier replica's CPU (% of one core, {WINDOW_S:g}s) with {shares}; each: "
+            + ", ".join(f"{two[f'cpu_{n}']:.1f}%" for n in names)
+            + "; baseline: the single leader's CPU in the same state."),
+        "scale_sharded_rollout_p99_s_1000_pods": entry(
+            percentile(lat, 0.99), "s", single_p99,
+            f"spec change to all {spec.profiles} profiles, until each fleet sidecar applied it "
+            f"({len(lat)} sidecars; p50 {median(lat):.2f}s), with the profiles spread over "
+            f"{len(names)} replicas; baseline: the same change's p99 with the single leader "
+            f"earlier in this run (watch delivery p99 now {percentile(delivered, 0.99):.3f}s)."),
+        "scale_sharded_api_requests_per_s": entry(
+            two["rps"], "req/s", single["rps"],
+            "both replicas' requests/s (the operator's user, APF metrics) at steady state: the "
+            "member Leases add 2 requests per replica per 2 s; baseline: the single leader."),
+    }
 
 
 def operator_log(sc: Any) -> str:
@@ -406,6 +490,11 @@ def run(small: bool, log: Callable[[str], None] = _print) -> dict[str, Entry]:
             f"{median(wh_out):.1f} ms. Pods are scheduling-gated (never run). The injected pod "
             f"is larger (the sidecar container, volumes): part of the difference is storing it. "
             f"Target: <= 5 ms added.")
+
+        # ---- the same with the profiles spread over two replicas
+        results.update(sharded(sc, spec, b, percentile(lat, 0.99),
+                               [WEBHOOK_PORT + base, HEALTH_PORT + base, METRICS_PORT + base],
+                               log))
     except Exception as e:  # noqa: BLE001 - every key still reported
         why = f"{type(e).__name__}: {str(e)[:300]}"
         log(f"failed: {why}")
