@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench.common import Entry, entry, failed_entry, median, percentile
+from bench.common import Entry, entry, failed_entry, median, percentile, rss_mb
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -52,6 +52,7 @@ UNITS: dict[str, str] = {
     "scale_sharded_cpu_pct_per_replica": "%",
     "scale_sharded_rollout_p99_s_1000_pods": "s",
     "scale_sharded_api_requests_per_s": "req/s",
+    "scale_mtls_channel_kb": "KB",
 }
 SHARD_OFFSET = 10        # the second replica's ports: webhook/health/metrics + 10
 
@@ -61,13 +62,6 @@ def _print(msg: str) -> None:
 
 
 # --------------------------------------------------------------------------- the operator process
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return math.nan
-
 
 def cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -324,6 +318,24 @@ def sharded(sc: Any, spec: Any, single: dict[str, float], single_p99: float, por
     }
 
 
+def channel_entry(log: Callable[[str], None]) -> Entry:
+    """bench/channel_bench.py in a child process: the operator's memory per sidecar channel."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-m", "bench.channel_bench"], cwd=ROOT, check=True,
+                         capture_output=True, text=True, timeout=300)
+    m = json.loads(out.stdout.strip().splitlines()[-1])
+    log(f"operator channel memory: {m['mtls_kb']:.0f} KB per mutual-TLS channel, "
+        f"{m['plain_kb']:.0f} KB plaintext ({m['channels']:g} channels)")
+    return entry(m["mtls_kb"], "KB", m["plain_kb"],
+                 f"client-side VmRSS growth per connected channel, {m['channels']:g} channels "
+                 f"opened with the operator's AgentClients (pinned sidecar certificate, its client "
+                 f"certificate) to a server in another process presenting a sidecar's "
+                 f"self-signed certificate; baseline: plaintext channels with a subchannel each. "
+                 f"The operator keeps one per sidecar it reconciles: the part of its per-pod "
+                 f"memory that sharding divides.")
+
+
 def operator_log(sc: Any) -> str:
     from e2e.harness.scale import OPERATOR
 
@@ -349,6 +361,7 @@ def run(small: bool, log: Callable[[str], None] = _print) -> dict[str, Entry]:
     results: dict[str, Entry] = {}
     sc = None
     try:
+        results["scale_mtls_channel_kb"] = channel_entry(log)
         if not cluster.is_up():
             log("starting the local control plane")
             cluster.up()
