@@ -10,9 +10,11 @@ pod IPs, the operator under its own user) is e2e/harness/scale.py, shared with e
 Order: the operator idles on an empty cluster; 100 Deployments scale 0 -> 10 (ready time); steady
 state with 1,000 injected pods (RSS, CPU, API requests/s: the baselines); 10,000 unrelated pods
 are created; steady state again (the values); a spec change to all 100 profiles and to one
-(rollout); a burst of 1,000 pod creations with and without the webhook; a metric breach of one
-profile until its scale step, among 100 profiles and then alone. The cluster is started
-here when none runs (without the real node) and stopped afterwards.
+(rollout); a burst of 1,000 pod creations with and without the webhook (and through a floor
+webhook); a metric breach of one profile until its scale step, among 100 profiles and then alone
+(the scenario restored afterwards); then the single operator is replaced by two replicas that
+spread the profiles (PERFPILOT_SHARDING): their RSS, CPU and a rollout to all 100 again. The
+cluster is started here when none runs (without the real node) and stopped afterwards.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.common import Entry, entry, failed_entry, median, percentile
+from bench.common import Entry, entry, failed_entry, median, percentile, rss_mb
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -48,7 +50,13 @@ UNITS: dict[str, str] = {
     "scale_webhook_added_ms_p99_burst": "ms",
     "scale_breach_to_step_s": "s",
     "scale_other_pods_created_per_s": "pods/s",
+    "scale_sharded_rss_mb_per_replica": "MB",
+    "scale_sharded_cpu_pct_per_replica": "%",
+    "scale_sharded_rollout_p99_s_1000_pods": "s",
+    "scale_sharded_api_requests_per_s": "req/s",
+    "scale_mtls_channel_kb": "KB",
 }
+SHARD_OFFSET = 10        # the second replica's ports: webhook/health/metrics + 10
 
 # phases that `--only` runs alone (after the scenario's set-up), and the keys they write
 ONLY_PHASES: dict[str, tuple[str, ...]] = {"burst": ("scale_webhook_added_ms_p99_burst",),
@@ -61,30 +69,30 @@ def _print(msg: str) -> None:
 
 # --------------------------------------------------------------------------- the operator process
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return math.nan
-
-
 def cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def steady(sc: Any, what: str, log: Callable[[str], None], settle: float) -> dict[str, float]:
-    """RSS at the end, CPU % and the operator's API requests/s over WINDOW_S, after `settle`."""
+def steady(sc: Any, what: str, log: Callable[[str], None], settle: float,
+           names: tuple[str, ...] = ()) -> dict[str, float]:
+    """RSS at the end, CPU % and the operator's API requests/s over WINDOW_S, after `settle`.
+    With several operator replicas (`names`): rss/cpu are the largest replica's, rss_<name> and
+    cpu_<name> each one's, rps the replicas' total (one user)."""
     time.sleep(settle)
-    pid = sc.operator_pid()
+    pids = {n: sc.operator_pid(n) for n in names} if names else {"": sc.operator_pid()}
     sc.check_processes()
-    c0, r0, t0 = cpu_s(pid), sc.operator_requests(), time.monotonic()
+    c0, r0, t0 = {n: cpu_s(p) for n, p in pids.items()}, sc.operator_requests(), time.monotonic()
     time.sleep(WINDOW_S)
-    c1, r1, t1 = cpu_s(pid), sc.operator_requests(), time.monotonic()
-    out = {"rss": rss_mb(pid), "cpu": 100 * (c1 - c0) / (t1 - t0), "rps": (r1 - r0) / (t1 - t0),
-           "load": os.getloadavg()[0]}
-    log(f"steady state ({what}): RSS {out['rss']:.1f} MB, CPU {out['cpu']:.1f}%, "
-        f"{out['rps']:.2f} API req/s, load {out['load']:.1f}")
+    c1, r1, t1 = {n: cpu_s(p) for n, p in pids.items()}, sc.operator_requests(), time.monotonic()
+    out = {"rps": (r1 - r0) / (t1 - t0), "load": os.getloadavg()[0]}
+    for n, p in pids.items():
+        out[f"rss_{n}"], out[f"cpu_{n}"] = rss_mb(p), 100 * (c1[n] - c0[n]) / (t1 - t0)
+    out["rss"] = max(out[f"rss_{n}"] for n in pids)
+    out["cpu"] = max(out[f"cpu_{n}"] for n in pids)
+    each = "; ".join(f"{n or 'operator'}: RSS {out[f'rss_{n}']:.1f} MB, CPU "
+                     f"{out[f'cpu_{n}']:.1f}%" for n in pids)
+    log(f"steady state ({what}): {each}; {out['rps']:.2f} API req/s, load {out['load']:.1f}")
     return out
 
 
@@ -207,6 +215,94 @@ def pass_entry(sc: Any, spec: Any, a: tuple[float, float], b: tuple[float, float
         f"{max((int(x) for x in busy), default=0)} of {spec.profiles} profiles).")
 
 
+def owned(port: int) -> float:
+    """perfpilot_operator_profiles_owned on the replica whose /metrics is on `port`."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return math.nan
+    return next((s.value for f in text_string_to_metric_families(text) for s in f.samples
+                 if s.name == "perfpilot_operator_profiles_owned"), math.nan)
+
+
+def sharded(sc: Any, spec: Any, single: dict[str, float], single_p99: float, ports: list[int],
+            log: Callable[[str], None]) -> dict[str, Entry]:
+    """The same cluster with two replicas that spread the profiles (PERFPILOT_SHARDING): each
+    replica's RSS and CPU, and the rollout to all sidecars, beside the single leader's."""
+    from e2e.harness.procs import wait_until as wait
+    from e2e.harness.scale import OPERATOR
+
+    names = (OPERATOR, OPERATOR + "-b")
+    sc.stop_operator()
+    t0 = time.monotonic()
+    for i, name in enumerate(names):
+        sc.start_operator(name, tuple(p + i * SHARD_OFFSET for p in ports),
+                          {"PERFPILOT_SHARDING": "true"})
+    metrics = [ports[2] + i * SHARD_OFFSET for i in range(len(names))]
+
+    def spread() -> list[float] | None:
+        counts = [owned(m) for m in metrics]
+        return counts if sum(counts) == spec.profiles and min(counts) > 0 else None
+
+    counts = wait(spread, f"{spec.profiles} profiles spread over {len(names)} replicas", 120, 1.0)
+    wait(lambda: sc.all_configured(spec.replicas)[0], "every profile reconciled by its owner",
+         300, 2.0)
+    log(f"sharded: {len(names)} replicas own {counts[0]:g} + {counts[1]:g} profiles, all "
+        f"configured {time.monotonic() - t0:.1f}s after the single operator stopped")
+    two = steady(sc, f"{len(names)} sharded replicas", log, settle=15, names=names)
+    lat, delivered = rollout(sc, spec.targets(), 4000, 300, log)
+    shares = f"{counts[0]:g} and {counts[1]:g} of {spec.profiles} profiles"
+    each = ", ".join(f"{two[f'rss_{n}']:.1f}" for n in names)
+    return {
+        "scale_sharded_rss_mb_per_replica": entry(
+            two["rss"], "MB", single["rss"],
+            f"the larger VmRSS of {len(names)} operator replicas with PERFPILOT_SHARDING=true "
+            f"({shares}; {each} MB) at steady state, same cluster ({spec.injected} injected, "
+            f"{spec.other_pods} other pods); baseline: the single unsharded leader's RSS in the "
+            f"same state earlier in this run. Each replica still indexes every opted-in pod "
+            f"(the webhooks' and the audit's view); channels, stats baselines and passes are "
+            f"per share."),
+        "scale_sharded_cpu_pct_per_replica": entry(
+            two["cpu"], "%", single["cpu"],
+            f"the busier replica's CPU (% of one core, {WINDOW_S:g}s) with {shares}; each: "
+            + ", ".join(f"{two[f'cpu_{n}']:.1f}%" for n in names)
+            + "; baseline: the single leader's CPU in the same state."),
+        "scale_sharded_rollout_p99_s_1000_pods": entry(
+            percentile(lat, 0.99), "s", single_p99,
+            f"spec change to all {spec.profiles} profiles, until each fleet sidecar applied it "
+            f"({len(lat)} sidecars; p50 {median(lat):.2f}s), with the profiles spread over "
+            f"{len(names)} replicas; baseline: the same change's p99 with the single leader "
+            f"earlier in this run (watch delivery p99 now {percentile(delivered, 0.99):.3f}s)."),
+        "scale_sharded_api_requests_per_s": entry(
+            two["rps"], "req/s", single["rps"],
+            "both replicas' requests/s (the operator's user, APF metrics) at steady state: the "
+            "member Leases add 2 requests per replica per 2 s; baseline: the single leader."),
+    }
+
+
+def channel_entry(log: Callable[[str], None]) -> Entry:
+    """bench/channel_bench.py in a child process: the operator's memory per sidecar channel."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-m", "bench.channel_bench"], cwd=ROOT, check=True,
+                         capture_output=True, text=True, timeout=300)
+    m = json.loads(out.stdout.strip().splitlines()[-1])
+    log(f"operator channel memory: {m['mtls_kb']:.0f} KB per mutual-TLS channel, "
+        f"{m['plain_kb']:.0f} KB plaintext ({m['channels']:g} channels)")
+    return entry(m["mtls_kb"], "KB", m["plain_kb"],
+                 f"client-side VmRSS growth per connected channel, {m['channels']:g} channels "
+                 f"opened with the operator's AgentClients (pinned sidecar certificate, its client "
+                 f"certificate) to a server in another process presenting a sidecar's "
+                 f"self-signed certificate; baseline: plaintext channels with a subchannel each. "
+                 f"The operator keeps one per sidecar it reconciles: the part of its per-pod "
+                 f"memory that sharding divides.")
+
+
 def operator_log(sc: Any) -> str:
     from e2e.harness.scale import OPERATOR
 
@@ -235,6 +331,8 @@ def run(small: bool, log: Callable[[str], None] = _print, only: frozenset[str] =
     results: dict[str, Entry] = {}
     sc = None
     try:
+        if not only:
+            results["scale_mtls_channel_kb"] = channel_entry(log)
         if not cluster.is_up():
             log("starting the local control plane")
             cluster.up()
@@ -383,6 +481,12 @@ def run(small: bool, log: Callable[[str], None] = _print, only: frozenset[str] =
             from bench.scale_breach import breach_entry
 
             results["scale_breach_to_step_s"] = breach_entry(sc, spec, 3 if small else 5, log)
+
+        # ---- the same with the profiles spread over two replicas
+        if not only:
+            results.update(sharded(sc, spec, b, percentile(lat, 0.99),
+                                   [WEBHOOK_PORT + base, HEALTH_PORT + base,
+                                    METRICS_PORT + base], log))
     except Exception as e:  # noqa: BLE001 - every key still reported
         why = f"{type(e).__name__}: {str(e)[:300]}"
         log(f"failed: {why}")

@@ -227,6 +227,18 @@ def build() -> Dashboard:
                "{{name}} {{action}}")],
         unit="short", steps=True),
         width=12, height=7)
+    lay.add(timeseries(
+        "Profiles per replica",
+        "How many profiles each operator replica reconciles. Unsharded: all of them on the "
+        "leader. With sharding.enabled: each replica's share of the profiles, spread by "
+        "rendezvous hashing over the live replicas (dashed: how many replicas each one sees); a "
+        "replica joining or leaving moves only its share, which the new owner takes after a "
+        "10 s handoff. Uneven shares are expected with few profiles; a replica at 0 for long "
+        "while others hold all: it cannot renew its member Lease (its log says why).",
+        [Query("max by (pod) (perfpilot_operator_profiles_owned)", "{{pod}} profiles"),
+         Query("max by (pod) (perfpilot_operator_shard_members)", "{{pod}} sees replicas")],
+        unit="short", steps=True),
+        width=24, height=7)
 
     lay.row("Alerts")
     lay.add(table(

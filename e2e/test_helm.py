@@ -432,8 +432,41 @@ def test_operator_runs_under_the_charts_rbac_without_a_forbidden(
     autoscales: kopf's watches, patches, status and Events, its CA Secret (in the release's
     namespace, none in the profile's) and the scale subresource - and the API server never
     answers 403."""
+    log = _operator_as_service_account(release, tmp_path)
+    assert ("PUT", f"/apis/coordination.k8s.io/v1/namespaces/{release.namespace}/leases/"
+            f"{release.fullname}-operator", "200") in _calls(log)
+
+
+def test_sharded_operator_runs_under_the_charts_rbac_without_a_forbidden(
+        release: Release, tmp_path: Path) -> None:
+    """The same with sharding.enabled=true: the Role the chart renders then lets the replica
+    keep its member Lease and list the group's (and nothing more: the allowlist test checks the
+    default release), and the profile is reconciled by its owner."""
+    r = release
+    r.helm("upgrade", r.name, str(CHART), "--reuse-values", "--set", "sharding.enabled=true",
+           "--wait", "--timeout", "120s")
+    try:
+        log = _operator_as_service_account(r, tmp_path)
+    finally:
+        r.helm("upgrade", r.name, str(CHART), "--reuse-values", "--set",
+               "sharding.enabled=false", "--wait", "--timeout", "120s")
+    calls = _calls(log)
+    leases = f"/apis/coordination.k8s.io/v1/namespaces/{r.namespace}/leases"
+    assert ("GET", leases, "200") in calls, sorted(calls)      # the member LIST
+    assert any(v == "PUT" and p.startswith(f"{leases}/{r.fullname}-operator-m-") and code == "200"
+               for v, p, code in calls), sorted(calls)
+    assert "profiles spread over 1 replica(s)" in log
+
+
+def _calls(log: str) -> set[tuple[str, str, str]]:
+    return {(m[1], m[2].split("?")[0], m[3]) for m in CLIENT_CALL.finditer(log)}
+
+
+def _operator_as_service_account(release: Release, tmp_path: Path) -> str:
+    """Run the operator as the release's ServiceAccount with the release's environment until it
+    reconciled a probe profile; asserts no 403 and returns its log."""
     r, c = release, release.cluster
-    work = f"{r.namespace}-work"
+    work = f"{r.namespace}-w{uuid.uuid4().hex[:4]}"    # each run its own (deletion is lazy)
     c.kubectl("create", "namespace", work)
     proc = None
     log_path = tmp_path / "operator.log"
@@ -462,9 +495,9 @@ def test_operator_runs_under_the_charts_rbac_without_a_forbidden(
             "PERFPILOT_RESYNC_INTERVAL": "1s",
         })
         assert env["PERFPILOT_REGISTER_WEBHOOKS"] == "true"      # the chart's mode
-        with log_path.open("wb") as log:
+        with log_path.open("wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-c", RUN_OPERATOR, work], cwd=ROOT, stdout=log,
+                [sys.executable, "-c", RUN_OPERATOR, work], cwd=ROOT, stdout=out,
                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                 env={**{k: v for k, v in os.environ.items() if not k.startswith("PERFPILOT_")},
                      **env, "KUBECONFIG": str(kubeconfig)})
@@ -547,7 +580,7 @@ def test_operator_runs_under_the_charts_rbac_without_a_forbidden(
                  # by design: it may not re-create the deleted webhook configuration
                  and not CREATE_WEBHOOK.search(line)]
     assert forbidden == [], "\n".join(forbidden[:20])
-    calls = {(m[1], m[2].split("?")[0], m[3]) for m in CLIENT_CALL.finditer(log)}
+    calls = _calls(log)
     assert ("GET", f"/apis/apps/v1/namespaces/{work}/deployments/probe/scale", "200") in calls, \
         sorted(calls)
     secrets = {(v, p) for v, p, code in calls if "/secrets" in p}
@@ -559,8 +592,7 @@ def test_operator_runs_under_the_charts_rbac_without_a_forbidden(
     assert re.search(r"is now the leader \(lease " + re.escape(r.namespace), log), log[-3000:]
     assert ("PATCH", f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/"
             f"{r.fullname}-pod-injector", "200") in calls, sorted(calls)
-    assert ("PUT", f"/apis/coordination.k8s.io/v1/namespaces/{r.namespace}/leases/"
-            f"{r.fullname}-operator", "200") in calls, sorted(calls)
+    return log
 
 
 def _metric(port: str, name: str) -> float | None:
@@ -591,15 +623,20 @@ def _deleted_webhook_configuration_is_reported(r: Release, log_path: Path,
                                        "json").stdout)["webhooks"][0]["failurePolicy"] == "Fail",
           "failurePolicy patched back under the chart's RBAC", 30)
     edited = time.monotonic() - t_edit
+
+    def missing_events() -> list[dict[str, Any]]:
+        return list(json.loads(c.kubectl(
+            "get", "events", "-n", r.namespace, "--field-selector",
+            "reason=WebhookConfigurationMissing", "-o", "json").stdout)["items"])
+
+    earlier = {e["metadata"]["uid"] for e in missing_events()}   # an earlier run's (sharded)
     c.kubectl("delete", "mutatingwebhookconfiguration", name)
     t0 = time.monotonic()
     _wait(lambda: _metric(port, name) == 0, "perfpilot_operator_webhook_configuration_present 0",
           30)
     reported = time.monotonic() - t0
     _wait(lambda: "helm upgrade --install" in log_path.read_text(), "the ERROR naming the fix", 10)
-    events = json.loads(c.kubectl(
-        "get", "events", "-n", r.namespace, "--field-selector",
-        "reason=WebhookConfigurationMissing", "-o", "json").stdout)["items"]
+    events = [e for e in missing_events() if e["metadata"]["uid"] not in earlier]
     assert [e["involvedObject"]["kind"] for e in events] == ["Lease"], events
     assert name in events[0]["message"] and events[0]["type"] == "Warning"
     assert c.kubectl("get", "mutatingwebhookconfiguration", name, check=False).returncode != 0

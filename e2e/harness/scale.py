@@ -213,16 +213,28 @@ class Scale:
         return path
 
     # ---------------------------------------------------------------- processes
-    def start_operator(self) -> None:
-        assert self.ports is not None, "Scale(ports=...) runs an operator"
-        webhook, health, metrics = self.ports
+    def start_operator(self, name: str = OPERATOR, ports: tuple[int, int, int] | None = None,
+                       extra_env: dict[str, str] | None = None) -> None:
+        """An operator replica under the operator's own user (`ports`: webhook, health,
+        metrics; default: the Scale's)."""
+        ports = ports or self.ports
+        assert ports is not None, "Scale(ports=...) runs an operator"
+        webhook, health, metrics = ports
         env = dev.operator_env(self.cluster, webhook_port=webhook, health_port=health,
                                metrics_port=metrics, resync=self.spec.resync)
         env["KUBECONFIG"] = str(self.operator_kubeconfig())
-        dev.stop(self.cluster, OPERATOR)
-        self.procs[OPERATOR] = op = dev.start(self.cluster, OPERATOR, dev.operator_command(),
-                                              env)
+        env.update(extra_env or {})
+        dev.stop(self.cluster, name)
+        self.procs[name] = op = dev.start(self.cluster, name, dev.operator_command(), env)
         dev.wait_healthy(self.cluster, op, health)
+
+    def stop_operator(self, name: str = OPERATOR) -> None:
+        """SIGTERM (a clean stop: its Leases are released) and wait."""
+        p = self.procs.pop(name, None)
+        if p is not None and p.poll() is None:
+            p.terminate()
+            p.wait(timeout=60)
+        dev.stop(self.cluster, name)
 
     def start_agents(self, podrunner: bool = True) -> None:
         """The fleet (and, unless the caller runs its own, a pod runner for the sample)."""
@@ -243,8 +255,8 @@ class Scale:
                 raise RuntimeError(f"{name} exited ({p.returncode}); see "
                                    f"{self.cluster.logs / (name + '.log')}")
 
-    def operator_pid(self) -> int:
-        return int(self.procs[OPERATOR].pid)
+    def operator_pid(self, name: str = OPERATOR) -> int:
+        return int(self.procs[name].pid)
 
     # ---------------------------------------------------------------- objects
     def _create_namespaces(self, names: Iterable[str]) -> None:
@@ -412,7 +424,7 @@ class Scale:
         tmp.replace(self.load)
 
     def operator_metrics(self) -> str:
-        """The exposition of the operator `start_operator` runs."""
+        """The exposition of the (default) operator `start_operator` runs."""
         assert self.ports is not None, "Scale(ports=...) runs an operator"
         return self.cluster._get(f"http://127.0.0.1:{self.ports[2]}/metrics", timeout=10)
 
@@ -432,10 +444,9 @@ class Scale:
     # ---------------------------------------------------------------- teardown
     def close(self, timeout: float = 600) -> None:
         """Stop our processes, then delete every namespace the scenario created."""
-        ran_operator = OPERATOR in self.procs
-        for name in (OPERATOR, FLEET, PODRUNNER):
-            if name in self.procs:
-                dev.stop(self.cluster, name)
+        ran_operator = any(name.startswith(OPERATOR) for name in self.procs)
+        for name in list(self.procs):     # operator replicas, the fleet, the pod runner
+            dev.stop(self.cluster, name)
         self.procs.clear()
         c = self.cluster
         if not c.is_up():

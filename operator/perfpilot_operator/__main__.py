@@ -27,7 +27,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"PERFPILOT_LOG_LEVEL={args.log_level!r}: choose from {', '.join(LOG_LEVELS)}")
     level = "debug" if args.verbose else args.log_level
 
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except ValueError as e:      # a malformed PERFPILOT_* variable: named, with the fix
+        parser.error(str(e))
     kopf.configure(verbose=level == "debug", quiet=level in ("warning", "error"),
                    log_format={"plain": kopf.LogFormat.PLAIN, "full": kopf.LogFormat.FULL,
                                "json": kopf.LogFormat.JSON}[args.log_format])

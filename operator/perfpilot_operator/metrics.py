@@ -29,6 +29,12 @@ GETSTATS_CALLS = Counter("perfpilot_operator_getstats_calls", "GetStats calls to
 LEADER = Gauge("perfpilot_operator_leader", "1 on the replica that holds the leader Lease and "
                "runs the control loops, 0 on the others (they serve webhooks only)", ["pod"],
                registry=REGISTRY)
+PROFILES_OWNED = Gauge("perfpilot_operator_profiles_owned", "Profiles this replica reconciles "
+                       "(PERFPILOT_SHARDING: its share; otherwise all on the leader, 0 on the "
+                       "others)", ["pod"], registry=REGISTRY)
+SHARD_MEMBERS = Gauge("perfpilot_operator_shard_members", "Live replicas the profiles are spread "
+                      "over, as this replica sees them (PERFPILOT_SHARDING)", ["pod"],
+                      registry=REGISTRY)
 WEBHOOK_CONFIGURATION_PRESENT = Gauge(
     "perfpilot_operator_webhook_configuration_present", "1 while the named webhook configuration "
     "exists, 0 after it was deleted (set by the leader every resync)", ["name"],

@@ -14,6 +14,20 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
 
 
+def _bool(name: str, default: bool) -> bool:
+    """true/false (any case; also 1/0, yes/no); anything else is refused naming the variable,
+    never read as false."""
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    value = raw.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"{name}: {raw!r} is not a boolean; use true or false")
+
+
 def _labels(text: str) -> dict[str, str]:
     """`k=v,k2=v2` -> {k: v, k2: v2}; a pair without `=` is refused naming it."""
     out: dict[str, str] = {}
@@ -55,6 +69,9 @@ class Settings:
     """The Lease's name, in `namespace`."""
     leader_identity: str = ""
     """This replica's identity in the Lease (the chart: the pod's name); empty: host:webhook port."""
+    sharding: bool = False
+    """Whether the replicas spread the profiles among them (each reconciled by one replica, by
+    rendezvous hashing over member Leases: shards.py); off: the leader reconciles every one."""
     exclude_namespaces: tuple[str, ...] = ()
     """Namespaces the pod webhook never sees, besides the operator's own (kube-system, ...)."""
     failure_policy: str = "Fail"
@@ -93,13 +110,14 @@ class Settings:
             webhook_url_port=int(_env("PERFPILOT_WEBHOOK_URL_PORT", "0")),
             webhook_service=_env("PERFPILOT_WEBHOOK_SERVICE", d.webhook_service),
             cert_dir=Path(_env("PERFPILOT_CERT_DIR", str(d.cert_dir))),
-            register_webhooks=_env("PERFPILOT_REGISTER_WEBHOOKS", "true") == "true",
+            register_webhooks=_bool("PERFPILOT_REGISTER_WEBHOOKS", d.register_webhooks),
             mutating_webhook=_env("PERFPILOT_MUTATING_WEBHOOK", d.mutating_webhook),
             validating_webhook=_env("PERFPILOT_VALIDATING_WEBHOOK", d.validating_webhook),
             namespace_labels=_labels(_env("PERFPILOT_WEBHOOK_NAMESPACE_LABELS", "")),
-            leader_election=_env("PERFPILOT_LEADER_ELECTION", "true") == "true",
+            leader_election=_bool("PERFPILOT_LEADER_ELECTION", d.leader_election),
             leader_lease=_env("PERFPILOT_LEADER_LEASE", d.leader_lease),
             leader_identity=_env("PERFPILOT_LEADER_IDENTITY", ""),
+            sharding=_bool("PERFPILOT_SHARDING", d.sharding),
             failure_policy=_env("PERFPILOT_WEBHOOK_FAILURE_POLICY", d.failure_policy),
             exclude_namespaces=tuple(n.strip() for n in _env(
                 "PERFPILOT_WEBHOOK_EXCLUDE_NAMESPACES", "").split(",") if n.strip()),
@@ -118,7 +136,7 @@ class Settings:
                                          str(d.rollout_concurrency))),
             rpc_timeout=parse_duration(_env("PERFPILOT_RPC_TIMEOUT", "2s")),
             resync_interval=parse_duration(_env("PERFPILOT_RESYNC_INTERVAL", "5s")),
-            recreate_uninjected=_env("PERFPILOT_RECREATE_UNINJECTED", "false") == "true",
+            recreate_uninjected=_bool("PERFPILOT_RECREATE_UNINJECTED", d.recreate_uninjected),
             recreate_interval=parse_duration(_env("PERFPILOT_RECREATE_INTERVAL", "10m")),
             audit_interval=parse_duration(_env("PERFPILOT_AUDIT_INTERVAL", "30s")),
             metrics_port=int(_env("PERFPILOT_METRICS_PORT", str(d.metrics_port))),

@@ -597,6 +597,8 @@ NOT_GRANTED: set[tuple[str, str, str]] = {
     ("admissionregistration.k8s.io", "validatingwebhookconfigurations", "create")}
 # Granted by the Role in the release's namespace, not cluster-wide.
 NAMESPACED_ONLY = {("coordination.k8s.io", "leases", v) for v in ("get", "create", "update")}
+# Only with sharding.enabled=true (shards.MemberLeases), in the same Role.
+SHARDING_ONLY = {("coordination.k8s.io", "leases", v) for v in ("list", "delete")}
 APPS = {"deployments"}
 # Granted only when a value turns the feature on (value -> what it adds).
 OPTIONAL_NEEDS = {"recreateUninjected.enabled=true": {("apps", "deployments", "patch")}}
@@ -773,7 +775,8 @@ def test_clusterrole_grants_exactly_what_the_operator_calls(default: list[dict[s
         ("admissionregistration.k8s.io", "validatingwebhookconfigurations", "create"),
         ("admissionregistration.k8s.io", "validatingwebhookconfigurations", "patch"),
         ("coordination.k8s.io", "leases", "get"), ("coordination.k8s.io", "leases", "create"),
-        ("coordination.k8s.io", "leases", "update"),
+        ("coordination.k8s.io", "leases", "update"), ("coordination.k8s.io", "leases", "list"),
+        ("coordination.k8s.io", "leases", "delete"),
         ("monitoring.coreos.com", "prometheusrules", "get"),
         ("monitoring.coreos.com", "prometheusrules", "create"),
         ("monitoring.coreos.com", "prometheusrules", "update"),
@@ -783,6 +786,12 @@ def test_clusterrole_grants_exactly_what_the_operator_calls(default: list[dict[s
         ("apps", "replicasets/scale", "get"), ("apps", "replicasets/scale", "patch"),
         ("apps", "deployments", "patch"),
     }, "the operator's API calls changed: update the ClusterRole/Role and this list"
+    sharded_role = granted(one(render("sharding.enabled=true"), "Role"))
+    assert set(sharded_role) == NAMESPACED_ONLY | SHARDING_ONLY
+    lease = ("coordination.k8s.io", "leases")
+    # The leader Lease is still read by name; member Leases have per-pod names.
+    assert sharded_role[(*lease, "get")] and sharded_role[(*lease, "update")] is None
+    needs -= SHARDING_ONLY
     optional = set().union(*OPTIONAL_NEEDS.values())
     for value, extra in OPTIONAL_NEEDS.items():
         with_it = granted(one(render(value), "ClusterRole"))

@@ -14,6 +14,7 @@ from perfpilot.v1 import agent_pb2 as pb
 from perfpilot_operator.clients.agents import Target
 from perfpilot_operator.handlers.profiles import resync_beat
 from perfpilot_operator.logic.conditions import PodView
+from perfpilot_operator.leader import always_leader
 from perfpilot_operator.runtime import Runtime
 from perfpilot_operator.settings import Settings
 
@@ -96,8 +97,10 @@ class FakeScale:
 
 
 def runtime(sidecars: Any, *, scale: FakeScale | None = None, **settings: Any) -> Runtime:
+    """The leader's runtime (the resync loop runs only where it acts: Runtime.acts_for)."""
     return Runtime(settings=Settings(rollout_concurrency=4, **settings), agents=sidecars,
-                   kube=FakeKube(), scale=scale or FakeScale(1), resize=False)
+                   kube=FakeKube(), scale=scale or FakeScale(1), resize=False,
+                   leadership=always_leader("test-operator"))
 
 
 def pods(n: int, *, injected: bool = True, owner: tuple[str, str] | None = None,

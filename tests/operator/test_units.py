@@ -107,3 +107,30 @@ def test_operator_rejects_a_bad_log_level_env(monkeypatch: pytest.MonkeyPatch,
         cli.main([])
     assert exc.value.code == 2
     assert "PERFPILOT_LOG_LEVEL='loud'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("true", True), ("True", True), (" 1 ", True),
+                                               ("yes", True), ("FALSE", False), ("off", False),
+                                               ("", False)])
+def test_operator_switches_read_any_spelling_of_a_boolean(monkeypatch: pytest.MonkeyPatch,
+                                                          raw: str, expected: bool) -> None:
+    from perfpilot_operator.settings import Settings
+
+    monkeypatch.setenv("PERFPILOT_SHARDING", raw)
+    monkeypatch.setenv("PERFPILOT_REGISTER_WEBHOOKS", raw)
+    s = Settings.from_env()
+    assert s.sharding is expected
+    # empty: the default (true for webhook registration), never a silent false
+    assert s.register_webhooks is (expected if raw else True)
+
+
+def test_operator_refuses_a_switch_that_is_not_a_boolean(monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from perfpilot_operator import __main__ as cli
+
+    monkeypatch.setenv("PERFPILOT_LEADER_ELECTION", "ture")
+    with pytest.raises(SystemExit) as exc:
+        cli.main([])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "PERFPILOT_LEADER_ELECTION: 'ture' is not a boolean; use true or false" in err

@@ -15,7 +15,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, cast
 
 import kopf
@@ -133,11 +133,12 @@ class CoveredPods(Mapping[str, list[Entry]]):
                     continue        # refused by the CRD; nothing to audit
         return out
 
-    async def audit(self, profiles_by_namespace: Any, interval: float) -> int:
+    async def audit(self, profiles_by_namespace: Any, interval: float,
+                    wanted: Callable[[str, str], bool] = lambda ns, name: True) -> int:
         """LIST (server-side filtered) the selected pods without the opt-in label, for each
-        profile that is new, whose selector changed, or whose last audit is `interval` old.
-        Returns how many LISTs it made."""
-        targets = self.targets(profiles_by_namespace)
+        `wanted` profile (sharded: this replica's share) that is new, whose selector changed,
+        or whose last audit is `interval` old. Returns how many LISTs it made."""
+        targets = {k: q for k, q in self.targets(profiles_by_namespace).items() if wanted(*k)}
         now = time.monotonic()
         with self._lock:
             for key in set(self._audited) - set(targets):
@@ -169,11 +170,11 @@ class CoveredPods(Mapping[str, list[Entry]]):
 
 
 async def audit_loop(pods: CoveredPods, profiles_by_namespace: Any, *, tick: float,
-                     interval: float) -> None:
-    """Every `tick`, audit the profiles that are due (see CoveredPods.audit)."""
+                     interval: float, wanted: Callable[[str, str], bool]) -> None:
+    """Every `tick`, audit the `wanted` profiles that are due (see CoveredPods.audit)."""
     while True:
         try:
-            await pods.audit(profiles_by_namespace, interval)
+            await pods.audit(profiles_by_namespace, interval, wanted)
         except Exception:  # noqa: BLE001 - the next tick tries again
             log.exception("coverage audit failed")
         await asyncio.sleep(tick)

@@ -96,8 +96,8 @@ async def reconcile(event: kopf.RawEvent, body: kopf.Body, memo: Any, namespace:
     if event.get("type") == "DELETED":
         forget_profile_state(rt, namespace, name)
         return
-    if not rt.leadership.is_leader:
-        return
+    if not rt.acts_for(namespace, name):
+        return      # another replica leads, or owns this profile (PERFPILOT_SHARDING)
     state = profile_state(rt, namespace, name)
     generation = int(body.get("metadata", {}).get("generation", 0))
     if generation <= getattr(state, "seen_generation", 0):
@@ -141,6 +141,10 @@ def resync_beat(rt: Runtime, settings: kopf.OperatorSettings,
         forget_profile_state(rt, *key)
     for key in [k for k, t in passes.items() if t.done()]:
         del passes[key]
+    # Sharded: only this replica's share (a profile it stopped owning: its pass is cancelled
+    # and its memory and channels go; the new owner reads everything back).
+    items = {key: item for key, item in items.items() if _acts(rt, key, passes)}
+    prom.PROFILES_OWNED.labels(rt.leadership.identity if rt.leadership else "").set(len(items))
     busy = 0
     for key, item in sorted(items.items()):
         if key in passes:
@@ -175,6 +179,21 @@ async def _resync_one(rt: Runtime, settings: kopf.OperatorSettings, item: dict[s
     except Exception:  # noqa: BLE001 - one profile's failure never stops the others
         log.exception(f"resync of {namespace}/{name} failed; retried in "
                       f"{rt.settings.resync_interval:g}s")
+
+
+def _acts(rt: Runtime, key: tuple[str, str], passes: dict[tuple[str, str], asyncio.Task[None]]
+          ) -> bool:
+    if rt.acts_for(*key):
+        return True
+    task = passes.pop(key, None)
+    if task is not None:
+        task.cancel()
+    state = rt.profiles.get(key)
+    if state is not None:
+        forget_profile_state(rt, *key)
+        for address in state.addresses:       # channels are most of a profile's memory
+            asyncio.get_running_loop().create_task(rt.agents.forget(address))
+    return False
 
 
 def forget_profile_state(rt: Runtime, namespace: str, name: str) -> None:

@@ -1,5 +1,6 @@
 """Operator start-up: settings, clients, webhook server, leader election, feature detection;
-while this replica leads (`lead`): the resync loop and the webhook configurations."""
+while this replica leads (`lead`): the webhook configurations, and the resync loop and coverage
+audit over every profile - or, sharded (PERFPILOT_SHARDING), on every replica over its share."""
 
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ from perfpilot_operator.handlers import indexes, profiles
 from perfpilot_operator.leader import Leadership, LeaseElector, always_leader
 from perfpilot_operator.logic import resize
 from perfpilot_operator.logic.lease import LeaseTimings
+from perfpilot_operator.logic.shards import Ownership
 from perfpilot_operator.runtime import Runtime
 from perfpilot_operator.settings import Settings
+from perfpilot_operator.shards import MemberLeases
 from perfpilot_operator.webhook_keeper import Keeper
 from perfpilot_operator.webhook_server import ThreadedWebhookServer
 
@@ -94,8 +97,19 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Lo
         memo.election_task = asyncio.create_task(elector.run(), name="perfpilot-election")
     else:
         rt.leadership = always_leader(me)
-    # Only the leader runs the periodic pass and keeps the webhook configurations; every
-    # replica serves the webhooks (kopf keeps the indexes current on all of them).
+    if cfg.sharding:
+        # Every replica reconciles its share of the profiles; the leader keeps the webhooks.
+        timings = LeaseTimings()
+        rt.shards = Ownership(me=me, grace=timings.duration)
+        members = MemberLeases(api, rt.shards, namespace=cfg.namespace, group=cfg.leader_lease,
+                               timings=timings)
+        memo.members = members
+        memo.members_task = asyncio.create_task(members.run(), name="perfpilot-shard-members")
+        memo.shard_task = asyncio.create_task(
+            _control_loops(rt, settings, profiles_by_namespace, rt.pods, hpas_by_namespace),
+            name="perfpilot-shard")
+    # Only the leader keeps the webhook configurations (and, unsharded, runs the periodic
+    # pass); every replica serves the webhooks (kopf keeps the indexes current on all of them).
     memo.leader_task = asyncio.create_task(
         lead(rt, settings, profiles_by_namespace, rt.pods, hpas_by_namespace),
         name="perfpilot-leader")
@@ -103,7 +117,9 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Lo
                 f"{'on' if native else 'off'}, in-place resize {'on' if rt.resize else 'off'}, "
                 f"webhooks on {cfg.webhook_host}:{cfg.webhook_port}, leader election "
                 + (f"by lease {cfg.namespace}/{cfg.leader_lease} as {me}"
-                   if cfg.leader_election else "off"))
+                   if cfg.leader_election else "off")
+                + (", profiles sharded over the replicas (member leases labelled "
+                   f"perfpilot.io/member-of={cfg.leader_lease})" if cfg.sharding else ""))
 
 
 async def lead(rt: Runtime, settings: kopf.OperatorSettings, profiles_by_namespace: Any,
@@ -115,12 +131,11 @@ async def lead(rt: Runtime, settings: kopf.OperatorSettings, profiles_by_namespa
     keeper = Keeper(rt)
     while True:
         await ld.elected.wait()
-        tasks = [asyncio.create_task(profiles.resync_loop(
-            rt, settings, profiles_by_namespace, pods_by_namespace, hpas_by_namespace),
-            name="perfpilot-resync")]
-        tasks.append(asyncio.create_task(indexes.audit_loop(
-            rt.pods, profiles_by_namespace, tick=rt.settings.resync_interval,
-            interval=rt.settings.audit_interval), name="perfpilot-coverage-audit"))
+        tasks = []
+        if rt.shards is None:
+            tasks.append(asyncio.create_task(_control_loops(
+                rt, settings, profiles_by_namespace, pods_by_namespace, hpas_by_namespace),
+                name="perfpilot-control-loops"))
         if rt.settings.register_webhooks:
             tasks.append(asyncio.create_task(_keep_webhooks(keeper, rt.settings.resync_interval),
                                              name="perfpilot-webhooks"))
@@ -132,9 +147,29 @@ async def lead(rt: Runtime, settings: kopf.OperatorSettings, profiles_by_namespa
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            # Nothing learnt while leading is trusted later: the next term starts from status.
-            for namespace, name in list(rt.profiles):
-                profiles.forget_profile_state(rt, namespace, name)
+
+
+async def _control_loops(rt: Runtime, settings: kopf.OperatorSettings, profiles_by_namespace: Any,
+                         pods_by_namespace: Any, hpas_by_namespace: Any) -> None:
+    """The resync loop and the coverage audit over the profiles this replica acts for
+    (`rt.acts_for`), until cancelled; then everything learnt is forgotten: the next term (or
+    owner) starts from the status and what the sidecars report."""
+    tasks = [asyncio.create_task(profiles.resync_loop(
+        rt, settings, profiles_by_namespace, pods_by_namespace, hpas_by_namespace),
+        name="perfpilot-resync"),
+        asyncio.create_task(indexes.audit_loop(
+            rt.pods, profiles_by_namespace, tick=rt.settings.resync_interval,
+            interval=rt.settings.audit_interval, wanted=rt.acts_for),
+            name="perfpilot-coverage-audit")]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for namespace, name in list(rt.profiles):
+            profiles.forget_profile_state(rt, namespace, name)
+        prom.PROFILES_OWNED.labels(rt.leadership.identity).set(0)
 
 
 async def _keep_webhooks(keeper: Keeper, interval: float) -> None:
@@ -145,8 +180,8 @@ async def _keep_webhooks(keeper: Keeper, interval: float) -> None:
 
 @kopf.on.cleanup(id="cleanup")
 async def cleanup(memo: Any, **_: Any) -> None:
-    tasks = [t for t in (getattr(memo, "leader_task", None), getattr(memo, "election_task", None),
-                               getattr(memo, "pki_task", None))
+    tasks = [t for t in (getattr(memo, name, None) for name in (
+        "leader_task", "shard_task", "members_task", "election_task", "pki_task"))
              if t is not None]
     for task in tasks:
         task.cancel()
@@ -154,6 +189,9 @@ async def cleanup(memo: Any, **_: Any) -> None:
     elector: LeaseElector | None = getattr(memo, "elector", None)
     if elector is not None:
         await elector.release()     # the next replica takes over at its next poll
+    members: MemberLeases | None = getattr(memo, "members", None)
+    if members is not None:
+        await members.release()     # the others take this replica's share after the handoff
     rt: Runtime | None = getattr(memo, "runtime", None)
     if rt is not None:
         await rt.agents.close()
