@@ -11,7 +11,15 @@ lookup, then `list()` of a store's dict values, one C call under the GIL; the va
 the indexer builds anew, never mutated in place), the runtime's settings, CA bundle and feature
 flags (attributes rebound, never mutated), and the live profile lookup (the blocking client on
 a worker thread of this loop). Sync handlers (the profile validator) ran on kopf's executor
-threads before and still do.
+threads before and still do. kopf's memo store is written from here only for a profile it has
+never seen (an UPDATE review); pod reviews are CREATEs with ephemeral memos. One shared object is
+mutated elsewhere: ReplicaPKI reloads the SSL context in place (on kopf's loop, when it re-issues
+the certificates, about once a certificate lifetime) while this thread may be starting a TLS
+handshake with it.
+
+A waiting thread gets the GIL after the switch interval; this server shortens it for the whole
+process to SWITCH_INTERVAL_S (measured: the operator's share of a burst's webhook latency beyond
+a bare webhook's fell from +893 ms p99 on kopf's loop to +5 ms).
 
 Every review is timed (`perfpilot_operator_webhook_duration_seconds`, from the request's body
 read to the response, on the server's side): beside the API server's own
