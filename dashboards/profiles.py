@@ -239,6 +239,18 @@ def build() -> Dashboard:
          Query("max by (pod) (perfpilot_operator_shard_members)", "{{pod}} sees replicas")],
         unit="short", steps=True),
         width=24, height=7)
+    lay.add(timeseries(
+        "Webhook reviews",
+        "How long the operator replicas take to answer an admission review (pod injection, "
+        "profile validation), from reading the request to the response: p50 and p99 over the "
+        "window, all replicas together. A few ms is the handling itself; the API server's own timing of the same calls "
+        "(apiserver_admission_webhook_admission_duration_seconds, if scraped) adds the network, "
+        "TLS and its own load. High here while the operator is busy: the replica's CPU.",
+        [Query(f"histogram_quantile({q}, sum by (webhook, le) (rate("
+               "perfpilot_operator_webhook_duration_seconds_bucket[$__rate_interval])))",
+               f"{{{{webhook}}}} p{round(q * 100)}") for q in (0.5, 0.99)],
+        unit="s"),
+        width=24, height=7)
 
     lay.row("Alerts")
     lay.add(table(
