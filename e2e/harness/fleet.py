@@ -256,8 +256,10 @@ class Fleet:
         want = {uid for uid, p in self.pods.items() if wanted(p)}
         for uid in [u for u in self.failed if u not in want]:
             del self.failed[uid]
-        gone = [uid for uid in self.apps if uid not in want]
-        new = [uid for uid in want if uid not in self.apps]
+        # A pod whose IP changed (kwok may re-assign one) gets its agent moved to the new IP.
+        gone = [uid for uid in self.apps if uid not in want
+                or self.pods[uid]["status"]["podIP"] != self.apps[uid].settings.listen_host]
+        new = [uid for uid in want if uid not in self.apps or uid in gone]
         if gone:
             await asyncio.gather(*(self.stop_app(u) for u in gone))
         if new:

@@ -154,3 +154,30 @@ def test_the_floor_webhook_allows_with_its_fixed_patch_for_the_reviews_uid() -> 
     assert out["response"] == {"uid": "u-7", "allowed": True, "patchType": "JSONPatch",
                                "patch": patch.decode()}
     assert out["kind"] == "AdmissionReview" and out["apiVersion"] == "admission.k8s.io/v1"
+
+
+async def test_the_fleet_moves_an_agent_whose_pod_ip_changed() -> None:
+    from types import SimpleNamespace
+
+    fleet = Fleet.__new__(Fleet)        # no cluster: only reconcile's bookkeeping
+    moved, kept = _pod(status={"podIP": "127.41.3.9"}), _pod()
+    fleet.pods = {"moved": moved, "kept": kept}
+    fleet.apps = {u: SimpleNamespace(settings=SimpleNamespace(listen_host="127.41.3.4"))
+                  for u in ("moved", "kept")}
+    fleet.keys, fleet.failed = {}, {}
+    calls: list[tuple[str, str]] = []
+
+    async def stop_app(uid: str) -> None:
+        calls.append(("stop", uid))
+        del fleet.apps[uid]
+
+    async def start_app(uid: str, pod: dict[str, Any]) -> None:
+        calls.append(("start", uid))
+        fleet.apps[uid] = SimpleNamespace(
+            settings=SimpleNamespace(listen_host=pod["status"]["podIP"]))
+
+    fleet.stop_app, fleet.start_app = stop_app, start_app   # type: ignore[method-assign]
+    await fleet.reconcile()
+    assert calls == [("stop", "moved"), ("start", "moved")]
+    await fleet.reconcile()                                   # level: nothing more to do
+    assert len(calls) == 2
