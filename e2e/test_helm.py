@@ -551,10 +551,17 @@ def _operator_as_service_account(release: Release, tmp_path: Path) -> str:
         _wait(lambda: log_path.read_text().count("resync pass over") >= 2,
               "two resync passes of this operator")
         # /metrics as the chart's ServiceMonitor scrapes it (path /metrics on the metrics port).
-        with urllib.request.urlopen(
-                f"http://127.0.0.1:{env['PERFPILOT_METRICS_PORT']}/metrics", timeout=5) as m:
-            exported = m.read().decode()
-        assert f'perfpilot_operator_pods{{namespace="{work}",profile="rbac-probe"' in exported
+        # Waited for: the suite's own operator reconciles the probe too (the status above may be
+        # its), and a sharded replica starts acting only after its 10 s handoff.
+        def exported() -> bool:
+            with urllib.request.urlopen(
+                    f"http://127.0.0.1:{env['PERFPILOT_METRICS_PORT']}/metrics", timeout=5) as m:
+                text = m.read().decode()
+            return f'perfpilot_operator_pods{{namespace="{work}",profile="rbac-probe"' in text
+
+        _wait(exported, "this operator's series for the probe profile", timeout=45)
+        _wait(lambda: f"/namespaces/{work}/deployments/probe/scale HTTP/1.1\" 200" in
+              log_path.read_text(), "this operator reading the probe's scale subresource")
         _deleted_webhook_configuration_is_reported(r, log_path, env)
         c.kubectl("delete", "pp", "rbac-probe", "-n", work, "--timeout=60s", timeout=90)
     finally:

@@ -296,8 +296,22 @@ class Fleet:
             _log("stopped every agent")
 
 
+def raise_open_files_limit() -> None:
+    """~3 descriptors per hosted agent (listener, epoll, connections): 1,000 agents exceed the
+    usual soft limit of 1024. Raised to the hard limit, as servers do (best effort)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as e:
+            _log(f"open files limit stays {soft}: {e}")
+
+
 async def amain(record: Path | None, load: Path | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    raise_open_files_limit()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
