@@ -30,6 +30,7 @@ call's network, TLS and queueing.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import sys
 import threading
 import time
@@ -109,7 +110,10 @@ class ThreadedWebhookServer(TimedWebhookServer):
                 started.set()
 
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
-        thread = threading.Thread(target=run, name=THREAD_NAME, daemon=True)
+        # kopf's context variables (e.g. the queue an object logger's Events go to) come along:
+        # a thread otherwise starts with an empty context.
+        thread = threading.Thread(target=contextvars.copy_context().run, args=(run,),
+                                  name=THREAD_NAME, daemon=True)
         thread.start()
         try:
             while True:

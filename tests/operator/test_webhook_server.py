@@ -6,6 +6,7 @@ fails the caller as kopf's own server does."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import socket
 import threading
 import time
@@ -35,14 +36,19 @@ def _review(uid: str) -> dict[str, Any]:
             "request": {"uid": uid}}
 
 
+# Stands for kopf's own context variables (e.g. where an object logger's Events are queued).
+CALLERS = contextvars.ContextVar[str]("callers")
+
+
 async def test_reviews_are_served_on_the_servers_thread_while_the_callers_loop_is_blocked(
 ) -> None:
-    seen: list[tuple[str, str]] = []
+    seen: list[tuple[str, str, str]] = []
 
     async def fn(request: Any, *, webhook: str | None = None, **_: Any) -> dict[str, Any]:
-        seen.append((threading.current_thread().name, str(webhook)))
+        seen.append((threading.current_thread().name, str(webhook), CALLERS.get("unset")))
         return {"response": {"uid": request["request"]["uid"], "allowed": True}}
 
+    CALLERS.set("kopf's")         # the handlers see the caller's context variables
     port = _free_port()
     server = ThreadedWebhookServer(addr="127.0.0.1", port=port, host="127.0.0.1", insecure=True)
     async with server:            # as kopf runs it: closed when the operator stops
@@ -50,7 +56,7 @@ async def test_reviews_are_served_on_the_servers_thread_while_the_callers_loop_i
     assert not any(t.name == THREAD_NAME for t in threading.enumerate())
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))   # the port is free again
-    assert seen == [(THREAD_NAME, POD_HANDLER_ID)]
+    assert seen == [(THREAD_NAME, POD_HANDLER_ID, "kopf's")]
 
 
 async def _serve_one(server: ThreadedWebhookServer, fn: Any, port: int) -> None:
