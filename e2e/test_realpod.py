@@ -27,6 +27,7 @@ from e2e.harness import dev
 from e2e.harness.anycluster import external, image_ref
 from e2e.harness.cluster import LocalCluster
 from e2e.harness.node import REAL_NODE_SELECTOR, REAL_NODE_TOLERATION
+from e2e.harness.procs import wait_until
 
 # Building (cached by content) and importing ~300 MB of images happens in the first test's setup.
 pytestmark = pytest.mark.timeout(1800)
@@ -84,14 +85,7 @@ def kubectl_json(cluster: LocalCluster, *args: str) -> Any:
 
 
 def wait(predicate: Any, what: str, timeout: float, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
+    return wait_until(predicate, what, timeout, interval)
 
 
 def restricted(cluster: LocalCluster, namespace: str) -> None:

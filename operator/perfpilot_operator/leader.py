@@ -141,16 +141,14 @@ class LeaseElector:
         try:
             await asyncio.to_thread(self.step)
             self._complained = False
-        except ApiException as e:
-            self._report(f"{e.status} {e.reason}: {_message(e)}", e.status)
         except Exception as e:  # noqa: BLE001 - the API server may be away; try again
-            self._report(str(e) or type(e).__name__, None)
+            self._report(*api_failure(e))
         if self.ld.is_leader and self._renewed is not None and \
                 time.monotonic() - self._renewed > self.timings.renew_deadline:
             # Another replica may take over soon: stop acting before it can start.
             self.ld.set(False, "")
 
-    def _report(self, what: str, status: int | None) -> None:
+    def _report(self, status: int | None, what: str) -> None:
         where = f"Lease {self.ld.namespace}/{self.ld.lease}"
         if status == 404:
             what += (f" - create the namespace {self.ld.namespace!r} (the chart does) or set "
@@ -176,10 +174,15 @@ class LeaseElector:
                         f"(it expires in {self.timings.duration:g}s): {e}")
 
 
-def _message(e: ApiException) -> str:
+def api_failure(e: Exception) -> tuple[int | None, str]:
+    """(HTTP status or None, what to log) for a failed Lease call: the API server's own message
+    when it sent one, else the exception's text."""
     import json
 
+    if not isinstance(e, ApiException):
+        return None, str(e) or type(e).__name__
     try:
-        return str(json.loads(e.body or "").get("message", e.reason))
-    except (TypeError, ValueError):
-        return str(e.reason)
+        message = str(json.loads(e.body or "").get("message", e.reason))
+    except (TypeError, ValueError, AttributeError):
+        message = str(e.reason)
+    return e.status, f"{e.status} {e.reason}: {message}"

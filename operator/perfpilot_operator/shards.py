@@ -19,15 +19,15 @@ import datetime as dt
 import hashlib
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from perfpilot_operator import metrics as prom
+from perfpilot_operator.leader import api_failure
 from perfpilot_operator.logic.lease import Action, LeaseTimings, Record, lease_spec, released_spec
-from perfpilot_operator.logic.shards import Key, Ownership, live_members
+from perfpilot_operator.logic.shards import Ownership, live_members
 
 log = logging.getLogger("perfpilot_operator.shards")
 
@@ -44,15 +44,13 @@ class MemberLeases:
     """Renews this replica's member Lease and reads the group's; updates `ownership`."""
 
     def __init__(self, api: client.ApiClient, ownership: Ownership, *, namespace: str,
-                 group: str, timings: LeaseTimings,
-                 on_lost: Callable[[set[Key]], None] = lambda _: None) -> None:
+                 group: str, timings: LeaseTimings) -> None:
         self.api = api
         self.coord = client.CoordinationV1Api(api)
         self.own = ownership
         self.namespace, self.group = namespace, group
         self.name = member_lease_name(group, ownership.me)
         self.timings = timings
-        self.on_lost = on_lost
         self._observed: dict[str, tuple[str, float]] = {}   # lease -> (resourceVersion, seen)
         self._renewed: float | None = None
         self._record: Record | None = None
@@ -112,9 +110,7 @@ class MemberLeases:
         try:
             members = await asyncio.to_thread(self.step)
         except Exception as e:  # noqa: BLE001 - the API server may be away; try again
-            status = e.status if isinstance(e, ApiException) else None
-            what = f"{status} {e.reason}" if isinstance(e, ApiException) else (
-                str(e) or type(e).__name__)
+            status, what = api_failure(e)
             if status == 403:
                 what += (" - the ServiceAccount needs list/create/update/delete on leases in its "
                          "own namespace (the chart's Role with sharding.enabled)")
@@ -126,14 +122,13 @@ class MemberLeases:
             now = time.monotonic()
             self.own.set_healthy(True, now)
             before = self.own.members
+            # Lost profiles stop at the resync's next beat (handlers/profiles._acts).
             lost = self.own.update(members, now)
             if members != before:
                 log.info(f"profiles spread over {len(members)} replica(s): {sorted(members)}; "
-                         f"profiles gained are reconciled here after "
-                         f"{self.own.grace:g}s (handoff)")
+                         f"{len(lost)} profile(s) go to others at once, those gained are "
+                         f"reconciled here after {self.own.grace:g}s (handoff)")
             prom.SHARD_MEMBERS.labels(self.own.me).set(len(members))
-            if lost:
-                self.on_lost(lost)
         if self._renewed is None or \
                 time.monotonic() - self._renewed > self.timings.renew_deadline:
             if self.own.healthy:

@@ -4,9 +4,7 @@ optimistic concurrency (resourceVersion), and the clock moved by hand."""
 from __future__ import annotations
 
 import asyncio
-import copy
 import datetime as dt
-from typing import Any
 
 import pytest
 from kubernetes import client
@@ -18,6 +16,7 @@ from perfpilot_operator.leader import Leadership, LeaseElector, always_leader
 from perfpilot_operator.logic.lease import (
     Action, LeaseTimings, Record, decide, lease_spec, released_spec,
 )
+from tests.operator.fakeleases import Clock, FakeLeases
 
 T = LeaseTimings()
 
@@ -51,55 +50,6 @@ def test_lease_spec_counts_transitions() -> None:
 def test_timings_are_checked() -> None:
     with pytest.raises(ValueError, match="renew deadline"):
         LeaseTimings(duration=5, renew_deadline=6, retry=1)
-
-
-class FakeLeases:
-    """read/create/replace of one Lease with resourceVersion checks (409 on a stale write)."""
-
-    def __init__(self) -> None:
-        self.obj: dict[str, Any] | None = None
-        self.rv = 0
-        self.down = False
-        self.api = client.ApiClient()
-
-    def _check(self) -> None:
-        if self.down:
-            raise ApiException(status=503, reason="Service Unavailable")
-
-    def read_namespaced_lease(self, name: str, namespace: str) -> client.V1Lease:
-        self._check()
-        if self.obj is None:
-            raise ApiException(status=404, reason="Not Found")
-        return client.V1Lease.from_dict(copy.deepcopy(self.obj))
-
-    def _store(self, lease: client.V1Lease) -> client.V1Lease:
-        self.rv += 1
-        body = self.api.sanitize_for_serialization(lease)
-        body["metadata"]["resourceVersion"] = str(self.rv)
-        self.obj = body
-        return client.V1Lease.from_dict(copy.deepcopy(body))
-
-    def create_namespaced_lease(self, namespace: str, lease: client.V1Lease) -> client.V1Lease:
-        self._check()
-        if self.obj is not None:
-            raise ApiException(status=409, reason="AlreadyExists")
-        return self._store(lease)
-
-    def replace_namespaced_lease(self, name: str, namespace: str, lease: client.V1Lease
-                                 ) -> client.V1Lease:
-        self._check()
-        assert self.obj is not None
-        if lease.metadata.resource_version != self.obj["metadata"]["resourceVersion"]:
-            raise ApiException(status=409, reason="Conflict")
-        return self._store(lease)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture()

@@ -5,19 +5,17 @@ with resourceVersion checks, the clock moved by hand."""
 from __future__ import annotations
 
 import asyncio
-import copy
-from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 from perfpilot_operator import shards as shards_mod
 from perfpilot_operator.logic.lease import LeaseTimings
 from perfpilot_operator.logic.shards import Ownership, live_members, owner
 from perfpilot_operator.shards import MEMBER_LABEL, MemberLeases, member_lease_name
+from tests.operator.fakeleases import Clock, FakeLeases
 
 T = LeaseTimings()
 KEYS = [(f"ns-{i % 7}", f"app-{i}") for i in range(300)]
@@ -119,60 +117,6 @@ def test_an_unhealthy_replica_stops_and_waits_the_handoff_when_back() -> None:
     assert not a.acts(KEYS[0], 39.9) and a.acts(KEYS[0], 40)
 
 
-class FakeLeaseStore:
-    """list/create/replace/delete of Leases with resourceVersion checks (409 on stale writes)."""
-
-    def __init__(self) -> None:
-        self.objs: dict[str, dict[str, Any]] = {}
-        self.rv = 0
-        self.down = False
-        self.api = client.ApiClient()
-
-    def _check(self) -> None:
-        if self.down:
-            raise ApiException(status=503, reason="Service Unavailable")
-
-    def list_namespaced_lease(self, namespace: str, label_selector: str) -> client.V1LeaseList:
-        self._check()
-        key, _, value = label_selector.partition("=")
-        items = [copy.deepcopy(o) for o in self.objs.values()
-                 if (o["metadata"].get("labels") or {}).get(key) == value]
-        return client.V1LeaseList.from_dict({"items": items})
-
-    def _store(self, lease: client.V1Lease) -> client.V1Lease:
-        self.rv += 1
-        body = self.api.sanitize_for_serialization(lease)
-        body["metadata"]["resourceVersion"] = str(self.rv)
-        self.objs[body["metadata"]["name"]] = body
-        return client.V1Lease.from_dict(copy.deepcopy(body))
-
-    def create_namespaced_lease(self, namespace: str, lease: client.V1Lease) -> client.V1Lease:
-        self._check()
-        if lease.metadata.name in self.objs:
-            raise ApiException(status=409, reason="AlreadyExists")
-        return self._store(lease)
-
-    def replace_namespaced_lease(self, name: str, namespace: str, lease: client.V1Lease
-                                 ) -> client.V1Lease:
-        self._check()
-        if lease.metadata.resource_version != self.objs[name]["metadata"]["resourceVersion"]:
-            raise ApiException(status=409, reason="Conflict")
-        return self._store(lease)
-
-    def delete_namespaced_lease(self, name: str, namespace: str) -> None:
-        self._check()
-        if self.objs.pop(name, None) is None:
-            raise ApiException(status=404, reason="Not Found")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture()
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     c = Clock()
@@ -180,19 +124,17 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     return c
 
 
-def member(store: FakeLeaseStore, me: str, lost: list[set[Any]] | None = None) -> MemberLeases:
+def member(store: FakeLeases, me: str) -> MemberLeases:
     m = MemberLeases(client.ApiClient(), Ownership(me=me, grace=T.duration),
-                     namespace="perfpilot-system", group="perfpilot-operator", timings=T,
-                     on_lost=(lost.append if lost is not None else lambda _: None))
+                     namespace="perfpilot-system", group="perfpilot-operator", timings=T)
     m.coord = store  # type: ignore[assignment]
     return m
 
 
 def test_member_leases_find_each_other_and_a_dead_one_drops_out(clock: Clock) -> None:
-    store = FakeLeaseStore()
-    lost: list[set[Any]] = []
-    a, b = member(store, "op-a", lost), member(store, "op-b")
-    for _ in range(2):
+    store = FakeLeases()
+    a, b = member(store, "op-a"), member(store, "op-b")
+    for _ in range(7):      # past the handoff: each acts on its share
         asyncio.run(a.attempt())
         asyncio.run(b.attempt())
         clock.now += T.retry
@@ -203,12 +145,15 @@ def test_member_leases_find_each_other_and_a_dead_one_drops_out(clock: Clock) ->
     # b dies (its last renewal was just before this): a drops it once b's Lease has stayed
     # unchanged for the duration by a's clock, counted from when a first saw that version.
     died = clock.now - T.retry
+    acting = {k for k in KEYS if a.own.acts(k, clock.now)}     # a's share, past its handoff
+    assert acting
     while a.own.members != {"op-a"}:
         assert clock.now - died <= T.duration + 2 * T.retry
         clock.now += T.retry
         asyncio.run(a.attempt())
     assert clock.now - died >= T.duration
-    assert not lost      # a loses nothing when b goes; b's share comes to a after the handoff
+    # a loses nothing when b goes; b's share comes to a after the handoff
+    assert all(a.own.acts(k, clock.now) for k in acting)
     # Long gone: its Lease is deleted (pods replaced by a rollout leave no litter).
     for _ in range(40):
         clock.now += T.retry
@@ -217,7 +162,7 @@ def test_member_leases_find_each_other_and_a_dead_one_drops_out(clock: Clock) ->
 
 
 def test_a_member_that_cannot_renew_stops_acting_before_others_take_over(clock: Clock) -> None:
-    store = FakeLeaseStore()
+    store = FakeLeases()
     a = member(store, "op-a")
     asyncio.run(a.attempt())
     clock.now += T.duration
@@ -237,7 +182,7 @@ def test_a_member_that_cannot_renew_stops_acting_before_others_take_over(clock: 
 
 
 def test_release_hands_the_share_over_at_the_next_poll(clock: Clock) -> None:
-    store = FakeLeaseStore()
+    store = FakeLeases()
     a, b = member(store, "op-a"), member(store, "op-b")
     for m in (a, b, a, b):
         asyncio.run(m.attempt())

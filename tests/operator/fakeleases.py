@@ -1,0 +1,79 @@
+"""A fake coordination.k8s.io Lease API with the API server's optimistic concurrency
+(resourceVersion: 409 on a stale write) and a clock moved by hand, for the leader election and
+the sharding member Leases (tests/operator/test_leader.py, test_shards.py)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+
+class FakeLeases:
+    """read/list/create/replace/delete of Leases in one namespace; `down` answers 503."""
+
+    def __init__(self) -> None:
+        self.objs: dict[str, dict[str, Any]] = {}
+        self.rv = 0
+        self.down = False
+        self.api = client.ApiClient()
+
+    @property
+    def obj(self) -> dict[str, Any] | None:
+        """The one Lease (leader election keeps exactly one), None before it exists."""
+        assert len(self.objs) <= 1, list(self.objs)
+        return next(iter(self.objs.values()), None)
+
+    def _check(self) -> None:
+        if self.down:
+            raise ApiException(status=503, reason="Service Unavailable")
+
+    def read_namespaced_lease(self, name: str, namespace: str) -> client.V1Lease:
+        self._check()
+        if name not in self.objs:
+            raise ApiException(status=404, reason="Not Found")
+        return client.V1Lease.from_dict(copy.deepcopy(self.objs[name]))
+
+    def list_namespaced_lease(self, namespace: str, label_selector: str) -> client.V1LeaseList:
+        self._check()
+        key, _, value = label_selector.partition("=")
+        items = [copy.deepcopy(o) for o in self.objs.values()
+                 if (o["metadata"].get("labels") or {}).get(key) == value]
+        return client.V1LeaseList.from_dict({"items": items})
+
+    def _store(self, lease: client.V1Lease) -> client.V1Lease:
+        self.rv += 1
+        body = self.api.sanitize_for_serialization(lease)
+        body["metadata"]["resourceVersion"] = str(self.rv)
+        self.objs[body["metadata"]["name"]] = body
+        return client.V1Lease.from_dict(copy.deepcopy(body))
+
+    def create_namespaced_lease(self, namespace: str, lease: client.V1Lease) -> client.V1Lease:
+        self._check()
+        if lease.metadata.name in self.objs:
+            raise ApiException(status=409, reason="AlreadyExists")
+        return self._store(lease)
+
+    def replace_namespaced_lease(self, name: str, namespace: str, lease: client.V1Lease
+                                 ) -> client.V1Lease:
+        self._check()
+        if lease.metadata.resource_version != self.objs[name]["metadata"]["resourceVersion"]:
+            raise ApiException(status=409, reason="Conflict")
+        return self._store(lease)
+
+    def delete_namespaced_lease(self, name: str, namespace: str) -> None:
+        self._check()
+        if self.objs.pop(name, None) is None:
+            raise ApiException(status=404, reason="Not Found")
+
+
+class Clock:
+    """A monotonic clock moved by hand (monkeypatched over the module's time.monotonic)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
