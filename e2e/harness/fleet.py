@@ -34,6 +34,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import shutil
 import signal
 import sys
 import threading
@@ -43,7 +44,7 @@ from typing import IO, Any
 
 from e2e.harness.cluster import LocalCluster
 from e2e.harness.podrunner import (
-    INJECTED, map_paths, resolve_env, sidecar_spec, write_downward_volumes,
+    INJECTED, map_paths, resolve_env, short_volumes_root, sidecar_spec, write_downward_volumes,
 )
 
 FLEET_LABEL = "perfpilot.io/host"
@@ -123,7 +124,7 @@ class Fleet:
         self.api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
         self.core = client.CoreV1Api(self.api)
         self.selector = selector
-        self.volumes = cluster.state / "fleet"    # per pod: its downwardAPI files (the CA)
+        self.volumes = short_volumes_root(cluster, "fleet")  # per pod: its downwardAPI files
         self.apps: dict[str, Any] = {}            # uid -> AgentApp
         self.keys: dict[str, str] = {}            # uid -> namespace/name
         self.pods: dict[str, dict[str, Any]] = {}  # uid -> latest pod
@@ -182,7 +183,11 @@ class Fleet:
         volumes = self.volumes / uid
         env = map_paths(env, container, volumes)
         await asyncio.to_thread(write_downward_volumes, pod, container, volumes)
-        settings = load_settings([], env=env)
+        try:
+            settings = load_settings([], env=env)
+        except SystemExit:    # argparse printed why; one pod's bad env never ends the fleet
+            self._failed(uid, key, "its sidecar settings were refused (see above)")
+            return
         settings = dataclasses.replace(settings, listen_host=pod["status"]["podIP"],
                                        socket_path="", metrics_port=-1)
         app = AgentApp(settings, registry_loader=lambda: self.registry)
@@ -293,6 +298,7 @@ class Fleet:
             if player is not None:
                 player.cancel()
             await asyncio.gather(*(self.stop_app(u) for u in list(self.apps)))
+            shutil.rmtree(self.volumes, ignore_errors=True)
             _log("stopped every agent")
 
 

@@ -122,6 +122,15 @@ def map_paths(env: dict[str, str], container: dict[str, Any], root: Path) -> dic
     return mapped
 
 
+def short_volumes_root(cluster: LocalCluster, kind: str) -> Path:
+    """Where pods' mapped volumes live: a short path under the temp dir, unique per state dir.
+
+    A Unix socket path must fit in 107 bytes (the sidecar refuses more than 100), and the
+    checkout (hence the state dir) may sit anywhere, e.g. /check/work/main/e2e/.state-test."""
+    digest = hashlib.blake2b(str(cluster.state.resolve()).encode(), digest_size=4).hexdigest()
+    return Path(tempfile.gettempdir()) / f"pp-{kind}-{digest}"
+
+
 class PodRunner:
     """Keeps one sidecar process per Running injected pod."""
 
@@ -129,8 +138,7 @@ class PodRunner:
         self.cluster = cluster
         self.bin = python_bin or Path(sys.executable).parent
         self.root = cluster.state / "pods"
-        digest = hashlib.blake2b(str(cluster.state.resolve()).encode(), digest_size=4).hexdigest()
-        self.volumes_root = Path(tempfile.gettempdir()) / f"pp-{digest}"
+        self.volumes_root = short_volumes_root(cluster, "pods")
         self.running: dict[str, RunningSidecar] = {}
         self._stop = threading.Event()
         self._waiting: set[str] = set()
@@ -157,8 +165,7 @@ class PodRunner:
         key = f"{meta['namespace']}/{meta['name']}"
         root = self.root / f"{meta['namespace']}_{meta['name']}_{meta['uid'][:8]}"
         root.mkdir(parents=True, exist_ok=True)
-        # Volumes live under a short path: a Unix socket path must fit in 107 bytes, and the
-        # checkout (hence the state dir) may sit anywhere. `root/volumes` points there.
+        # Volumes live under a short path (short_volumes_root); `root/volumes` points there.
         volumes = self.volumes_root / meta["uid"][:12]
         volumes.mkdir(parents=True, exist_ok=True)
         link = root / "volumes"

@@ -5,13 +5,18 @@ fleet's record into a pass duration."""
 from __future__ import annotations
 
 import math
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
-from pathlib import Path
+from perfpilot_agent.config import load_settings
+from perfpilot_operator.logic.injection import SOCKET_DIR, SidecarTemplate
 
 from bench.scale_bench import resync_ticks, sweeps
 from bench.scale_webhook import bucket_quantile
 from e2e.harness.fleet import Fleet, deployment_of, read_load, wanted
+from e2e.harness.podrunner import map_paths, short_volumes_root
 from e2e.harness.scale import ScaleSpec, deployment_doc, parse_counter, parse_histogram
 
 
@@ -181,3 +186,23 @@ async def test_the_fleet_moves_an_agent_whose_pod_ip_changed() -> None:
     assert calls == [("stop", "moved"), ("start", "moved")]
     await fleet.reconcile()                                   # level: nothing more to do
     assert len(calls) == 2
+
+
+def test_a_checkout_under_a_long_path_still_gives_each_agent_a_socket_path_that_fits(
+        tmp_path: Path) -> None:
+    """CI's checkout sat 6 bytes deeper than ours: the fleet's per-pod socket path passed the
+    sidecar's 100-byte limit and the settings' SystemExit ended the whole fleet."""
+    cluster: Any = SimpleNamespace(state=tmp_path / ("deep" * 40) / "e2e" / ".state-test")
+    container = {"volumeMounts": [{"name": "perfpilot-socket", "mountPath": SOCKET_DIR}]}
+    uid = "3f2a9c1e-7b4d-4e8a-9f60-1c2d3e4f5a6b"            # a pod uid's full length
+    for kind in ("fleet", "pods"):
+        root = short_volumes_root(cluster, kind)
+        try:
+            env = map_paths({"PERFPILOT_SOCKET": SidecarTemplate().socket_path}, container,
+                            root / uid)
+            settings = load_settings([], env=env)           # SystemExit when too long
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        assert settings.socket_path.startswith(str(root / uid))
+    assert short_volumes_root(cluster, "fleet") != short_volumes_root(
+        SimpleNamespace(state=tmp_path / "other"), "fleet")   # one per state dir
