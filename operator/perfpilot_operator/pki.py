@@ -4,8 +4,8 @@ At start: the shared CA from its Secret (clients/casecret.py), then this replica
 and sidecar client certificates issued from it (certs.py). Every REFRESH_SECONDS (jittered, so
 replicas do not move together) the Secret is read again (rotating it when due) and both
 certificates are re-issued when the issuing CA changed or they near expiry: the webhook server's
-SSL context loads the new pair for the next handshakes, the sidecar channels are re-made with the
-new client certificate, and `ca_bundle` (what the webhook configurations and new pods get) grows
+next handshakes present the new pair, the sidecar channels are re-made with the new client
+certificate, and `ca_bundle` (what the webhook configurations and new pods get) grows
 by the new CA. Nothing needs a restart.
 """
 
@@ -39,11 +39,18 @@ def needs_reissue(certs: OperatorCerts, bundle: CABundle, now: dt.datetime) -> b
 
 
 class ReplicaPKI:
-    """The CA bundle and this replica's certificates; `context` is the webhook server's SSL context."""
+    """The CA bundle and this replica's certificates; `context` is the webhook server's SSL context.
+
+    kopf loads the first pair into `context`. A re-issued pair goes into a new context, never into
+    the one in use: the webhook server handshakes on its own thread, and OpenSSL loads a pair
+    (certificate, then key) with the GIL released. `context`'s server-name callback, run early in
+    every handshake (with or without SNI), moves the connection to the newest context."""
 
     def __init__(self, core: Any, namespace: str, cert_dir: Path, names: list[str]) -> None:
         self.core, self.namespace, self.cert_dir, self.names = core, namespace, cert_dir, names
         self.context = ssl.create_default_context(purpose=ssl.Purpose.CLIENT_AUTH)
+        self.reissued: ssl.SSLContext | None = None    # rebound whole, read by the server thread
+        self.context.sni_callback = self._newest
         self.bundle: CABundle | None = None
         self.certs: OperatorCerts | None = None
         self.listeners: list[Callable[[ReplicaPKI], None]] = []
@@ -74,7 +81,9 @@ class ReplicaPKI:
         self.bundle = bundle
         if changed or needs_reissue(self.certs, bundle, now):
             self.certs = write_identity(bundle, self.cert_dir, self.names, now)
-            self.context.load_cert_chain(self.certs.cert, self.certs.key)
+            fresh = ssl.create_default_context(purpose=ssl.Purpose.CLIENT_AUTH)
+            fresh.load_cert_chain(self.certs.cert, self.certs.key)
+            self.reissued = fresh
             changed = True
             log.info("certificates re-issued from CA %s (%d CA(s) trusted)",
                      bundle.issuer(now).cert.subject.rfc4514_string(), len(bundle.authorities))
@@ -82,6 +91,11 @@ class ReplicaPKI:
             for listener in self.listeners:
                 listener(self)
         return changed
+
+    def _newest(self, conn: ssl.SSLObject | ssl.SSLSocket, server_name: str | None,
+                context: ssl.SSLContext) -> None:
+        if self.reissued is not None:
+            conn.context = self.reissued
 
     async def run(self, interval: float = REFRESH_SECONDS) -> None:
         """refresh() forever; an API error is logged and retried at the next tick."""

@@ -12,10 +12,9 @@ the indexer builds anew, never mutated in place), the runtime's settings, CA bun
 flags (attributes rebound, never mutated), and the live profile lookup (the blocking client on
 a worker thread of this loop). Sync handlers (the profile validator) ran on kopf's executor
 threads before and still do. kopf's memo store is written from here only for a profile it has
-never seen (an UPDATE review); pod reviews are CREATEs with ephemeral memos. One shared object is
-mutated elsewhere: ReplicaPKI reloads the SSL context in place (on kopf's loop, when it re-issues
-the certificates, about once a certificate lifetime) while this thread may be starting a TLS
-handshake with it.
+never seen (an UPDATE review); pod reviews are CREATEs with ephemeral memos. The SSL context is
+never reloaded while this thread handshakes with it: ReplicaPKI puts re-issued certificates in a
+new context, which the served one's server-name callback hands to the next connections.
 
 A waiting thread gets the GIL after the switch interval; this server shortens it for the whole
 process to SWITCH_INTERVAL_S (measured: the operator's share of a burst's webhook latency beyond

@@ -176,3 +176,72 @@ def test_a_running_replica_follows_the_rotation_without_a_restart(tmp_path: Path
     leaf.verify_directly_issued_by(new.cert)                       # issued by the new CA now
     client = x509.load_pem_x509_certificate(pki.client_identity().cert)
     client.verify_directly_issued_by(new.cert)
+
+
+def _served_leaf(port: int, server_name: str | None) -> bytes:
+    """The leaf certificate a TLS handshake to 127.0.0.1:port presents (not verified: the
+    re-issued leaf is dated in the test's future)."""
+    import socket
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with ctx.wrap_socket(raw, server_hostname=server_name) as tls:
+            der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return der
+
+
+def test_the_webhook_server_presents_the_reissued_pair_from_the_next_handshake(
+        tmp_path: Path) -> None:
+    """The served context is never reloaded in place (the server handshakes on its own thread):
+    its server-name callback hands each new connection, with SNI or without (the API server
+    calling a URL by IP), the newest pair's context."""
+    import socket
+    import threading
+
+    core = FakeCore()
+    pki = ReplicaPKI(core, "perfpilot-system", tmp_path, ["svc.ns.svc"])
+    first = asyncio.run(pki.start(now=NOW))
+    pki.context.load_cert_chain(first.cert, first.key)           # what kopf does at its start
+
+    def in_place(*_: Any) -> None:
+        raise AssertionError("the served context was reloaded while in use")
+    pki.context.load_cert_chain = in_place  # type: ignore[method-assign]
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            try:
+                with pki.context.wrap_socket(conn, server_side=True):
+                    pass
+            except (ssl.SSLError, OSError):
+                conn.close()
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        der = x509.load_pem_x509_certificate(first.cert.read_bytes()).public_bytes(
+            certs.serialization.Encoding.DER)
+        for name in (None, "svc.ns.svc"):
+            assert _served_leaf(port, name) == der
+        old, = pki.bundle.authorities if pki.bundle else ()
+        late = old.expires() - dt.timedelta(days=certs.MIN_ISSUER_DAYS / 2 - 1)
+        assert asyncio.run(pki.refresh(now=late)) is True
+        assert pki.certs is not None
+        new = x509.load_pem_x509_certificate(pki.certs.cert.read_bytes()).public_bytes(
+            certs.serialization.Encoding.DER)
+        assert new != der
+        for name in (None, "svc.ns.svc"):
+            assert _served_leaf(port, name) == new
+    finally:
+        stop.set()
+        server.join(timeout=5)
+        listener.close()

@@ -87,7 +87,7 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, logger: logging.Lo
     settings.admission.server = ThreadedWebhookServer(
         addr=cfg.webhook_host, port=cfg.webhook_port, host=cfg.webhook_url_host,
         certfile=str(certs.cert), pkeyfile=str(certs.key), cafile=str(certs.ca),
-        context=pki.context)    # ReplicaPKI reloads it with re-issued certificates
+        context=pki.context)    # re-issued certificates: ReplicaPKI hands connections a new one
     settings.admission.managed = None   # the chart (or the leader, locally) renders them
     me = cfg.leader_identity or f"{socket.gethostname()}:{cfg.webhook_port}"
     if cfg.leader_election:
