@@ -1,8 +1,8 @@
 """One kernel worker process as the pool supervises it: start, talk, stop.
 
-pool.py decides when workers start, take work, retire and get replaced; this module holds what a
-single worker is (its process, pipe, dispatch thread and lifecycle phase) and how a process is
-started without re-importing the parent's ``__main__``.
+supervision.py decides when workers start, take work, retire and get replaced; this module holds
+what a single worker is (its process, pipe, dispatch thread and lifecycle phase) and how a
+process is started without re-importing the parent's ``__main__``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from . import worker
 if TYPE_CHECKING:
     from multiprocessing.context import SpawnContext
 
-    from .pool import Job
+    from .dispatch import Job
 
 
 class Phase(enum.IntEnum):
@@ -48,7 +48,7 @@ class Worker:
         self.current: Job | None = None
         self.phase = Phase.STARTING
         self.waiting = False  # blocked in queue.get(): the only state in which we cancel its task
-        self.reaping = False  # _reap started (it runs once; later callers wait for `done`)
+        self.reaping = False  # reap started (it runs once; later callers wait for `done`)
         self.done = asyncio.Event()
         self.forgot = 0  # how much of the staging's unlinked-names list this worker has been told
 

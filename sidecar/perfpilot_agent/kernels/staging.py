@@ -1,6 +1,6 @@
 """A pool's shared-memory staging: the parent's side of moving arrays to and from workers.
 
-Separate from process supervision (pool.py): this module decides how each input travels (a
+Separate from process supervision (supervision.py): this module decides how each input travels (a
 ``ShmRef`` to a shared array, a copy into a recycled segment, or pickled), allocates output
 segments, copies results back, and frees everything a call used when it ends. Only the parent
 creates or unlinks segments (see shm.py); the parent never maps its staging segments (pwrite in,
