@@ -10,6 +10,10 @@ import sys
 import perfpilot_agent.kernels
 import perfpilot_agent.kernels.registry
 import perfpilot_agent.kernels.pool
+import perfpilot_agent.kernels.supervision
+import perfpilot_agent.kernels.dispatch
+import perfpilot_agent.kernels.staging
+import perfpilot_agent.kernels.process
 import perfpilot_agent.kernels.shm
 import perfpilot_agent.kernels.errors
 bad = sorted(m for m in sys.modules if m == "numba" or m.startswith(("numba.", "llvmlite")))

@@ -104,7 +104,8 @@ HEARTBEAT_ONLY = textwrap.dedent("""
         generate_latest(app.metrics_registry)
         await app.stop()
         bad = sorted(m for m in sys.modules if m.split(".")[0] in ("numba", "llvmlite")
-                     or m.startswith("perfpilot_agent.kernels.pool") or m.startswith("perfpilot_agent.runtime.tensors"))
+                     or m.startswith(("perfpilot_agent.kernels.pool", "perfpilot_agent.kernels.supervision",
+                                      "perfpilot_agent.kernels.dispatch", "perfpilot_agent.runtime.tensors")))
         print(bad)
         sys.exit(1 if bad else 0)
 
