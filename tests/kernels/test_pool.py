@@ -7,6 +7,7 @@ event loop (``asyncio.sleep(0)``) until a condition the loop itself makes true.
 from __future__ import annotations
 
 import asyncio
+import errno
 import mmap
 import os
 import signal
@@ -22,6 +23,7 @@ from perfpilot_agent.kernels.errors import (
     KernelInputError,
     PoolClosed,
     PoolSaturated,
+    StagingFailed,
     UnknownKernel,
     WorkerDied,
 )
@@ -207,6 +209,32 @@ async def test_cancelled_caller_does_not_break_the_pool(pool, rng):
     got = await pool.run(name, inputs, params)
     assert_close(name, got, inputs, params)
     await until(lambda: pool.stats().busy == 0)
+    assert leaked(pool) == []
+
+
+async def test_full_shared_memory_fails_the_call_not_the_worker(pool, rng, monkeypatch):
+    """/dev/shm full (the pool's pwrite of an input copy gets ENOSPC, docs/kernels.md "Sizing
+    /dev/shm") fails that call with StagingFailed; the healthy worker is neither killed nor
+    replaced, no worker_died event is emitted, and the next call is served."""
+    pids, restarts, seen = sorted(pool.worker_pids()), pool.stats().restarts, len(pool.events)
+
+    def full(self, arr):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    inputs = {"values": rng.standard_normal((400, 8)), "weights": rng.random(400)}
+    pool.shm_threshold_bytes = 0
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(shm.Segment, "write", full)
+            for _ in range(3):
+                with pytest.raises(StagingFailed, match=r"weighted_mean: .*No space left on device"):
+                    await pool.run("weighted_mean", inputs, {})
+        assert_close("weighted_mean", await pool.run("weighted_mean", inputs, {}), inputs, {})
+    finally:
+        pool.shm_threshold_bytes = 1 << 20
+    await pool.settle()
+    assert sorted(pool.worker_pids()) == pids and pool.stats().restarts == restarts
+    assert [k for k, _ in pool.events[seen:]] == []
     assert leaked(pool) == []
 
 

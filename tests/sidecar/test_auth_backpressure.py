@@ -12,7 +12,7 @@ import pytest
 from google.protobuf import duration_pb2
 
 from perfpilot.v1 import agent_pb2 as pb
-from tests.sidecar.conftest import Agent, FakePools, MakeAgent, rpc_error
+from tests.sidecar.conftest import Agent, FakePool, FakePools, MakeAgent, rpc_error
 
 
 def f32(a: np.ndarray) -> pb.Tensor:
@@ -78,6 +78,31 @@ async def test_full_kernel_queue_is_rejected_at_once(make_agent: MakeAgent) -> N
     assert all(list(r.outputs["indices"].shape) == [1, 2] for r in results)
     assert agent.app.runner.admission.in_flight == 0
     call.cancel()
+
+
+async def test_full_shared_memory_in_the_pool_is_resource_exhausted(make_agent: MakeAgent,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pool's StagingFailed (its /dev/shm is full) is our limit, not the caller's mistake nor a
+    crash: RESOURCE_EXHAUSTED naming the setting to raise, and the agent keeps serving."""
+    from perfpilot_agent.kernels.errors import StagingFailed
+
+    agent = await make_agent()
+
+    async def full(self: FakePool, name: str, inputs: object, params: object) -> None:
+        raise StagingFailed(f"{name}: shared memory for the call could not be allocated: "
+                            "[Errno 28] No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(FakePool, "run", full)
+        with pytest.raises(grpc.aio.AioRpcError) as ei:
+            await agent.stub.RunKernel(topk_request())
+    code, details = rpc_error(ei)
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "cosine_topk: shared memory for the call could not be allocated" in details
+    assert "No space left on device" in details and "spec.resources.sharedMemory" in details
+    out = await agent.stub.RunKernel(topk_request())
+    assert list(out.outputs["indices"].shape) == [1, 2]
+    assert agent.app.runner.admission.in_flight == 0
 
 
 async def test_watchers_are_bounded(make_agent: MakeAgent) -> None:

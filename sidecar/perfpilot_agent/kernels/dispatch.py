@@ -1,6 +1,6 @@
 """Dispatch: a pool's accepted calls, from admission through one worker's pipe to their futures.
 
-Separate from supervision (supervision.py decides which workers exist and runs their serving
+Separate from supervision (supervision.py decides which workers exist and starts their serving
 loops) and from staging (staging.py decides how arrays travel). This module holds the calls:
 
 * Admission and backpressure: ``admit`` raises ``PoolSaturated`` synchronously when queued +
@@ -155,12 +155,18 @@ class Dispatcher:
     def call(self, w: Worker, job: Job, threads: int, parallel: bool) -> Any:
         """Runs on the worker's own thread: stage big arrays in shm, send, wait for the answer."""
         staging = self.staging
-        arrays = staging.inputs(job.inputs, job.transport, job.held)
+        outs: dict[str, shm.ShmRef] = {}
+        try:  # an OSError here is the parent's (e.g. /dev/shm full), not the worker's pipe
+            arrays = staging.inputs(job.inputs, job.transport, job.held)
+            if job.kind is JobKind.RUN:
+                outs = staging.outputs(job.kernel, job.inputs, job.params, job.transport, job.held)
+        except OSError as e:
+            return ("err", "StagingFailed",
+                    f"{job.kernel or job.kind.value}: shared memory for the call could not be allocated: {e}")
         forget = staging.forget_since(w.forgot)
         w.forgot += len(forget)
         if job.kind is JobKind.PROBE:
             return roundtrip(w.conn, ("probe", arrays, forget))
-        outs = staging.outputs(job.kernel, job.inputs, job.params, job.transport, job.held)
         parallel = parallel and threads > 1
         reply = roundtrip(w.conn, ("run", job.kernel, arrays, job.params, outs, threads, parallel, forget))
         if reply[0] != "ok" or not job.held.outputs:

@@ -1,8 +1,8 @@
 """Errors raised by the kernel subsystem.
 
 The gRPC server maps them to status codes: KernelInputError (and UnknownKernel) ->
-INVALID_ARGUMENT, PoolSaturated -> RESOURCE_EXHAUSTED, WorkerDied, PoolClosed and SegmentLost ->
-UNAVAILABLE, any other KernelError -> INTERNAL.
+INVALID_ARGUMENT, PoolSaturated and StagingFailed -> RESOURCE_EXHAUSTED, WorkerDied, PoolClosed
+and SegmentLost -> UNAVAILABLE, any other KernelError -> INTERNAL.
 """
 
 from __future__ import annotations
@@ -36,8 +36,15 @@ class SegmentLost(KernelError):
     """A shared-memory segment of the call was truncated or removed by another process."""
 
 
+class StagingFailed(KernelError):
+    """The pool could not put a call's arrays in shared memory (e.g. /dev/shm full: ENOSPC).
+
+    Only that call fails: the worker is healthy and keeps serving."""
+
+
 # Names a worker may send back; the parent re-raises the same type.
 BY_NAME: dict[str, type[KernelError]] = {
     cls.__name__: cls
-    for cls in (KernelError, KernelInputError, UnknownKernel, PoolSaturated, WorkerDied, PoolClosed, SegmentLost)
+    for cls in (KernelError, KernelInputError, UnknownKernel, PoolSaturated, WorkerDied, PoolClosed, SegmentLost,
+                StagingFailed)
 }

@@ -294,6 +294,9 @@ class KernelRunner:
                 raise Unavailable(f"kernel worker died: {exc}") from None
             except errors.PoolClosed as exc:
                 raise Unavailable(f"kernel pool is closed: {exc}") from None
+            except errors.StagingFailed as exc:
+                raise ResourceExhausted(f"{exc}; retry later, or size the pod's /dev/shm for the calls in flight "
+                                        "(PerfProfile spec.resources.sharedMemory)") from None
             except errors.SegmentLost as exc:
                 raise Unavailable(f"a shared-memory segment of this call was changed by another process: {exc}") from None
             if key is not None:
