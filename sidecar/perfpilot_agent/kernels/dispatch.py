@@ -27,7 +27,8 @@ from .errors import KernelError, PoolClosed, PoolSaturated
 from .process import Worker, roundtrip
 from .staging import CallSegments, Staging, Transport
 
-Emit = Callable[[str, dict[str, Any]], None]
+EventHook = Callable[[str, dict[str, Any]], None]
+"""The pool's ``on_event``: called with "overload", "worker_died" or "pool_resized" and details."""
 
 
 class JobKind(enum.Enum):
@@ -63,7 +64,7 @@ class Workers(Protocol):
 class Dispatcher:
     """The bounded queue of a pool's calls and their outcomes. Event-loop methods, except ``call``."""
 
-    def __init__(self, staging: Staging, *, max_queue: int, emit: Emit) -> None:
+    def __init__(self, staging: Staging, *, max_queue: int, emit: EventHook) -> None:
         self.staging = staging
         self.max_queue = max_queue
         self.completed = 0

@@ -23,7 +23,7 @@ import asyncio
 import itertools
 import logging
 import multiprocessing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,15 +31,13 @@ import numpy as np
 
 from . import registry
 from .cpus import available_cpus
-from .dispatch import Dispatcher, Job, JobKind
+from .dispatch import Dispatcher, EventHook, Job, JobKind
 from .errors import KernelError, PoolClosed
 from .process import Worker
 from .staging import Staging, Transport
 from .supervision import PoolState, Supervisor
 
 log = logging.getLogger(__name__)
-
-EventHook = Callable[[str, dict[str, Any]], None]
 
 _pool_ids = itertools.count(1)
 

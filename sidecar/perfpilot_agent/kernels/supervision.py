@@ -22,7 +22,7 @@ import itertools
 import logging
 from typing import Any
 
-from .dispatch import Dispatcher, Emit
+from .dispatch import Dispatcher, EventHook
 from .errors import KernelError, PoolClosed, WorkerDied
 from .process import Phase, Worker, describe_exit, roundtrip
 from .process import start as start_process
@@ -54,7 +54,7 @@ class Supervisor:
         cpus: int,
         workers: int,
         parallel: bool,
-        emit: Emit,
+        emit: EventHook,
     ) -> None:
         self.dispatch = dispatch
         self.staging = staging
