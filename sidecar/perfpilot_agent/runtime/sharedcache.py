@@ -321,8 +321,11 @@ class SharedTier:
 
     async def _connect(self) -> None:
         tls, host, port, db = self.cfg.endpoint()
+        # rediss://: the server's certificate is verified against the default CAs and the url's host
+        # (stated, not left to redis-py's defaults: before 6.0 it checked no host name)
         self._redis = Redis(host=host, port=port, db=db, username=self.cfg.username or None,
-                            password=self.password, ssl=tls, socket_timeout=max(1.0, self.cfg.timeout),
+                            password=self.password, ssl=tls, ssl_cert_reqs="required", ssl_check_hostname=True,
+                            socket_timeout=max(1.0, self.cfg.timeout),
                             socket_connect_timeout=self.cfg.timeout, retry=Retry(NoBackoff(), 0),
                             max_connections=READ_SLOTS + 2, client_name=self.client_name)
         await self._redis.ping()
