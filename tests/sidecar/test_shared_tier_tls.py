@@ -155,3 +155,44 @@ async def test_a_certificate_the_sidecar_cannot_verify_is_refused_and_the_app_is
             assert await r.dbsize() == 0
         finally:
             await r.aclose()
+
+
+CA_SECRET = {"tls": {"caSecret": {"name": "redis-tls", "key": "ca.crt"}}, "timeout": "2s"}
+
+
+async def test_a_private_ca_from_tls_ca_secret_is_trusted(
+        make_agent: MakeAgent, tls_server: redisserver.RedisServer, tls_files: redisserver.TlsFiles) -> None:
+    """cache.shared.tls.caSecret: the CA's PEM (the webhook's env var, here the setting it fills)
+    is trusted besides the system CAs; SSL_CERT_FILE is not set, so nothing else trusts it."""
+    pem = tls_files.ca.read_text()
+    a, b = [await make_agent(initial_config=shared_config(tls_server.url, "tls-ca:", **CA_SECRET),
+                             cache_shared_ca=pem) for _ in range(2)]
+    await until(lambda: a.app.shared.view().up and b.app.shared.view().up, "both tiers to trust the private CA")
+    await a.stub.CachePut(pb.CachePutRequest(key="k", value=b"private ca"), timeout=5)
+    await until(lambda: flushed(a.app), "the write to be sent")
+    assert await found(b, "k") == b"private ca"
+    await a.stub.CacheInvalidate(pb.CacheInvalidateRequest(keys=["k"]), timeout=5)
+    await until(lambda: "k" not in b.app.cache, "the invalidation to reach b")
+    got = await a.control.GetConfig(pb.GetConfigRequest(), timeout=5)
+    assert got.config.cache.shared.tls.ca_secret.name == "redis-tls"  # the reference, never the PEM
+    assert "BEGIN CERTIFICATE" not in str(got.config)
+
+
+@pytest.mark.parametrize("case", ["not in the environment", "not a certificate", "another CA"])
+async def test_a_ca_secret_that_cannot_verify_the_server_is_reported(
+        case: str, make_agent: MakeAgent, tls_server: redisserver.RedisServer, tmp_path: Path) -> None:
+    """Down, saying why and naming the Secret; the app is served by the local tiers."""
+    pem, expect = {
+        "not in the environment": (None, "cache.shared.tls.caSecret redis-tls/ca.crt is not in this sidecar's "
+                                         "environment"),
+        "not a certificate": ("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n",
+                              "cache.shared.tls.caSecret redis-tls/ca.crt does not hold a PEM CA certificate"),
+        "another CA": (redisserver.throwaway_tls(tmp_path).ca.read_text(), "CERTIFICATE_VERIFY_FAILED"),
+    }[case]
+    agent = await make_agent(initial_config=shared_config(tls_server.url, "tls-ca-bad:", **CA_SECRET),
+                             cache_shared_ca=pem)
+    await until(lambda: agent.app.shared.view().counters.errors >= 1, "the tier to give up on the server")
+    sc = (await agent.stub.GetStats(pb.GetStatsRequest(), timeout=5)).shared_cache
+    assert not sc.up and expect in sc.last_error, sc.last_error
+    await agent.stub.CachePut(pb.CachePutRequest(key="k", value=b"local"), timeout=5)
+    assert await found(agent, "k") == b"local"

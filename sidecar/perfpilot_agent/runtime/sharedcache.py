@@ -24,6 +24,7 @@ import contextlib
 import logging
 import os
 import random
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -69,13 +70,15 @@ def _describe(exc: BaseException) -> str:
 class SharedTier:
     """One configured tier: connections, writer, subscriber and supervisor tasks."""
 
-    def __init__(self, cfg: SharedCache, *, prefix: str, password: str | None,
+    def __init__(self, cfg: SharedCache, *, prefix: str, password: str | None, ca: str | None = None,
                  apply_remote: Callable[[str, str], None], resync: Callable[[], int],
                  client_name: str = "perfpilot-sidecar") -> None:
         self.cfg = cfg
         self.prefix = prefix
         self.channel = f"{prefix}invalidations"
         self.password = password
+        self.ca = ca
+        """PEM from tls.caSecret (CA_ENV): trusted besides the system CAs."""
         self.client_name = client_name[:64]
         self.apply_remote = apply_remote
         self.resync = resync
@@ -313,6 +316,10 @@ class SharedTier:
             self.last_error += (f" (cache.shared.credentialsSecret {self.cfg.credentials.name}/"
                                 f"{self.cfg.credentials.key} is not in this sidecar's environment: the Secret or "
                                 "key is missing, or the pod started before the setting; restart it)")
+        if self.cfg.ca_secret is not None and not self.ca:
+            self.last_error += (f" (cache.shared.tls.caSecret {self.cfg.ca_secret.name}/{self.cfg.ca_secret.key} "
+                                "is not in this sidecar's environment: the Secret or key is missing, or the pod "
+                                "started before the setting; restart it)")
         if (fatal or isinstance(exc, (RedisConnectionError, OSError))) and self.up:
             self.up = False
             self.down_since_ns = time.time_ns()
@@ -321,16 +328,30 @@ class SharedTier:
 
     async def _connect(self) -> None:
         tls, host, port, db = self.cfg.endpoint()
-        # rediss://: the server's certificate is verified against the default CAs and the url's host
-        # (stated, not left to redis-py's defaults: before 6.0 it checked no host name)
+        ca = self.ca if tls and self.cfg.ca_secret is not None else None
+        if ca is not None:
+            self._check_ca(ca)
+        # rediss://: the server's certificate is verified against the default CAs (and tls.caSecret's)
+        # and the url's host (stated, not left to redis-py's defaults: before 6.0 it checked no host name)
         self._redis = Redis(host=host, port=port, db=db, username=self.cfg.username or None,
                             password=self.password, ssl=tls, ssl_cert_reqs="required", ssl_check_hostname=True,
+                            ssl_ca_data=ca,
                             socket_timeout=max(1.0, self.cfg.timeout),
                             socket_connect_timeout=self.cfg.timeout, retry=Retry(NoBackoff(), 0),
                             max_connections=READ_SLOTS + 2, client_name=self.client_name)
         await self._redis.ping()
         self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         await self._pubsub.subscribe(self.channel)
+
+    def _check_ca(self, pem: str) -> None:
+        """The CA PEM loads, else an error naming the setting (not OpenSSL's alone)."""
+        ref = self.cfg.ca_secret
+        assert ref is not None
+        try:
+            ssl.create_default_context(cadata=pem)
+        except (ssl.SSLError, ValueError) as exc:
+            raise RedisConnectionError(f"cache.shared.tls.caSecret {ref.name}/{ref.key} does not hold a PEM CA "
+                                       f"certificate: {exc}") from None
 
     async def _disconnect(self) -> None:
         pubsub, redis, self._pubsub, self._redis = self._pubsub, self._redis, None, None
