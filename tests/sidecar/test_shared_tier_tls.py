@@ -196,3 +196,27 @@ async def test_a_ca_secret_that_cannot_verify_the_server_is_reported(
     assert not sc.up and expect in sc.last_error, sc.last_error
     await agent.stub.CachePut(pb.CachePutRequest(key="k", value=b"local"), timeout=5)
     assert await found(agent, "k") == b"local"
+
+
+SYSTEM_CAS = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
+@pytest.mark.skipif(not SYSTEM_CAS.exists(), reason="Debian's ca-certificates is not installed")
+async def test_a_large_trust_store_is_loaded_once_outside_the_connect_timeout(
+        make_agent: MakeAgent, tls_server: redisserver.RedisServer, tls_files: redisserver.TlsFiles,
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading the system CAs takes OpenSSL 3 tens of ms (the image's 142: 30-60 ms here), more than
+    the default 50ms timeout that bounds a connect. redis-py built a context per connection inside
+    that timeout, on the event loop: with a store that takes longer than the timeout to load no
+    connection ever succeeded. The store here is Debian's, ten times over (~0.4-0.8 s to load), so
+    it is slower than the timeout on any machine; the tier keeps the default timeout."""
+    bundle = tmp_path / "store.pem"
+    bundle.write_text(SYSTEM_CAS.read_text() * 10 + tls_files.ca.read_text())
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    agent = await make_agent(initial_config=shared_config(tls_server.url, "tls-store:"))
+    assert agent.app.shared.tier is not None and agent.app.shared.tier.cfg.timeout == 0.05
+    await until(lambda: agent.app.shared.view().up, "the tier to connect with the default timeout", 30)
+    await agent.stub.CachePut(pb.CachePutRequest(key="k", value=b"v"), timeout=5)
+    await until(lambda: flushed(agent.app), "the write to be sent")
+    assert agent.app.shared.view().counters.writes == 1

@@ -33,11 +33,13 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
+from redis.asyncio.connection import ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
+from perfpilot_agent.runtime import sharedtls
 from perfpilot_agent.runtime.sharedstats import SharedCounters, SharedView
 from perfpilot_contract.sharedcache import SharedCache
 
@@ -101,6 +103,7 @@ class SharedTier:
         self._prefix_seq = 0
         self._key_seq: dict[str, int] = {}
         self._redis: Redis | None = None
+        self._tls_context: ssl.SSLContext | None = None
         self._pubsub: PubSub | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._connected_before = False
@@ -328,30 +331,20 @@ class SharedTier:
 
     async def _connect(self) -> None:
         tls, host, port, db = self.cfg.endpoint()
-        ca = self.ca if tls and self.cfg.ca_secret is not None else None
-        if ca is not None:
-            self._check_ca(ca)
-        # rediss://: the server's certificate is verified against the default CAs (and tls.caSecret's)
-        # and the url's host (stated, not left to redis-py's defaults: before 6.0 it checked no host name)
-        self._redis = Redis(host=host, port=port, db=db, username=self.cfg.username or None,
-                            password=self.password, ssl=tls, ssl_cert_reqs="required", ssl_check_hostname=True,
-                            ssl_ca_data=ca,
-                            socket_timeout=max(1.0, self.cfg.timeout),
-                            socket_connect_timeout=self.cfg.timeout, retry=Retry(NoBackoff(), 0),
-                            max_connections=READ_SLOTS + 2, client_name=self.client_name)
+        kwargs: dict[str, Any] = dict(
+            host=host, port=port, db=db, username=self.cfg.username or None, password=self.password,
+            socket_timeout=max(1.0, self.cfg.timeout), socket_connect_timeout=self.cfg.timeout,
+            retry=Retry(NoBackoff(), 0), max_connections=READ_SLOTS + 2, client_name=self.client_name)
+        if tls:  # rediss://: one verifying context (system CAs + tls.caSecret's), built once off the loop
+            if self._tls_context is None:
+                self._tls_context = await asyncio.to_thread(sharedtls.context, self.ca, self.cfg.ca_secret)
+            self._redis = Redis.from_pool(ConnectionPool(
+                connection_class=sharedtls.SharedContextConnection, tls_context=self._tls_context, **kwargs))
+        else:
+            self._redis = Redis(**kwargs)
         await self._redis.ping()
         self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         await self._pubsub.subscribe(self.channel)
-
-    def _check_ca(self, pem: str) -> None:
-        """The CA PEM loads, else an error naming the setting (not OpenSSL's alone)."""
-        ref = self.cfg.ca_secret
-        assert ref is not None
-        try:
-            ssl.create_default_context(cadata=pem)
-        except (ssl.SSLError, ValueError) as exc:
-            raise RedisConnectionError(f"cache.shared.tls.caSecret {ref.name}/{ref.key} does not hold a PEM CA "
-                                       f"certificate: {exc}") from None
 
     async def _disconnect(self) -> None:
         pubsub, redis, self._pubsub, self._redis = self._pubsub, self._redis, None, None
