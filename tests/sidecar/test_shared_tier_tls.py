@@ -1,9 +1,10 @@
 """The shared cache tier over TLS (rediss://) against a real TLS-only redis-server.
 
-The server presents a certificate of a throw-away CA; the sidecar trusts "the system CAs", which
-Python's default verify paths take from SSL_CERT_FILE when it is set: these tests point it at the
-throw-away CA, as an image's CA bundle would hold a real one. Both replicas are full in-process
-AgentApps with the real SharedTier, as in test_shared_tier.py.
+The server presents a certificate of a throw-away CA. The sidecar trusts "the system CAs", which
+Python's default verify paths take from SSL_CERT_FILE when it is set (the first tests point it at
+the throw-away CA, as an image's CA bundle would hold a real one), and cache.shared.tls.caSecret's
+PEM (the later tests, without SSL_CERT_FILE). Both replicas are full in-process AgentApps with the
+real SharedTier, as in test_shared_tier.py.
 """
 
 from __future__ import annotations
