@@ -35,6 +35,7 @@ import urllib3
 from e2e.harness import dev
 from e2e.harness.cluster import NODE_COUNT, LocalCluster
 from e2e.harness.fleet import FLEET_LABEL
+from e2e.harness.kubeapi import create_pod_raw
 from e2e.harness.pki import issue_client_cert
 from e2e.harness.procs import wait_until
 
@@ -325,8 +326,7 @@ class Scale:
         def create(i: int) -> None:
             ns = namespaces[i % len(namespaces)]
             body = other_pod(f"other-{i}", nodes[i % len(nodes)])
-            # The client's validate_call turns the dict into the V1Pod it is annotated with.
-            self.core.create_namespaced_pod(ns, body, _preload_content=False)  # type: ignore[arg-type]
+            create_pod_raw(self.core, ns, body)
             with lock:
                 done[0] += 1
                 if done[0] % 1000 == 0 or done[0] == count:
