@@ -1,6 +1,8 @@
-"""cache.shared on the real control plane: the webhook gives each sidecar the password from a Secret
-in the app's namespace (the operator never reads it), the replicas' sidecars connect to a real
-redis-server that requires it, and removing cache.shared from the profile disconnects them live.
+"""cache.shared on the real control plane: the webhook gives each sidecar the password and the
+private CA from Secrets in the app's namespace (the operator never reads them), the replicas'
+sidecars connect over TLS (rediss://) to a real redis-server that requires the password and
+presents a certificate of a throw-away CA nothing else trusts (tls.caSecret), and removing
+cache.shared from the profile disconnects them live.
 
 What the tier does between replicas (hits, invalidations, outage, recovery) is covered against the
 same real redis-server by tests/sidecar/test_shared_tier.py; here the cluster's part is checked, by
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +20,7 @@ import redis
 
 from e2e.harness import redisserver
 from e2e.harness.cluster import LocalCluster
-from perfpilot_contract.sharedcache import PASSWORD_ENV
+from perfpilot_contract.sharedcache import CA_ENV, PASSWORD_ENV
 
 pytestmark = [pytest.mark.usefixtures("operator"),
               pytest.mark.skipif(redisserver.binary() is None, reason="redis-server is not installed (make debs)")]
@@ -25,8 +28,9 @@ PASSWORD = "e2e-redis-pw"
 
 
 @pytest.fixture
-def redis_server() -> Iterator[redisserver.RedisServer]:
-    with redisserver.RedisServer(redisserver.port_for(4), password=PASSWORD) as server:
+def redis_server(tmp_path: Path) -> Iterator[redisserver.RedisServer]:
+    tls = redisserver.throwaway_tls(tmp_path / "tls")
+    with redisserver.RedisServer(redisserver.port_for(4), password=PASSWORD, tls=tls) as server:
         yield server
 
 
@@ -40,7 +44,8 @@ spec:
   pools: {{processWorkers: 0}}
   cache:
     ttl: 5m
-    shared: {{url: "{url}", credentialsSecret: {{name: redis-auth, key: password}}, keyPrefix: "e2e:"}}
+    shared: {{url: "{url}", credentialsSecret: {{name: redis-auth, key: password}}, keyPrefix: "e2e:",
+             tls: {{caSecret: {{name: redis-tls, key: ca.crt}}}}}}
 """
 
 
@@ -63,7 +68,9 @@ def _json(cluster: LocalCluster, *args: str) -> Any:
 
 
 def _sidecar_clients(server: redisserver.RedisServer) -> set[str]:
-    client = redis.Redis(host="127.0.0.1", port=server.port, password=PASSWORD, socket_timeout=5)
+    assert server.tls is not None
+    client = redis.Redis(host="127.0.0.1", port=server.port, password=PASSWORD, socket_timeout=5, ssl=True,
+                         ssl_ca_certs=str(server.tls.ca))
     try:
         return {c["name"] for c in client.client_list() if c.get("name", "").startswith("perfpilot:")}
     finally:
@@ -74,6 +81,9 @@ def test_replicas_connect_with_the_secrets_password_and_disconnect_live(
         cluster: LocalCluster, namespace: str, wait_for: Any, redis_server: redisserver.RedisServer) -> None:
     cluster.kubectl("create", "secret", "generic", "redis-auth", "-n", namespace,
                     f"--from-literal=password={PASSWORD}")
+    assert redis_server.tls is not None and redis_server.url.startswith("rediss://")
+    cluster.kubectl("create", "secret", "generic", "redis-tls", "-n", namespace,
+                    f"--from-file=ca.crt={redis_server.tls.ca}")
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=_profile(redis_server.url))
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=DEPLOYMENT)
 
@@ -85,9 +95,11 @@ def test_replicas_connect_with_the_secrets_password_and_disconnect_live(
         env = {e["name"]: e for e in sidecar["env"]}
         assert env[PASSWORD_ENV]["valueFrom"]["secretKeyRef"] == {"name": "redis-auth", "key": "password",
                                                                   "optional": True}
+        assert env[CA_ENV]["valueFrom"]["secretKeyRef"] == {"name": "redis-tls", "key": "ca.crt", "optional": True}
         assert PASSWORD not in json.dumps(pod["spec"])
     wait_for(lambda: _sidecar_clients(redis_server) >= names or None,
-             "both replicas' sidecars connected to Redis with the Secret's password", timeout=90)
+             "both replicas' sidecars connected to Redis over TLS (the Secret's CA) with the Secret's password",
+             timeout=90)
     assert PASSWORD not in json.dumps(_json(cluster, "perfprofile", "shared", "-n", namespace))
 
     # Removing cache.shared is applied live: the sidecars close their connections, no pod restarts.

@@ -17,6 +17,9 @@ DEBIAN_SUITE = "bookworm"
 PYTHON = "3.11"
 PYTHON_DEB = "3.11.2-1+b1"
 """bookworm's python3 package; the recipe refuses a base whose python3 differs."""
+BASE_DEBS = ("ca-certificates",)
+"""Debian packages every image gets besides python3 (unpinned: security updates): the system CA
+store, which minbase and -slim lack; the sidecar verifies a rediss:// shared tier against it."""
 GLIBC_MINOR = 36
 """bookworm's glibc is 2.36."""
 WHEEL_PLATFORMS = (*(f"manylinux_2_{m}_x86_64" for m in range(GLIBC_MINOR, 16, -1)), "manylinux2014_x86_64")

@@ -1,7 +1,7 @@
 """The images' base stage: a pinned Debian rootfs with python3, built by debootstrap.
 
 `ensure_base()` returns a directory holding `debootstrap --variant=minbase <suite>` + python3
-(the pinned Debian package), with apt's caches, docs, man pages and locales removed, the standard
+(the pinned Debian package) + imagespec.BASE_DEBS (the system CA store), with apt's caches, docs, man pages and locales removed, the standard
 library's bytecode made mtime-independent, and the unprivileged user the images run as. It is
 cached under ~/.cache/perfpilot/images/base-<hash>/ and rebuilt only when this recipe changes.
 
@@ -70,7 +70,7 @@ def base_key() -> str:
     """Hash of everything the base depends on: its recipe (ensure_base, what it strips) and the
     pins it reads; other edits of this module (helpers) do not rebuild the base."""
     h = hashlib.sha256(inspect.getsource(ensure_base).encode())
-    for part in (repr(_STRIP), spec.DEBIAN_SUITE, spec.PYTHON, spec.PYTHON_DEB, str(spec.UID), spec.USER, spec.HOME, spec.PYC):
+    for part in (repr(_STRIP), repr(spec.BASE_DEBS), spec.DEBIAN_SUITE, spec.PYTHON, spec.PYTHON_DEB, str(spec.UID), spec.USER, spec.HOME, spec.PYC):
         h.update(part.encode() + b"\0")
     return h.hexdigest()[:12]
 
@@ -159,8 +159,9 @@ def ensure_base() -> Path:
         rootfs.mkdir(parents=True)
         logfile = work / "build.log"
         t0 = time.monotonic()
-        log(f"base: debootstrap --variant=minbase {spec.DEBIAN_SUITE} + python3 (~1 min; log {logfile})")
-        _run(["debootstrap", "--variant=minbase", "--include=python3", spec.DEBIAN_SUITE, str(rootfs), mirror],
+        include = ",".join(("python3", *spec.BASE_DEBS))
+        log(f"base: debootstrap --variant=minbase {spec.DEBIAN_SUITE} + {include} (~2 min; log {logfile})")
+        _run(["debootstrap", "--variant=minbase", f"--include={include}", spec.DEBIAN_SUITE, str(rootfs), mirror],
              "debootstrap", logfile)
         t1 = time.monotonic()
         got = subprocess.run(chroot_cmd(rootfs, ["dpkg-query", "-W", "-f=${Version}", "python3"]),

@@ -78,7 +78,7 @@ class AgentApp:
                               max_bytes=settings.cache_max_bytes, clock=clock)
         self.cache.subscribe(self._publish_cache_change)
         self.shared = SharedSlot(self.cache, profile=settings.profile,
-                                 password=settings.cache_shared_password,
+                                 password=settings.cache_shared_password, ca=settings.cache_shared_ca,
                                  client_name=f"perfpilot:{settings.pod_name or os.getpid()}")
         self.monitor = Monitor(max_ops=settings.max_ops)
         self.rpc_stats = RpcStats()

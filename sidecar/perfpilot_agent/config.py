@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from perfpilot_contract.paths import default_socket_path
-from perfpilot_contract.sharedcache import PASSWORD_ENV
+from perfpilot_contract.sharedcache import CA_ENV, PASSWORD_ENV
 
 DEFAULT_PORT = 50051
 DEFAULT_METRICS_PORT = 9464
@@ -76,6 +76,9 @@ class Settings:
     cache_shared_password: str | None = field(default=None, repr=False)
     """env PERFPILOT_CACHE_SHARED_PASSWORD, from cache.shared.credentialsSecret (env only: never a flag,
     which `ps` would show)."""
+    cache_shared_ca: str | None = None
+    """env PERFPILOT_CACHE_SHARED_CA, from cache.shared.tls.caSecret: PEM CA certificate(s) a rediss://
+    server may chain to besides the system CAs."""
 
 
 # flag, env, type, help. Types: str/int/float; "config" is read specially.
@@ -143,6 +146,7 @@ def load_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | No
     s.profile = env.get("PERFPILOT_PROFILE", "")
     s.pod_name = env.get("PERFPILOT_POD_NAME", "")
     s.cache_shared_password = env.get(PASSWORD_ENV) or None
+    s.cache_shared_ca = env.get(CA_ENV) or None
     config_text = values.pop("config", None)
     if config_text:
         try:

@@ -125,7 +125,12 @@ SHARED_SECRET_NAME = Text("cache.shared.credentialsSecret.name",
                           "Secret in the pod's namespace; needs a pod restart to change")
 SHARED_SECRET_KEY = Text("cache.shared.credentialsSecret.key", r"^[-._a-zA-Z0-9]+$", 253,
                          "key holding the password")
-TEXTS: tuple[Text, ...] = (SHARED_URL, SHARED_KEY_PREFIX, SHARED_USERNAME, SHARED_SECRET_NAME, SHARED_SECRET_KEY)
+SHARED_CA_NAME = Text("cache.shared.tls.caSecret.name", SHARED_SECRET_NAME.pattern, 253,
+                      "Secret in the pod's namespace (e.g. cert-manager's); rediss:// only; needs a pod restart to change")
+SHARED_CA_KEY = Text("cache.shared.tls.caSecret.key", SHARED_SECRET_KEY.pattern, 253,
+                     "key holding the PEM CA certificate(s), e.g. ca.crt")
+TEXTS: tuple[Text, ...] = (SHARED_URL, SHARED_KEY_PREFIX, SHARED_USERNAME, SHARED_SECRET_NAME, SHARED_SECRET_KEY,
+                           SHARED_CA_NAME, SHARED_CA_KEY)
 TEXT_BY_PATH: dict[str, Text] = {t.path: t for t in TEXTS}
 
 CACHE_PUT_TTL = CACHE_TTL

@@ -4,7 +4,8 @@ CRD-shaped dict -> SharedCacheConfig message (operator, PERFPILOT_CONFIG) -> val
 (sidecar), and back. Bounds and patterns come from perfpilot_contract.limits, like every other
 live field; errors are ConfigError naming the field ("cache.shared.url must ..."). The password
 is never part of the config: the webhook puts the Secret's key into the sidecar's environment
-(PASSWORD_ENV), so neither the operator nor a Configure ever carries it.
+(PASSWORD_ENV), so neither the operator nor a Configure ever carries it; a private CA
+(tls.caSecret) reaches the sidecar the same way (CA_ENV).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from perfpilot_contract.durations import NS_PER_SECOND
 
 PASSWORD_ENV = "PERFPILOT_CACHE_SHARED_PASSWORD"
 """The sidecar's environment variable the webhook fills from credentialsSecret (secretKeyRef)."""
-FIELDS = ("url", "keyPrefix", "username", "credentialsSecret", "timeout", "maxPendingWrites")
+CA_ENV = "PERFPILOT_CACHE_SHARED_CA"
+"""The sidecar's environment variable the webhook fills from tls.caSecret (PEM, secretKeyRef)."""
+FIELDS = ("url", "keyPrefix", "username", "credentialsSecret", "timeout", "maxPendingWrites", "tls")
 
 
 class SharedConfigError(ValueError):
@@ -48,6 +51,8 @@ class SharedCache:
     credentials: SecretRef | None = None
     timeout: float = L.SHARED_TIMEOUT.number / NS_PER_SECOND
     max_pending_writes: int = L.SHARED_MAX_PENDING.number
+    ca_secret: SecretRef | None = None
+    """tls.caSecret: a private CA trusted besides the system CAs (its PEM is in CA_ENV)."""
 
     def endpoint(self) -> tuple[bool, str, int, int]:
         """(tls, host, port, db) of the url (already validated)."""
@@ -91,9 +96,16 @@ def from_proto(msg: pb.SharedCacheConfig) -> SharedCache:
     if not L.SHARED_MAX_PENDING.lo <= pending <= L.SHARED_MAX_PENDING.hi:
         raise SharedConfigError(f"{L.SHARED_MAX_PENDING.path} must be between {L.SHARED_MAX_PENDING.lo} and "
                                 f"{L.SHARED_MAX_PENDING.hi}, got {pending}")
+    ca_secret = None
+    if msg.HasField("tls") and msg.tls.HasField("ca_secret"):
+        if not url.startswith("rediss://"):
+            raise SharedConfigError("cache.shared.tls.caSecret needs a rediss:// cache.shared.url (TLS), got "
+                                    f"{url.partition('://')[0]}://")
+        s = msg.tls.ca_secret
+        ca_secret = SecretRef(check_text(L.SHARED_CA_NAME, s.name), check_text(L.SHARED_CA_KEY, s.key))
     return SharedCache(url=url, key_prefix=check_text(L.SHARED_KEY_PREFIX, msg.key_prefix),
                        username=check_text(L.SHARED_USERNAME, msg.username), credentials=credentials,
-                       timeout=timeout / NS_PER_SECOND, max_pending_writes=pending)
+                       timeout=timeout / NS_PER_SECOND, max_pending_writes=pending, ca_secret=ca_secret)
 
 
 def _duration(limit: L.Limit, d: Duration) -> int:
@@ -114,16 +126,19 @@ def to_proto(cfg: SharedCache) -> pb.SharedCacheConfig:
                                max_pending_writes=cfg.max_pending_writes)
     if cfg.credentials is not None:
         msg.credentials_secret.CopyFrom(pb.SecretKeySelector(name=cfg.credentials.name, key=cfg.credentials.key))
+    if cfg.ca_secret is not None:
+        msg.tls.ca_secret.CopyFrom(pb.SecretKeySelector(name=cfg.ca_secret.name, key=cfg.ca_secret.key))
     return msg
 
 
 def read_proto(msg: pb.SharedCacheConfig) -> SharedCache:
     """Unit conversion only, no validation (the app's view of what the sidecar applied)."""
-    s = msg.credentials_secret
+    s, ca = msg.credentials_secret, msg.tls.ca_secret
     return SharedCache(url=msg.url, key_prefix=msg.key_prefix, username=msg.username,
                        credentials=SecretRef(s.name, s.key) if msg.HasField("credentials_secret") else None,
                        timeout=msg.timeout.seconds + msg.timeout.nanos / NS_PER_SECOND,
-                       max_pending_writes=msg.max_pending_writes)
+                       max_pending_writes=msg.max_pending_writes,
+                       ca_secret=SecretRef(ca.name, ca.key) if msg.tls.HasField("ca_secret") else None)
 
 
 def _string(path: str, value: Any) -> str:
@@ -161,9 +176,18 @@ def from_dict(data: Any) -> pb.SharedCacheConfig:
     msg.max_pending_writes = pending
     secret = data.get("credentialsSecret")
     if secret is not None:
-        if not isinstance(secret, Mapping) or set(secret) - {"name", "key"} or not {"name", "key"} <= set(secret):
-            raise SharedConfigError("cache.shared.credentialsSecret must be {name: <Secret>, key: <key>}")
-        msg.credentials_secret.CopyFrom(pb.SecretKeySelector(
-            name=_string("cache.shared.credentialsSecret.name", secret["name"]),
-            key=_string("cache.shared.credentialsSecret.key", secret["key"])))
+        msg.credentials_secret.CopyFrom(_secret_ref("cache.shared.credentialsSecret", secret))
+    tls = data.get("tls")
+    if tls is not None:
+        if not isinstance(tls, Mapping) or set(tls) - {"caSecret"}:
+            raise SharedConfigError("cache.shared.tls must be {caSecret: {name: <Secret>, key: <key>}}")
+        msg.tls.SetInParent()
+        if tls.get("caSecret") is not None:
+            msg.tls.ca_secret.CopyFrom(_secret_ref("cache.shared.tls.caSecret", tls["caSecret"]))
     return msg
+
+
+def _secret_ref(path: str, ref: Any) -> pb.SecretKeySelector:
+    if not isinstance(ref, Mapping) or set(ref) - {"name", "key"} or not {"name", "key"} <= set(ref):
+        raise SharedConfigError(f"{path} must be {{name: <Secret>, key: <key>}}")
+    return pb.SecretKeySelector(name=_string(f"{path}.name", ref["name"]), key=_string(f"{path}.key", ref["key"]))

@@ -25,6 +25,7 @@ from perfpilot_agent.liveconfig import merge_proto, proto_from_dict
 from perfpilot_contract import limits as L
 from perfpilot_contract.durations import format_ns, parse_ns
 from perfpilot_contract.liveconfig import LiveConfig
+from perfpilot_contract.sharedcache import SecretRef
 from perfpilot_operator.logic.desired import configure_request
 from perfpilot_operator.logic.injection import initial_config
 
@@ -42,6 +43,7 @@ def _known() -> frozenset[str]:
 
 
 SHARED_URL = "redis://redis.cache.svc:6379/0"
+TLS_URL = "rediss://redis.cache.svc:6380/0"
 
 
 def _doc(fields: dict[str, Any]) -> dict[str, Any]:
@@ -143,13 +145,12 @@ def test_string_fields_refused_naming_the_field(text: L.Text) -> None:
     """A value the CRD pattern refuses is refused by the sidecar too, naming the field."""
     bad = "Bad Value!" if text is not L.SHARED_URL else "http://x"
     fields: dict[str, Any] = {text.path: bad}
-    if text.path.startswith("cache.shared.credentialsSecret."):
-        other = "key" if text.path.endswith(".name") else "name"
-        fields = {"cache.shared.credentialsSecret": {"name": "redis-auth", "key": "password", text.path.rsplit(".", 1)[1]: bad}}
-        assert other in fields["cache.shared.credentialsSecret"]
+    ref, _, leaf = text.path.rpartition(".")
+    if ref.endswith("Secret"):  # credentialsSecret, tls.caSecret: {name, key}, the other one valid
+        fields = {ref: {"name": "redis-auth", "key": "password", leaf: bad}, "cache.shared.url": TLS_URL}
     assert any(e.startswith(f"spec.{text.path}:") for e in validate(_doc(fields), SCHEMA))
     _refused(fields, text.path)
-    too_long = {text.path: "a" * (text.max_length + 1)} if "credentialsSecret" not in text.path else None
+    too_long = {text.path: "a" * (text.max_length + 1)} if not ref.endswith("Secret") else None
     if too_long is not None and text is not L.SHARED_URL:
         _refused(too_long, text.path)
 
@@ -163,7 +164,24 @@ def test_shared_tier_end_to_end() -> None:
     assert shared is not None and shared.endpoint() == (True, "redis-0.redis", 6380, 3)
     assert (shared.key_prefix, shared.username, shared.timeout, shared.max_pending_writes) == ("agent:", "perfpilot", 0.02, 5)
     assert shared.credentials is not None and shared.credentials.name == "redis-auth"
+    assert shared.ca_secret is None
     assert _sidecar({"cache.ttl": "1m"}).cache.shared is None  # absent: off
+    tls = _sidecar({"cache.shared": {"url": TLS_URL, "tls": {"caSecret": {"name": "redis-tls", "key": "ca.crt"}}}})
+    assert tls.cache.shared is not None and tls.cache.shared.ca_secret == SecretRef("redis-tls", "ca.crt")
+    assert _sidecar({"cache.shared": {"url": TLS_URL, "tls": {}}}).cache.shared.ca_secret is None  # type: ignore[union-attr]
+
+
+def test_a_ca_secret_needs_a_tls_url() -> None:
+    """Refused by the sidecar, and by the API server's CEL rule (e2e/test_crd.py runs it), naming
+    cache.shared.tls.caSecret."""
+    rule = next(r for r in resolve(SCHEMA, "spec.cache.shared")["x-kubernetes-validations"]
+                if "caSecret" in r["rule"])
+    assert (rule["fieldPath"], rule["message"]) == (
+        ".tls.caSecret", "cache.shared.tls.caSecret needs a rediss:// cache.shared.url (TLS)")
+    fields = {"cache.shared": {"url": SHARED_URL, "tls": {"caSecret": {"name": "redis-tls", "key": "ca.crt"}}}}
+    _refused(fields, "cache.shared.tls.caSecret needs a rediss:// cache.shared.url (TLS), got redis://")
+    with pytest.raises(InvalidArgument, match=re.escape("cache.shared.tls must be {caSecret:")):
+        merge_proto(LiveConfig(), proto_from_dict({"cache": {"shared": {"url": TLS_URL, "tls": {"ca": "x"}}}}), _known)
 
 
 def test_shared_url_with_credentials_is_refused_without_echoing_them() -> None:

@@ -46,7 +46,8 @@ def test_dockerfile_installs_what_the_recipe_installs(name: str) -> None:
     base, install, final = stages
     # the base: the pinned python3, what the recipe strips, mtime-free stdlib bytecode, the user
     base_cmds = runs(base)
-    assert f"apt-get install -y --no-install-recommends python3={spec.PYTHON_DEB}" in base_cmds
+    assert (f"apt-get install -y --no-install-recommends python3={spec.PYTHON_DEB} "
+            f"{' '.join(spec.BASE_DEBS)}") in base_cmds
     assert f"rm -rf {' '.join(f'/{r}/*' for r in rootfs._STRIP)}" in base_cmds
     assert f"{spec.PYC} /usr/lib/python{spec.PYTHON} /usr/lib/python3/dist-packages" in base_cmds
     assert (f"useradd --uid {spec.UID} --user-group --create-home --home-dir {spec.HOME} "

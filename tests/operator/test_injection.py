@@ -251,3 +251,29 @@ def test_shared_cache_password_comes_from_the_apps_secret_by_reference() -> None
     profile["spec"]["cache"]["shared"].pop("credentialsSecret")
     plain = _sidecar(apply(POD, inject(POD, profile, SidecarTemplate()).changes))
     assert PASSWORD_ENV not in {e["name"] for e in plain["env"]}
+
+
+def test_shared_cache_ca_comes_from_the_apps_secret_by_reference() -> None:
+    """cache.shared.tls.caSecret reaches the sidecar like the password: a secretKeyRef env var
+    (optional), alone or next to the password; absent, no variable."""
+    import json
+
+    from perfpilot_contract.sharedcache import CA_ENV, PASSWORD_ENV
+
+    profile = copy.deepcopy(PROFILE)
+    profile["spec"]["cache"] = {"shared": {"url": "rediss://redis:6380/0",
+                                           "credentialsSecret": {"name": "redis-auth", "key": "password"},
+                                           "tls": {"caSecret": {"name": "redis-tls", "key": "ca.crt"}}}}
+    sidecar = _sidecar(apply(POD, inject(POD, profile, SidecarTemplate()).changes))
+    env = {e["name"]: e for e in sidecar["env"]}
+    assert env[CA_ENV] == {"name": CA_ENV, "valueFrom": {"secretKeyRef": {
+        "name": "redis-tls", "key": "ca.crt", "optional": True}}}
+    assert env[PASSWORD_ENV]["valueFrom"]["secretKeyRef"]["name"] == "redis-auth"
+    assert json.loads(env["PERFPILOT_CONFIG"]["value"])["cache"]["shared"]["tls"] == {
+        "caSecret": {"name": "redis-tls", "key": "ca.crt"}}
+    profile["spec"]["cache"]["shared"].pop("credentialsSecret")
+    only_ca = {e["name"] for e in _sidecar(apply(POD, inject(POD, profile, SidecarTemplate()).changes))["env"]}
+    assert CA_ENV in only_ca and PASSWORD_ENV not in only_ca
+    profile["spec"]["cache"]["shared"]["tls"] = {}
+    plain = {e["name"] for e in _sidecar(apply(POD, inject(POD, profile, SidecarTemplate()).changes))["env"]}
+    assert CA_ENV not in plain

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from perfpilot_contract.liveconfig import live_sections
-from perfpilot_contract.sharedcache import PASSWORD_ENV
+from perfpilot_contract.sharedcache import CA_ENV, PASSWORD_ENV
 from perfpilot_contract.trust import CA_ANNOTATION, CA_DIR, CA_FILE
 
 ANNOTATION_INJECTED = "perfpilot.io/injected"
@@ -117,14 +117,13 @@ def shm_mount(container: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def shared_cache_env(spec: dict[str, Any]) -> list[dict[str, Any]]:
-    """The shared cache tier's password as an env var from the profile's credentialsSecret (in the
-    pod's namespace). The kubelet resolves it: the operator never reads the Secret. optional: a
-    missing Secret or key leaves the tier unauthenticated (reported as down), never an unstartable pod."""
-    ref = ((spec.get("cache") or {}).get("shared") or {}).get("credentialsSecret")
-    if not ref:
-        return []
-    return [{"name": PASSWORD_ENV, "valueFrom": {"secretKeyRef": {
-        "name": ref["name"], "key": ref["key"], "optional": True}}}]
+    """The shared cache tier's password (credentialsSecret) and private CA (tls.caSecret) as env vars
+    from Secrets in the pod's namespace. The kubelet resolves them: the operator never reads a Secret.
+    optional: a missing Secret or key leaves the tier down (reported, naming it), never an unstartable pod."""
+    shared = (spec.get("cache") or {}).get("shared") or {}
+    refs = ((PASSWORD_ENV, shared.get("credentialsSecret")), (CA_ENV, (shared.get("tls") or {}).get("caSecret")))
+    return [{"name": env, "valueFrom": {"secretKeyRef": {"name": ref["name"], "key": ref["key"], "optional": True}}}
+            for env, ref in refs if ref]
 
 
 def sidecar_container(profile_ns: str, profile_name: str, tmpl: SidecarTemplate,

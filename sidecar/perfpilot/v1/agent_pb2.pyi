@@ -276,8 +276,9 @@ class SharedCacheConfig(_message.Message):
     CREDENTIALS_SECRET_FIELD_NUMBER: _builtins.int
     TIMEOUT_FIELD_NUMBER: _builtins.int
     MAX_PENDING_WRITES_FIELD_NUMBER: _builtins.int
+    TLS_FIELD_NUMBER: _builtins.int
     url: _builtins.str
-    """redis://host[:port][/db] or rediss:// (TLS, verified against the system CAs); no credentials."""
+    """redis://host[:port][/db] or rediss:// (TLS, verified against the system CAs and tls.ca_secret); no credentials."""
     key_prefix: _builtins.str
     """Prefix of every key and of the invalidation channel; empty = "perfpilot:<namespace>/<profile>:"."""
     username: _builtins.str
@@ -296,6 +297,10 @@ class SharedCacheConfig(_message.Message):
     def timeout(self) -> _duration_pb2.Duration:
         """Longest a shared read may add to a local miss, and the connect timeout, 1ms..10s."""
 
+    @_builtins.property
+    def tls(self) -> Global___SharedCacheTLS:
+        """TLS settings for a rediss:// url (a private CA); unset: the system CAs only."""
+
     def __init__(
         self,
         *,
@@ -305,16 +310,43 @@ class SharedCacheConfig(_message.Message):
         credentials_secret: Global___SecretKeySelector | None = ...,
         timeout: _duration_pb2.Duration | None = ...,
         max_pending_writes: _builtins.int | None = ...,
+        tls: Global___SharedCacheTLS | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_pending_writes", b"_max_pending_writes", "credentials_secret", b"credentials_secret", "max_pending_writes", b"max_pending_writes", "timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_pending_writes", b"_max_pending_writes", "credentials_secret", b"credentials_secret", "max_pending_writes", b"max_pending_writes", "timeout", b"timeout", "tls", b"tls"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_pending_writes", b"_max_pending_writes", "credentials_secret", b"credentials_secret", "key_prefix", b"key_prefix", "max_pending_writes", b"max_pending_writes", "timeout", b"timeout", "url", b"url", "username", b"username"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_pending_writes", b"_max_pending_writes", "credentials_secret", b"credentials_secret", "key_prefix", b"key_prefix", "max_pending_writes", b"max_pending_writes", "timeout", b"timeout", "tls", b"tls", "url", b"url", "username", b"username"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_pending_writes: _TypeAlias = _typing.Literal["max_pending_writes"]  # noqa: Y015
     _WhichOneofArgType__max_pending_writes: _TypeAlias = _typing.Literal["_max_pending_writes", b"_max_pending_writes"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_pending_writes) -> _WhichOneofReturnType__max_pending_writes | None: ...
 
 Global___SharedCacheConfig: _TypeAlias = SharedCacheConfig  # noqa: Y015
+
+@_typing.final
+class SharedCacheTLS(_message.Message):
+    """SharedCacheTLS mirrors spec.cache.shared.tls."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CA_SECRET_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def ca_secret(self) -> Global___SecretKeySelector:
+        """The Secret whose key holds the PEM CA certificate(s) the server's certificate may also chain to;
+        the webhook puts it in the sidecar's environment (PERFPILOT_CACHE_SHARED_CA). Needs a pod restart.
+        """
+
+    def __init__(
+        self,
+        *,
+        ca_secret: Global___SecretKeySelector | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ca_secret", b"ca_secret"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_secret", b"ca_secret"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SharedCacheTLS: _TypeAlias = SharedCacheTLS  # noqa: Y015
 
 @_typing.final
 class SecretKeySelector(_message.Message):

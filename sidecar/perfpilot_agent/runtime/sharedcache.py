@@ -24,6 +24,7 @@ import contextlib
 import logging
 import os
 import random
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -32,11 +33,13 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
+from redis.asyncio.connection import ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
+from perfpilot_agent.runtime import sharedtls
 from perfpilot_agent.runtime.sharedstats import SharedCounters, SharedView
 from perfpilot_contract.sharedcache import SharedCache
 
@@ -69,13 +72,15 @@ def _describe(exc: BaseException) -> str:
 class SharedTier:
     """One configured tier: connections, writer, subscriber and supervisor tasks."""
 
-    def __init__(self, cfg: SharedCache, *, prefix: str, password: str | None,
+    def __init__(self, cfg: SharedCache, *, prefix: str, password: str | None, ca: str | None = None,
                  apply_remote: Callable[[str, str], None], resync: Callable[[], int],
                  client_name: str = "perfpilot-sidecar") -> None:
         self.cfg = cfg
         self.prefix = prefix
         self.channel = f"{prefix}invalidations"
         self.password = password
+        self.ca = ca
+        """PEM from tls.caSecret (CA_ENV): trusted besides the system CAs."""
         self.client_name = client_name[:64]
         self.apply_remote = apply_remote
         self.resync = resync
@@ -98,6 +103,7 @@ class SharedTier:
         self._prefix_seq = 0
         self._key_seq: dict[str, int] = {}
         self._redis: Redis | None = None
+        self._tls_context: ssl.SSLContext | None = None
         self._pubsub: PubSub | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._connected_before = False
@@ -313,6 +319,10 @@ class SharedTier:
             self.last_error += (f" (cache.shared.credentialsSecret {self.cfg.credentials.name}/"
                                 f"{self.cfg.credentials.key} is not in this sidecar's environment: the Secret or "
                                 "key is missing, or the pod started before the setting; restart it)")
+        if self.cfg.ca_secret is not None and not self.ca:
+            self.last_error += (f" (cache.shared.tls.caSecret {self.cfg.ca_secret.name}/{self.cfg.ca_secret.key} "
+                                "is not in this sidecar's environment: the Secret or key is missing, or the pod "
+                                "started before the setting; restart it)")
         if (fatal or isinstance(exc, (RedisConnectionError, OSError))) and self.up:
             self.up = False
             self.down_since_ns = time.time_ns()
@@ -321,10 +331,17 @@ class SharedTier:
 
     async def _connect(self) -> None:
         tls, host, port, db = self.cfg.endpoint()
-        self._redis = Redis(host=host, port=port, db=db, username=self.cfg.username or None,
-                            password=self.password, ssl=tls, socket_timeout=max(1.0, self.cfg.timeout),
-                            socket_connect_timeout=self.cfg.timeout, retry=Retry(NoBackoff(), 0),
-                            max_connections=READ_SLOTS + 2, client_name=self.client_name)
+        kwargs: dict[str, Any] = dict(
+            host=host, port=port, db=db, username=self.cfg.username or None, password=self.password,
+            socket_timeout=max(1.0, self.cfg.timeout), socket_connect_timeout=self.cfg.timeout,
+            retry=Retry(NoBackoff(), 0), max_connections=READ_SLOTS + 2, client_name=self.client_name)
+        if tls:  # rediss://: one verifying context (system CAs + tls.caSecret's), built once off the loop
+            if self._tls_context is None:
+                self._tls_context = await asyncio.to_thread(sharedtls.context, self.ca, self.cfg.ca_secret)
+            self._redis = Redis.from_pool(ConnectionPool(
+                connection_class=sharedtls.SharedContextConnection, tls_context=self._tls_context, **kwargs))
+        else:
+            self._redis = Redis(**kwargs)
         await self._redis.ping()
         self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         await self._pubsub.subscribe(self.channel)

@@ -28,11 +28,12 @@ ORIGIN = "shared"
 class SharedSlot:
     """The tier in force (None while cache.shared is unset)."""
 
-    def __init__(self, cache: TTLCache, *, profile: str = "", password: str | None = None,
+    def __init__(self, cache: TTLCache, *, profile: str = "", password: str | None = None, ca: str | None = None,
                  client_name: str = "perfpilot-sidecar") -> None:
         self.cache = cache
         self.profile = profile
         self.password = password
+        self.ca = ca
         self.client_name = client_name
         self.tier: SharedTier | None = None
         self._closing: set[asyncio.Task[Any]] = set()
@@ -52,7 +53,7 @@ class SharedSlot:
         if cfg is not None:
             from perfpilot_agent.runtime.sharedcache import SharedTier, default_prefix  # redis-py: only when used
 
-            self.tier = SharedTier(cfg, prefix=cfg.key_prefix or default_prefix(self.profile), password=self.password,
+            self.tier = SharedTier(cfg, prefix=cfg.key_prefix or default_prefix(self.profile), password=self.password, ca=self.ca,
                                    apply_remote=self._remote_invalidation, resync=self._resync,
                                    client_name=self.client_name)
             self.tier.start()
