@@ -21,7 +21,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from bench import l1_bench
 from bench.common import Entry, entry, failed_entry, free_port, median
@@ -95,7 +95,7 @@ def transport(quick: bool, want: Want) -> dict[str, Entry]:
         b, b_uds, b_port = _bare(procs, "bare", cpu=server_cpu, tcp=True)
         if any(want(k) for k in ("heartbeat_p50_us_uds", "heartbeat_p99_us_uds", "heartbeat_p99_us_tcp")):
             rounds, block = (12, 250) if quick else (30, 500)
-            spec = {"rounds": rounds, "block": block, "warmup": 200, "max_seconds": 25.0 if quick else None, "targets": [
+            spec: dict[str, Any] = {"rounds": rounds, "block": block, "warmup": 200, "max_seconds": 25.0 if quick else None, "targets": [
                 {"name": "s_uds", "kind": "agent", "target": s_uds},
                 {"name": "b_uds", "kind": "bare", "target": b_uds},
                 {"name": "s_tcp", "kind": "agent", "target": f"127.0.0.1:{s_port}"},
@@ -158,7 +158,7 @@ def events(quick: bool, want: Want) -> dict[str, Entry]:
 
         def publish() -> dict[str, Any]:
             agent.send(f"publish {n} {chunk}")
-            return agent.read_json(120)
+            return cast(dict[str, Any], agent.read_json(120))
 
         publish()  # warm-up (allocator, code paths)
         base = []
@@ -274,6 +274,7 @@ def _footprint(procs: Procs, quick: bool, want: Want, k: Child, b: Child, worker
     probe_rss = psutil.Process(grpc_probe.pid).memory_info().rss
     k_rss, parts = tree_rss(k.pid)
     kprobe_rss = [psutil.Process(p.pid).memory_info().rss for p in kprobes]
+    h_uss: float
     try:
         h_uss = psutil.Process(h.pid).memory_full_info().uss
     except psutil.AccessDenied:

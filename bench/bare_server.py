@@ -25,7 +25,7 @@ EMPTY_METHOD = "/bench.Bare/Empty"
 """The method a benchmark calls on the bare server (any method name is answered the same)."""
 
 
-async def _empty(request: bytes, context: aio.ServicerContext) -> bytes:
+async def _empty(request: bytes, context: aio.ServicerContext[bytes, bytes]) -> bytes:
     return b""
 
 
@@ -33,9 +33,9 @@ class _Generic(grpc.GenericRpcHandler):
     """Answers every method that is not the health service with empty bytes (raw, no protobuf)."""
 
     def __init__(self) -> None:
-        self._handler = grpc.unary_unary_rpc_method_handler(_empty)  # no (de)serializers: bytes in, bytes out
+        self._handler: grpc.RpcMethodHandler[bytes, bytes] = grpc.unary_unary_rpc_method_handler(_empty)  # no (de)serializers: bytes in, bytes out
 
-    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[bytes, bytes] | None:
         return self._handler
 
 

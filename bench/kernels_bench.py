@@ -85,7 +85,7 @@ def bench_kernels(quick: bool) -> dict[str, dict[str, Any]]:
     query = rng.standard_normal((b, d), dtype=np.float32)
     weights = rng.random(n)
     cos_in = {"query": query, "matrix": matrix}
-    wm_in = {"values": matrix, "weights": weights}
+    wm_in: dict[str, np.ndarray] = {"values": matrix, "weights": weights}
     flat = matrix.reshape(-1)
 
     tm = _timings(

@@ -26,10 +26,10 @@ UNITS: dict[str, str] = {
     "cache_read_mostly_ops_per_s": "ops/s",
 }
 KEYS = 10_000
-CONFIG = {"kernels": {"warm": ["cosine_topk"]}, "pools": {"processWorkers": 1},
+CONFIG: dict[str, Any] = {"kernels": {"warm": ["cosine_topk"]}, "pools": {"processWorkers": 1},
           "cache": {"maxEntries": 100_000, "l1": {"enabled": True, "maxEntries": 20_000, "maxBytes": 64 << 20,
                                                   "ttl": "1h", "maxValueBytes": 65536}}}
-assert set(CONFIG["kernels"]["warm"]) <= set(KERNEL_NAMES)  # type: ignore[index]
+assert set(CONFIG["kernels"]["warm"]) <= set(KERNEL_NAMES)
 
 
 def _role(procs: Procs, role: str, spec: dict[str, Any], *, stdin: bool = False) -> Child:

@@ -98,6 +98,7 @@ def reader(spec: dict[str, Any]) -> dict[str, Any]:
                     if key not in applied and key.startswith("inv/"):
                         applied[key] = now
 
+        # This one instance's handler wrapped to time each invalidation (mypy refuses method assignment).
         agent.l1.on_batch = on_batch  # type: ignore[method-assign]
         print("ready", flush=True)
         deadline = time.monotonic() + spec["timeout"]

@@ -39,6 +39,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from grpc import aio
@@ -50,6 +51,8 @@ from perfpilot.v1 import agent_pb2_grpc as pb_grpc
 
 AGENT = "/perfpilot.v1.Agent/"
 Call = Callable[..., Awaitable[Any]]
+Raw = aio.UnaryUnaryMultiCallable[bytes, bytes]
+"""A multicallable without (de)serializers: pre-serialized bytes in, raw bytes out."""
 
 
 def channel(target: str, ident: int = 0) -> aio.Channel:
@@ -147,7 +150,8 @@ class Target:
         if self.kind == "agent":
             reqs = mix_requests()
             methods = [m for m, _ in MIX]
-            self.calls = [{m: ch.unary_unary(AGENT + m) for m in methods} for ch in self.channels]
+            self.calls: list[dict[str, Raw]] = [{m: ch.unary_unary(AGENT + m) for m in methods}
+                                                for ch in self.channels]
             rnd = random.Random(seed)
             plan_methods = rnd.choices(methods, weights=[w for _, w in MIX], k=10_007)
             self.plan = [(m, reqs[m][rnd.randrange(len(reqs[m]))]) for m in plan_methods]
@@ -419,10 +423,10 @@ async def mode_latency(spec: dict[str, Any]) -> dict[str, Any]:
         if t["kind"] == "agent":
             stub = pb_grpc.AgentStub(ch)
             req = pb.HeartbeatRequest(sequence=1)
-            fns[t["name"]] = lambda stub=stub, req=req: stub.Heartbeat(req, timeout=10)
+            fns[t["name"]] = partial(stub.Heartbeat, req, timeout=10)
         else:
-            mc = ch.unary_unary(EMPTY_METHOD)
-            fns[t["name"]] = lambda mc=mc: mc(b"", timeout=10)
+            mc: Raw = ch.unary_unary(EMPTY_METHOD)
+            fns[t["name"]] = partial(mc, b"", timeout=10)
     names = list(fns)
     pc = time.perf_counter
     for name in names:

@@ -35,9 +35,12 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.common import Entry, entry, failed_entry, median
+
+if TYPE_CHECKING:
+    from kubernetes.client import V1ContainerStatus
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -168,7 +171,8 @@ class Bench:
         out: dict[str, float] = {}
         w = watch.Watch()
         t0 = time.monotonic()
-        self.core.create_namespaced_pod(NS, pod)
+        # The client's validate_call turns the dict into the V1Pod it is annotated with.
+        self.core.create_namespaced_pod(NS, pod)  # type: ignore[arg-type]
         for ev in w.stream(self.core.list_namespaced_pod, NS, field_selector=f"metadata.name={name}",
                            timeout_seconds=int(timeout)):
             st = ev["object"].status
@@ -195,10 +199,16 @@ class Bench:
     def delete(self, name: str) -> None:
         self.cluster.kubectl("delete", "pod", name, "-n", NS, "--wait=true", "--timeout=60s", check=False)
 
+    def sidecar_status(self, name: str) -> V1ContainerStatus:
+        """The sidecar's container status in pod `name` (it runs as a restartable init container)."""
+        status = self.core.read_namespaced_pod(name, NS).status
+        assert status is not None, f"pod {name} read back without a status"
+        return next(c for c in status.init_container_statuses or [] if c.name == "perfpilot-agent")
+
     def memory_cgroup(self, name: str) -> Path:
-        pod = self.core.read_namespaced_pod(name, NS)
-        cid = next(c.container_id for c in pod.status.init_container_statuses or []
-                   if c.name == "perfpilot-agent").split("://", 1)[1]
+        side = self.sidecar_status(name)
+        assert side.container_id, f"the sidecar of pod {name} has no container ID (not started)"
+        cid = side.container_id.split("://", 1)[1]
         root = Path("/sys/fs/cgroup/memory") / self.cluster.node.cgroup_root.lstrip("/")
         found = [p for p in root.rglob(cid) if p.is_dir()]
         if not found:
@@ -301,7 +311,9 @@ def memory_figures(b: Bench, log: Log) -> dict[str, Entry]:
     cg = b.memory_cgroup("warm")
     warm = working_set_mb(cg)
     (cg / "memory.max_usage_in_bytes").write_text("0")
-    ip = b.core.read_namespaced_pod("warm", NS).status.pod_ip
+    status = b.core.read_namespaced_pod("warm", NS).status
+    ip = status.pod_ip if status else None
+    assert ip, "pod warm is Ready, so it has an IP"
     peak, error, seconds = 0.0, "", []
     for _ in range(3):
         with PeakSampler(cg) as sampler:
@@ -315,8 +327,7 @@ def memory_figures(b: Bench, log: Log) -> dict[str, Entry]:
         if not reply.get("shared_memory"):
             raise RuntimeError(f"the 100 MB call did not use shared memory: {reply}")
         seconds.append(reply["seconds"])
-    status = b.core.read_namespaced_pod("warm", NS).status
-    side = next(c for c in status.init_container_statuses if c.name == "perfpilot-agent")
+    side = b.sidecar_status("warm")
     killed = side.last_state.terminated.reason if side.last_state and side.last_state.terminated else "none"
     b.delete("warm")
     log(f"sidecar memory: idle {idle:.0f} MB, warm {warm:.0f} MB, 100 MB call peak {peak:.0f} MB "

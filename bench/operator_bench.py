@@ -39,9 +39,10 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict, cast
 
 from bench.common import Entry, entry, failed_entry, median, percentile
+from e2e.harness.kubeapi import create_pod_raw
 from e2e.harness.procs import wait_until
 from perfpilot_operator.logic.webhooks import POD_HANDLER_ID
 
@@ -108,9 +109,9 @@ def _pidfile(cluster: Any, name: str) -> int | None:
         pid = int((cluster.pids / f"{name}.pid").read_text())
     except (OSError, ValueError):
         return None
-    from e2e.harness.cluster import _pid_alive
+    from e2e.harness.procs import pid_alive
 
-    return pid if _pid_alive(pid) else None
+    return pid if pid_alive(pid) else None
 
 
 # e2e test files that use neither the suite's operator nor its pod runner (test_helm.py runs its
@@ -334,8 +335,8 @@ class Harness:
                 and p["status"].get("podIP") and not p["metadata"].get("deletionTimestamp")]
 
     def profile(self, namespace: str, name: str) -> dict[str, Any]:
-        return dict(self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
-                                                             name))
+        return dict(cast(dict[str, Any], self.custom.get_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name)))
 
     def log_offset(self) -> int:
         try:
@@ -471,9 +472,25 @@ def wait_sidecars(h: Harness, ns: str, n: int, generation: int, identity: Any,
         time.sleep(0.25)
 
 
+class Rollout(TypedDict):
+    """One spec patch of the rollout scenario (seconds; the durations count from t_send)."""
+    generation: int
+    t_send: float
+    wall_send: float
+    patch_rtt: float
+    watch: float | None
+    all_polled: float
+    all_polled_from_return: float
+    per_sidecar: list[float]
+    all_pushed: float | None
+    log_offset: int
+    loop_lag: float
+    log: NotRequired[str]     # the operator's log lines until the next patch (added at the end)
+
+
 async def _rollouts(h: Harness, ns: str, ips: list[str], identity: Any, repeats: int,
                     period: float | None, profile_events: dict[int, float], first_gen: int,
-                    log: Log) -> list[dict[str, Any]]:
+                    log: Log) -> list[Rollout]:
     """`repeats` spec patches; per patch the send/return times, the watch arrival and every
     sidecar's first GetConfig answer at the new generation (polled every `period`), plus the
     arrival of its CONFIG_APPLIED event (WatchEvents push, a cross-check free of polling lag).
@@ -542,11 +559,11 @@ async def _rollouts(h: Harness, ns: str, ips: list[str], identity: Any, repeats:
         # A value never used before (so the spec really changes), alternating the section.
         spec = ({"cache": {"ttl": f"{300 + gen}s"}} if gen % 2 == 0 else
                 {"pools": {"maxQueue": 1000 + gen}})
-        obj = h.custom.patch_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, ROLLOUT_APP,
-                                                      {"spec": spec})
+        obj = cast(dict[str, Any], h.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, ns, PLURAL, ROLLOUT_APP, {"spec": spec}))
         return time.monotonic(), int(obj["metadata"]["generation"])
 
-    out = []
+    out: list[Rollout] = []
     gen = first_gen
     try:
         await asyncio.sleep(1.0)       # the event streams are open
@@ -574,7 +591,7 @@ async def _rollouts(h: Harness, ns: str, ips: list[str], identity: Any, repeats:
                     break
                 await asyncio.sleep(0.05)
             t_watch = profile_events.get(gen)
-            rec = {
+            rec: Rollout = {
                 "generation": gen, "t_send": t_send, "wall_send": wall_send,
                 "patch_rtt": t_return - t_send,
                 "watch": None if t_watch is None else t_watch - t_send,
@@ -610,7 +627,7 @@ async def _rollouts(h: Harness, ns: str, ips: list[str], identity: Any, repeats:
 _LOG_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\] (\S+)\s+\[(\w+)\s*\] (.*)$")
 
 
-def attribute(rec: dict[str, Any]) -> dict[str, Any]:
+def attribute(rec: Rollout) -> dict[str, Any]:
     """From the operator log lines written during one rollout: which handler configured the
     sidecars at the new generation, and when (wall clock, ms resolution) relative to the send."""
     configured_at: list[float] = []
@@ -774,7 +791,7 @@ def webhook_scenario(h: Harness, n: int, log: Log) -> Entry:
 
         def create(body: dict[str, Any]) -> tuple[float, dict[str, Any]]:
             t0 = time.perf_counter()
-            r = h.core.create_namespaced_pod(ns, body, _preload_content=False)
+            r = create_pod_raw(h.core, ns, body)
             data = r.data
             dt = time.perf_counter() - t0
             r.release_conn()
@@ -799,7 +816,7 @@ def webhook_scenario(h: Harness, n: int, log: Log) -> Entry:
 
         def body(arm: str, i: int) -> dict[str, Any]:
             if arm == "big":
-                b = json.loads(json.dumps(as_injected))
+                b: dict[str, Any] = json.loads(json.dumps(as_injected))
                 b["metadata"]["name"] = f"big-{i}"
                 return b
             return _pod(f"{arm}-{i}", arm == "in")
@@ -1003,26 +1020,30 @@ def run(quick: bool, log: Log = _print) -> dict[str, Entry]:
         why = f"{type(e).__name__}: {str(e)[:300]}"
         log(f"cannot run: {why}")
         return {k: failed_entry(u, why) for k, u in UNITS.items()}
+
+    def rollouts() -> dict[str, Entry]:
+        out = rollout_scenario(h, [10, big], repeats, log)
+        found = {"rollout_p50_s_10_pods": rollout_entry(out[10], 10, 0.5, 10, quick),
+                 "rollout_p99_s_100_pods": rollout_entry(out[big], big, 0.99, 100, quick)}
+        if big != 100:
+            found["rollout_p99_s_100_pods"]["unit"] = f"s ({big} pods)"
+        return found
+
+    # Each scenario returns the entries it measured. The rollout goes last: its 30-100 sidecars
+    # take a while to stop afterwards.
+    scenarios: list[tuple[str, Callable[[], dict[str, Entry]]]] = [
+        ("webhook_added_ms_p99",
+         lambda: {"webhook_added_ms_p99": webhook_scenario(h, 100 if quick else 200, log)}),
+        ("autoscale_reaction_s",
+         lambda: {"autoscale_reaction_s": autoscale_scenario(h, 2 if quick else 5, log)}),
+        ("rollout", rollouts),
+    ]
     try:
-        # The rollout goes last: its 30-100 sidecars take a while to stop afterwards.
-        for key, fn in (
-            ("webhook_added_ms_p99", lambda: webhook_scenario(h, 100 if quick else 200, log)),
-            ("autoscale_reaction_s", lambda: autoscale_scenario(h, 2 if quick else 5, log)),
-            ("rollout", lambda: rollout_scenario(h, [10, big], repeats, log)),
-        ):
+        for key, fn in scenarios:
             t0 = time.monotonic()
             try:
                 h.check_alone()
-                out = fn()
-                if key == "rollout":
-                    assert isinstance(out, dict)
-                    results["rollout_p50_s_10_pods"] = rollout_entry(out[10], 10, 0.5, 10, quick)
-                    results["rollout_p99_s_100_pods"] = rollout_entry(out[big], big, 0.99, 100,
-                                                                      quick)
-                    if big != 100:
-                        results["rollout_p99_s_100_pods"]["unit"] = f"s ({big} pods)"
-                else:
-                    results[key] = out  # type: ignore[assignment]
+                results.update(fn())
             except Exception as e:  # noqa: BLE001
                 why = f"{type(e).__name__}: {str(e)[:300]}"
                 log(f"{key} failed: {why}")

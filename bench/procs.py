@@ -230,7 +230,8 @@ def wait_serving(child: Child, target: str, timeout: float = 180.0) -> None:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise ChildFailed(f"{child.name} not SERVING within {timeout:.0f}s\n{child.log_tail()}")
-            stream = stub.Watch(health_pb2.HealthCheckRequest(), wait_for_ready=True, timeout=min(left, 3.0))
+            # types-grpcio-health-checking's HealthStub declares none of its methods.
+            stream = stub.Watch(health_pb2.HealthCheckRequest(), wait_for_ready=True, timeout=min(left, 3.0))  # type: ignore[attr-defined]
             try:
                 for msg in stream:
                     if msg.status == health_pb2.HealthCheckResponse.SERVING:

@@ -29,9 +29,12 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from bench.common import Entry, entry, failed_entry, median, percentile, rss_mb
+
+if TYPE_CHECKING:
+    from e2e.harness.scale import Scale, ScaleSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -74,7 +77,7 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def steady(sc: Any, what: str, log: Callable[[str], None], settle: float,
+def steady(sc: Scale, what: str, log: Callable[[str], None], settle: float,
            names: tuple[str, ...] = ()) -> dict[str, float]:
     """RSS at the end, CPU % and the operator's API requests/s over WINDOW_S, after `settle`.
     With several operator replicas (`names`): rss/cpu are the largest replica's, rss_<name> and
@@ -102,7 +105,7 @@ class ProfileWatch(threading.Thread):
     """A cluster-wide watch on PerfProfiles, opened before a change: arrival time (unix) of the
     first event carrying each profile's new generation = the watch-delivery floor."""
 
-    def __init__(self, sc: Any) -> None:
+    def __init__(self, sc: Scale) -> None:
         super().__init__(daemon=True, name="profile-watch")
         self.sc = sc
         self.arrivals: dict[tuple[str, str], dict[int, float]] = {}
@@ -115,8 +118,8 @@ class ProfileWatch(threading.Thread):
         from e2e.harness.scale import GROUP, PLURAL, VERSION
 
         custom = self.sc.custom
-        rv = custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, limit=1)["metadata"][
-            "resourceVersion"]
+        rv = cast(dict[str, Any], custom.list_cluster_custom_object(
+            GROUP, VERSION, PLURAL, limit=1))["metadata"]["resourceVersion"]
         self.ready.set()
         w = watch.Watch()
         for ev in w.stream(custom.list_cluster_custom_object, GROUP, VERSION, PLURAL,
@@ -130,7 +133,7 @@ class ProfileWatch(threading.Thread):
                 return
 
 
-def rollout(sc: Any, targets: list[tuple[str, str]], max_entries: int, timeout: float,
+def rollout(sc: Scale, targets: list[tuple[str, str]], max_entries: int, timeout: float,
             log: Callable[[str], None]) -> tuple[list[float], list[float]]:
     """Per-sidecar seconds from the patch to the applied Configure (fleet record), and per-profile
     seconds to the watch event (baseline)."""
@@ -191,7 +194,7 @@ def sweeps(records: list[tuple[float, str, str, int]], ticks: list[float], since
     return out
 
 
-def pass_entry(sc: Any, spec: Any, a: tuple[float, float], b: tuple[float, float]) -> Entry:
+def pass_entry(sc: Scale, spec: ScaleSpec, a: tuple[float, float], b: tuple[float, float]) -> Entry:
     """scale_pass_s_1000_pods from the fleet's GetStats record and the operator's resync ticks."""
     resync = float(spec.resync.rstrip("s"))
     fleet_n = spec.injected - spec.sample_deployments * spec.replicas
@@ -230,8 +233,8 @@ def owned(port: int) -> float:
                  if s.name == "perfpilot_operator_profiles_owned"), math.nan)
 
 
-def sharded(sc: Any, spec: Any, single: dict[str, float], single_p99: float, ports: list[int],
-            log: Callable[[str], None]) -> dict[str, Entry]:
+def sharded(sc: Scale, spec: ScaleSpec, single: dict[str, float], single_p99: float,
+            ports: tuple[int, int, int], log: Callable[[str], None]) -> dict[str, Entry]:
     """The same cluster with two replicas that spread the profiles (PERFPILOT_SHARDING): each
     replica's RSS and CPU, and the rollout to all sidecars, beside the single leader's."""
     from e2e.harness.procs import wait_until as wait
@@ -241,8 +244,8 @@ def sharded(sc: Any, spec: Any, single: dict[str, float], single_p99: float, por
     sc.stop_operator()
     t0 = time.monotonic()
     for i, name in enumerate(names):
-        sc.start_operator(name, tuple(p + i * SHARD_OFFSET for p in ports),
-                          {"PERFPILOT_SHARDING": "true"})
+        webhook, health, metrics_port = (p + i * SHARD_OFFSET for p in ports)
+        sc.start_operator(name, (webhook, health, metrics_port), {"PERFPILOT_SHARDING": "true"})
     metrics = [ports[2] + i * SHARD_OFFSET for i in range(len(names))]
 
     def spread() -> list[float] | None:
@@ -303,7 +306,7 @@ def channel_entry(log: Callable[[str], None]) -> Entry:
                  f"memory that sharding divides.")
 
 
-def operator_log(sc: Any) -> str:
+def operator_log(sc: Scale) -> str:
     from e2e.harness.scale import OPERATOR
 
     try:
@@ -485,8 +488,8 @@ def run(small: bool, log: Callable[[str], None] = _print, only: frozenset[str] =
         # ---- the same with the profiles spread over two replicas
         if not only:
             results.update(sharded(sc, spec, b, percentile(lat, 0.99),
-                                   [WEBHOOK_PORT + base, HEALTH_PORT + base,
-                                    METRICS_PORT + base], log))
+                                   (WEBHOOK_PORT + base, HEALTH_PORT + base,
+                                    METRICS_PORT + base), log))
     except Exception as e:  # noqa: BLE001 - every key still reported
         why = f"{type(e).__name__}: {str(e)[:300]}"
         log(f"failed: {why}")

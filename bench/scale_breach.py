@@ -8,17 +8,20 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.common import Entry, entry, median
 from bench.scale_bench import operator_log, resync_ticks
+
+if TYPE_CHECKING:
+    from e2e.harness.scale import Scale, ScaleSpec
 
 
 class ReplicasWatch(threading.Thread):
     """A watch on one Deployment: (arrival time (unix), spec.replicas) of every event; the
     first arrival of a new size is when the scale step reached the API server's watchers."""
 
-    def __init__(self, sc: Any, namespace: str, name: str) -> None:
+    def __init__(self, sc: Scale, namespace: str, name: str) -> None:
         super().__init__(daemon=True, name="replicas-watch")
         self.sc, self.namespace, self.name = sc, namespace, name
         self.seen: list[tuple[float, int]] = []
@@ -30,6 +33,7 @@ class ReplicasWatch(threading.Thread):
 
         apps, sel = self.sc.apps, f"metadata.name={self.name}"
         rv = apps.list_namespaced_deployment(self.namespace, field_selector=sel).metadata
+        assert rv is not None, "the API server sets a list's metadata (its resourceVersion)"
         self.ready.set()
         w = watch.Watch()
         while not self.stopping.is_set():
@@ -61,7 +65,13 @@ def autoscaling_patch(name: str, low: int, high: int) -> dict[str, Any]:
                                                    "maxStep": 1}}}}
 
 
-def breach_trials(sc: Any, target: tuple[str, str], trials: int, resync: float,
+def deployment_replicas(sc: Scale, ns: str, name: str) -> int:
+    """The Deployment's size from its scale subresource (the API server omits replicas: 0)."""
+    spec = sc.apps.read_namespaced_deployment_scale(name, ns).spec
+    return (spec.replicas if spec else None) or 0
+
+
+def breach_trials(sc: Scale, target: tuple[str, str], trials: int, resync: float,
                   log: Callable[[str], None]) -> list[tuple[float, float]]:
     """`trials` breaches of one profile's app latency (its fleet agents report BREACH_S against
     a TARGET_S autoscaling target), each until the Deployment's next size: per trial, (seconds
@@ -76,7 +86,7 @@ def breach_trials(sc: Any, target: tuple[str, str], trials: int, resync: float,
     key = f"{ns}/{name}"
 
     def replicas() -> int:
-        return int(sc.apps.read_namespaced_deployment_scale(name, ns).spec.replicas)
+        return deployment_replicas(sc, ns, name)
 
     # Room for two steps a breach: the pass after the calm comes back still sees the breach's
     # tail (its window since the previous look) and may step once more.
@@ -116,7 +126,7 @@ def breach_trials(sc: Any, target: tuple[str, str], trials: int, resync: float,
     return out
 
 
-def restore(sc: Any, spec: Any, target: tuple[str, str], log: Callable[[str], None]) -> None:
+def restore(sc: Scale, spec: ScaleSpec, target: tuple[str, str], log: Callable[[str], None]) -> None:
     """The scenario as the breaches found it: no autoscaling, every Deployment at
     spec.replicas, every profile configured (later phases count on it)."""
     from e2e.harness.scale import GROUP, PLURAL, VERSION
@@ -129,7 +139,7 @@ def restore(sc: Any, spec: Any, target: tuple[str, str], log: Callable[[str], No
     log(f"the scenario restored after the breaches in {t:.0f}s")
 
 
-def breach_entry(sc: Any, spec: Any, trials: int, log: Callable[[str], None]) -> Entry:
+def breach_entry(sc: Scale, spec: ScaleSpec, trials: int, log: Callable[[str], None]) -> Entry:
     """scale_breach_to_step_s: among every profile's pods, then with the others scaled to 0."""
     from e2e.harness.procs import wait_until
 
@@ -140,7 +150,7 @@ def breach_entry(sc: Any, spec: Any, trials: int, log: Callable[[str], None]) ->
     t = time.monotonic()
     sc.scale_to(0, others)
     names = [spec.namespace(i) for i in range(spec.namespaces)]
-    current = int(sc.apps.read_namespaced_deployment_scale(target[1], target[0]).spec.replicas)
+    current = deployment_replicas(sc, *target)
     wait_until(lambda: sc.count_pods("perfpilot.io/inject=true", names) <= current,
                f"the other {len(others)} profiles' pods gone", 600, 2.0)
     log(f"the other {len(others)} profiles' pods gone after {time.monotonic() - t:.0f}s")

@@ -10,9 +10,12 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.common import Entry, entry, free_port, median, percentile
+
+if TYPE_CHECKING:
+    from e2e.harness.scale import Scale
 
 
 def bucket_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
@@ -40,7 +43,7 @@ class Admission:
     API = "apiserver_admission_webhook_admission_duration_seconds"
     OPERATOR = "perfpilot_operator_webhook_duration_seconds"
 
-    def __init__(self, sc: Any) -> None:
+    def __init__(self, sc: Scale) -> None:
         from perfpilot_operator.logic.webhooks import POD_HANDLER_ID, POD_WEBHOOK
 
         self.sc = sc
@@ -53,7 +56,7 @@ class Admission:
         from e2e.harness.scale import parse_counter, parse_histogram
 
         api, op = self.sc.apiserver_metrics(), self.sc.operator_metrics()
-        out = {}
+        out: dict[str, Any] = {}
         for view, text, name, labels in (("api", api, self.API, self.api_labels),
                                          ("floor", api, self.API, self.floor_labels),
                                          ("op", op, self.OPERATOR, self.op_labels)):
@@ -74,13 +77,14 @@ class Admission:
         return out
 
 
-def webhook_burst(sc: Any, n: int, threads: int, log: Callable[[str], None]
+def webhook_burst(sc: Scale, n: int, threads: int, log: Callable[[str], None]
                   ) -> tuple[dict[str, list[float]], dict[str, float]]:
     """ms per pod CREATE in a burst of n concurrent creations, with the webhook (opted-in pods a
     profile selects) and without (the same pods without the opt-in label); arms alternate in
     chunks of 100 with a third arm, the floor: the same pod changed by FloorWebhook in the same
     way. Pods are scheduling-gated (never run) and deleted afterwards. Also: the webhooks'
     timing by the API server and by the operator, and the stored pods' sizes."""
+    from e2e.harness.kubeapi import create_pod_raw
     from e2e.harness.scale import other_pod, profile_doc
 
     ns = sc.spec.namespace(0)
@@ -99,8 +103,7 @@ def webhook_burst(sc: Any, n: int, threads: int, log: Callable[[str], None]
 
     def create(arm: str, i: int) -> None:
         t = time.perf_counter()
-        out = sc.core.create_namespaced_pod(ns, body(arm, f"burst-{arm}-{i}"),
-                                            _preload_content=False)
+        out = create_pod_raw(sc.core, ns, body(arm, f"burst-{arm}-{i}"))
         dt = (time.perf_counter() - t) * 1000
         pod = json.loads(out.data)
         injected = (pod["metadata"].get("annotations") or {}).get("perfpilot.io/injected")
@@ -110,8 +113,7 @@ def webhook_burst(sc: Any, n: int, threads: int, log: Callable[[str], None]
         sizes.setdefault(f"size_{arm}", len(out.data))
 
     # The floor's patch: what perfpilot's webhook did to the same pod (a probe, read back).
-    probe = json.loads(sc.core.create_namespaced_pod(ns, body("in", "burst-probe"),
-                                                     _preload_content=False).data)
+    probe = json.loads(create_pod_raw(sc.core, ns, body("in", "burst-probe")).data)
     floor = FloorWebhook(sc, ns, [{"op": "add", "path": "/metadata/annotations",
                                    "value": probe["metadata"]["annotations"]},
                                   {"op": "add", "path": "/spec", "value": probe["spec"]}])
@@ -154,7 +156,7 @@ class FloorWebhook:
     """bench/floor_webhook.py in a process of its own, and a MutatingWebhookConfiguration that
     sends it the burst's pods labelled FLOOR_LABEL (in the burst's namespace only)."""
 
-    def __init__(self, sc: Any, namespace: str, patch: list[dict[str, Any]]) -> None:
+    def __init__(self, sc: Scale, namespace: str, patch: list[dict[str, Any]]) -> None:
         self.sc, self.namespace, self.patch = sc, namespace, patch
         self.port = free_port()
 

@@ -14,9 +14,11 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
+from typing import Any
 
+import pluggy
 import pytest
 
 from e2e.harness.suite import isolate
@@ -63,7 +65,8 @@ def _tail(path: Path, lines: int) -> str:
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Generator[None, pluggy.Result[pytest.TestReport], None]:
     """On an e2e failure, attach the tails of the operator, pod runner and sidecar logs:
     CI shows only the test output, and a timeout alone says nothing about why."""
     outcome = yield
@@ -129,13 +132,14 @@ def namespace(cluster: LocalCluster) -> Iterator[str]:
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
-def _wait_for(predicate, what: str, timeout: float = 30.0, interval: float = 0.1):  # type: ignore[no-untyped-def]
+def _wait_for(predicate: Callable[[], Any], what: str, timeout: float = 30.0,
+              interval: float = 0.1) -> Any:
     """Poll until predicate() is truthy; fail naming `what`. Returns the truthy value."""
     return wait_until(predicate, what, timeout, interval)
 
 
 @pytest.fixture(scope="session")
-def wait_for():  # type: ignore[no-untyped-def]
+def wait_for() -> Callable[..., Any]:
     return _wait_for
 
 

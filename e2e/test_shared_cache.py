@@ -87,8 +87,11 @@ def test_replicas_connect_with_the_secrets_password_and_disconnect_live(
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=_profile(redis_server.url))
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=DEPLOYMENT)
 
-    pods = wait_for(lambda: [p for p in _json(cluster, "pods", "-n", namespace, "-l", "app=shared")["items"]
-                             if p["status"].get("podIP")] or None, "pods with IPs", timeout=60)
+    def both_with_ips() -> list[dict[str, Any]] | None:   # both replicas, not the first to get an IP
+        pods = [p for p in _json(cluster, "pods", "-n", namespace, "-l", "app=shared")["items"]
+                if p["status"].get("podIP") and not p["metadata"].get("deletionTimestamp")]
+        return pods if len(pods) == 2 else None
+    pods = wait_for(both_with_ips, "both replicas' pods with IPs", timeout=60)
     names = {f"perfpilot:{p['metadata']['name']}" for p in pods}
     for pod in pods:  # a reference to the Secret, never its value
         sidecar = next(c for c in pod["spec"]["initContainers"] if c["name"] == "perfpilot-agent")

@@ -1,7 +1,7 @@
 """The project's static checks, one list for `make lint` and for `make test` (tests/checks/test_lint.py).
 
 ruff (rules in pyproject.toml [tool.ruff]) over the whole tree, and mypy --strict over the shipped
-packages ([tool.mypy] names them). Exits non-zero naming each check that failed and how to rerun it.
+packages, the e2e harness and the benchmarks ([tool.mypy] names them). Exits non-zero naming each check that failed and how to rerun it.
 """
 
 from __future__ import annotations

@@ -21,8 +21,10 @@ import sys
 import time
 import urllib.request
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from e2e.harness import node as real_node
 from e2e.harness.pki import Pki, ensure_pki, issue_client_cert
@@ -483,17 +485,17 @@ class LocalCluster:
 
     def _get(self, url: str, timeout: float) -> str:
         with urllib.request.urlopen(url, timeout=timeout, context=self._ssl()) as r:
-            return r.read().decode()
+            return cast(bytes, r.read()).decode()  # urlopen's response is typed Any
 
     @staticmethod
     def _http_ok(url: str) -> bool:
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
-                return r.status == 200
+                return cast(int, r.status) == 200
         except OSError:
             return False
 
-    def _wait(self, probe, what: str, timeout: float) -> None:  # type: ignore[no-untyped-def]
+    def _wait(self, probe: Callable[[], bool], what: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         delay = 0.05
         while time.monotonic() < deadline:

@@ -17,7 +17,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from e2e.harness.cluster import ROOT, LocalCluster, Ports, _pid_alive, _terminate
+from e2e.harness.cluster import ROOT, LocalCluster, Ports
+from e2e.harness.procs import pid_alive, terminate
 
 # Away from the common 8080/8081/9443, which other local tools like to hold; offset by
 # PERFPILOT_PORT_BASE like the cluster's own ports, so two dev set-ups run side by side.
@@ -109,14 +110,14 @@ def stop(cluster: LocalCluster, name: str) -> bool:
         pid = int(pidfile.read_text())
     except (OSError, ValueError):
         return False
-    alive = _terminate(pid, grace=20)
+    alive = terminate(pid, grace=20)
     pidfile.unlink(missing_ok=True)
     return alive
 
 
 def running(cluster: LocalCluster, name: str) -> bool:
     try:
-        return _pid_alive(int((cluster.pids / f"{name}.pid").read_text()))
+        return pid_alive(int((cluster.pids / f"{name}.pid").read_text()))
     except (OSError, ValueError):
         return False
 
@@ -201,8 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "down":
         down(cluster)
     else:
-        for n in ("operator", "podrunner"):
-            print(f"{n:26} {'yes' if running(cluster, n) else 'no'}")
+        for name in ("operator", "podrunner"):
+            print(f"{name:26} {'yes' if running(cluster, name) else 'no'}")
     return 0
 
 

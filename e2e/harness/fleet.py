@@ -203,6 +203,7 @@ class Fleet:
             self._note("stats", key, app.generation)
             return snapshot()
 
+        # This one instance's methods wrapped to record each call (mypy refuses method assignment).
         app.configure = recorded_configure   # type: ignore[method-assign]
         app.snapshot = recorded_snapshot     # type: ignore[method-assign]
         self.apps[uid], self.keys[uid] = app, key
@@ -238,10 +239,10 @@ class Fleet:
         if not load:
             return
         for uid, app in list(self.apps.items()):
-            seconds = load.get(deployment_of(self.keys.get(uid, "")))
-            if seconds is not None:
+            latency = load.get(deployment_of(self.keys.get(uid, "")))
+            if latency is not None:
                 app.monitor.record_timings(pb.RecordTimingsRequest(ops=[pb.OpObservations(
-                    op="answer", durations_seconds=[seconds] * LOAD_BATCH)]))
+                    op="answer", durations_seconds=[latency] * LOAD_BATCH)]))
 
     async def play_load(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

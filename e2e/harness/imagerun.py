@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Required, TypedDict, cast
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -62,23 +63,32 @@ class Running:
         return self.log.read_text(errors="replace")
 
 
-def _image_config(tar: Path) -> tuple[list[str], dict[str, object]]:
+class ImageConfig(TypedDict, total=False):
+    """The fields of an OCI image config's `config` object that running the entrypoint reads."""
+    Env: Required[list[str]]
+    Entrypoint: Required[list[str]]
+    Cmd: list[str] | None
+    WorkingDir: str
+    User: Required[str]
+
+
+def _image_config(tar: Path) -> tuple[list[str], ImageConfig]:
     """The layer blob names (bottom first) and the `config` object of an OCI tarball."""
     with tarfile.open(tar) as t:
-        def blob(digest: str) -> dict[str, object]:
+        def blob(digest: str) -> dict[str, Any]:
             f = t.extractfile(f"blobs/sha256/{digest.split(':', 1)[1]}")
             assert f is not None
             return dict(json.load(f))
         f = t.extractfile("index.json")
         assert f is not None
         manifest = blob(json.load(f)["manifests"][0]["digest"])
-        config = blob(manifest["config"]["digest"])  # type: ignore[index]
-        layers = [layer["digest"] for layer in manifest["layers"]]  # type: ignore[attr-defined]
-        return layers, dict(config["config"])  # type: ignore[call-overload]
+        config = blob(manifest["config"]["digest"])
+        layers: list[str] = [layer["digest"] for layer in manifest["layers"]]
+        return layers, cast(ImageConfig, dict(config["config"]))
 
 
 @contextlib.contextmanager
-def unpacked(image: ImageRef) -> Iterator[tuple[Path, dict[str, object]]]:
+def unpacked(image: ImageRef) -> Iterator[tuple[Path, ImageConfig]]:
     """The image's rootfs (layers extracted in order) in a temporary directory, and its config."""
     layers, config = _image_config(image.tar)
     work = Path(tempfile.mkdtemp(prefix=f".run-{image.name}-", dir=IMAGES))
@@ -118,7 +128,7 @@ def sidecar(image: ImageRef, *, baked: bool = True, warm: tuple[str, ...] = WARM
         sock_dir.mkdir(parents=True, exist_ok=True)
         scratch = root / "tmp" / "numba-empty"
         scratch.mkdir(parents=True, exist_ok=True)
-        env = dict(str(e).split("=", 1) for e in config["Env"])  # type: ignore[attr-defined]
+        env = dict(str(e).split("=", 1) for e in config["Env"])
         env.update(PERFPILOT_SOCKET=f"{SOCKET_DIR}/agent.sock", PERFPILOT_PORT="-1", PERFPILOT_METRICS_PORT="-1",
                    PERFPILOT_CONFIG=json.dumps({"kernels": {"warm": list(warm)}}))
         if not baked:
@@ -129,7 +139,7 @@ def sidecar(image: ImageRef, *, baked: bool = True, warm: tuple[str, ...] = WARM
             for m in mounts:
                 subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=1777", "tmpfs", str(m)], check=True)
             try:
-                argv = [*config["Entrypoint"], *(config.get("Cmd") or [])]  # type: ignore[misc]
+                argv = [*config["Entrypoint"], *(config.get("Cmd") or [])]
                 cmd = chroot_cmd(root, ["/bin/sh", "-c", f'cd {config.get("WorkingDir") or "/"} && exec "$@"', "sh", *argv],
                                  user=int(str(config["User"])), env=env)
                 with log.open("wb") as out:
@@ -158,7 +168,8 @@ def wait_serving(run: Running, timeout: float = 180.0) -> float:
         if run.socket.exists():
             with grpc.insecure_channel(f"unix:{run.socket}") as ch:
                 with contextlib.suppress(grpc.RpcError):
-                    r = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
+                    # types-grpcio-health-checking's HealthStub declares none of its methods.
+                    r = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=2)  # type: ignore[attr-defined]
                     if r.status == health_pb2.HealthCheckResponse.SERVING:
                         return time.monotonic() - t0
         time.sleep(0.05)

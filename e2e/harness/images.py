@@ -89,6 +89,7 @@ def dist_key() -> str:
 
 def image_tag(image: spec.ImageSpec, base_key: str | None = None) -> str:
     """The image's tag: a short hash of all of its inputs."""
+    # __file__ is typed optional: these four modules are loaded from files (the ignore below).
     recipe = b"".join(Path(m.__file__).read_bytes() for m in (sys.modules[__name__], spec, oci, rootfs))  # type: ignore[arg-type]
     apps = [image.app_source] if image.app_source else []
     return _digest([*DIST_INPUTS, *apps], (base_key or rootfs.base_key()).encode(), recipe,

@@ -25,7 +25,7 @@ import tarfile
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 MEDIA_INDEX = "application/vnd.oci.image.index.v1+json"
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -61,10 +61,16 @@ def go_arch() -> str:
         machine, machine)
 
 
+class _Sink(Protocol):
+    """What _Digesting writes through to: a binary file or a GzipFile."""
+
+    def write(self, data: memoryview, /) -> object: ...
+
+
 class _Digesting(io.RawIOBase):
     """A write-only stream that hashes and counts what passes through to `sink`."""
 
-    def __init__(self, sink: IO[bytes]) -> None:
+    def __init__(self, sink: _Sink) -> None:
         self.sink = sink
         self.sha = hashlib.sha256()
         self.size = 0
@@ -95,7 +101,7 @@ def _walk(root: Path) -> Iterator[Path]:
             yield Path(dirpath) / name
 
 
-def pack_directory(root: Path, sink: IO[bytes]) -> None:
+def pack_directory(root: Path, sink: IO[bytes] | io.RawIOBase) -> None:
     """Write `root` as a reproducible PAX tar (paths relative to it) into `sink`."""
     if not root.is_dir():
         raise ImageError(f"layer directory {root} does not exist")
@@ -122,9 +128,9 @@ def _write_layer(src: Path, blobs: Path) -> tuple[dict[str, Any], str]:
     with tmp.open("wb") as raw:
         outer = _Digesting(raw)
         with gzip.GzipFile(fileobj=outer, mode="wb", mtime=0, compresslevel=6) as gz:
-            inner = _Digesting(gz)   # type: ignore[arg-type]
+            inner = _Digesting(gz)
             if src.is_dir():
-                pack_directory(src, inner)   # type: ignore[arg-type]
+                pack_directory(src, inner)
             elif src.is_file() and src.name.endswith(".tar"):
                 with src.open("rb") as fh:
                     shutil.copyfileobj(fh, inner, 1 << 20)

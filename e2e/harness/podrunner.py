@@ -49,7 +49,8 @@ class RunningSidecar:
 
 def sidecar_spec(pod: dict[str, Any]) -> dict[str, Any] | None:
     spec = pod.get("spec", {})
-    for c in spec.get("initContainers", []) + spec.get("containers", []):
+    containers: list[dict[str, Any]] = spec.get("initContainers", []) + spec.get("containers", [])
+    for c in containers:
         if c.get("name") == SIDECAR_NAME:
             return c
     return None

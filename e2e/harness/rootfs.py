@@ -87,11 +87,11 @@ def build_lock(name: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _run(cmd: Sequence[str], what: str, logfile: Path, **kw: object) -> None:
+def _run(cmd: Sequence[str], what: str, logfile: Path) -> None:
     with logfile.open("a") as out:
         out.write(f"\n$ {' '.join(cmd)}\n")
         out.flush()
-        proc = subprocess.run(list(cmd), stdout=out, stderr=subprocess.STDOUT, **kw)  # type: ignore[call-overload]
+        proc = subprocess.run(list(cmd), stdout=out, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         tail = "\n".join(logfile.read_text().splitlines()[-15:])
         raise BuildError(f"{what} failed ({proc.returncode}); log {logfile}:\n{tail}")

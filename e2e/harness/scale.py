@@ -26,12 +26,16 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+
+import urllib3
 
 from e2e.harness import dev
 from e2e.harness.cluster import NODE_COUNT, LocalCluster
 from e2e.harness.fleet import FLEET_LABEL
+from e2e.harness.kubeapi import create_pod_raw
 from e2e.harness.pki import issue_client_cert
 from e2e.harness.procs import wait_until
 
@@ -265,9 +269,11 @@ class Scale:
                  for n in names]
         self.cluster.kubectl("apply", "-f", "-", input=json.dumps(
             {"apiVersion": "v1", "kind": "List", "items": items}))
+        def has_default_sa(ns: str) -> bool:
+            return self.cluster.kubectl("get", "sa", "default", "-n", ns,
+                                        check=False).returncode == 0
         for n in names:
-            wait_until(lambda n=n: self.cluster.kubectl("get", "sa", "default", "-n", n,
-                                                        check=False).returncode == 0,
+            wait_until(partial(has_default_sa, n),
                        f"namespace {n}'s default ServiceAccount", 60, 0.2)
 
     def create_profiles(self, replicas: int) -> None:
@@ -292,8 +298,8 @@ class Scale:
         the first patch."""
         t0 = time.time()
         body = {"spec": {"replicas": replicas}}
-        self._parallel([lambda ns=ns, n=n: self.apps.patch_namespaced_deployment_scale(
-            n, ns, body) for ns, n in (self.spec.targets() if targets is None else targets)])
+        self._parallel([partial(self.apps.patch_namespaced_deployment_scale, n, ns, body)
+                        for ns, n in (self.spec.targets() if targets is None else targets)])
         return t0
 
     def patch_profiles(self, targets: list[tuple[str, str]], max_entries: int) -> float:
@@ -301,8 +307,8 @@ class Scale:
         just before the first patch."""
         t0 = time.time()
         body = {"spec": {"cache": {"maxEntries": max_entries}}}
-        self._parallel([lambda ns=ns, n=n: self.custom.patch_namespaced_custom_object(
-            GROUP, VERSION, ns, PLURAL, n, body) for ns, n in targets])
+        self._parallel([partial(self.custom.patch_namespaced_custom_object,
+                                GROUP, VERSION, ns, PLURAL, n, body) for ns, n in targets])
         return t0
 
     def create_other_pods(self, count: int | None = None, threads: int = 16) -> float:
@@ -320,7 +326,7 @@ class Scale:
         def create(i: int) -> None:
             ns = namespaces[i % len(namespaces)]
             body = other_pod(f"other-{i}", nodes[i % len(nodes)])
-            self.core.create_namespaced_pod(ns, body, _preload_content=False)
+            create_pod_raw(self.core, ns, body)
             with lock:
                 done[0] += 1
                 if done[0] % 1000 == 0 or done[0] == count:
@@ -328,7 +334,7 @@ class Scale:
                     self.log(f"other pods: {done[0]}/{count} created ({done[0] / dt:.0f}/s, "
                              f"load {os.getloadavg()[0]:.1f})")
 
-        self._parallel([lambda i=i: create(i) for i in range(count)], threads=threads)
+        self._parallel([partial(create, i) for i in range(count)], threads=threads)
         return count / (time.monotonic() - t0)
 
     def _parallel(self, calls: list[Callable[[], Any]], threads: int = 16) -> None:
@@ -346,15 +352,16 @@ class Scale:
         """Pods matching `selector` (in `namespaces`, or anywhere), not being deleted, and
         (`running`) Running, via raw JSON."""
         total = 0
-        for ns in namespaces or [None]:  # type: ignore[list-item]
+        for ns in namespaces or (None,):
             cont = None
             while True:
                 kw: dict[str, Any] = {"label_selector": selector, "limit": 2000,
                                       "_preload_content": False}
                 if cont:
                     kw["_continue"] = cont
-                out = (self.core.list_namespaced_pod(ns, **kw) if ns
-                       else self.core.list_pod_for_all_namespaces(**kw))
+                # _preload_content=False: the raw urllib3 response, not the annotated V1PodList.
+                out = cast(urllib3.BaseHTTPResponse, self.core.list_namespaced_pod(ns, **kw) if ns
+                           else self.core.list_pod_for_all_namespaces(**kw))
                 data = json.loads(out.data)
                 total += sum(1 for p in data["items"]
                              if (not running or (p.get("status") or {}).get("phase") == "Running")
@@ -368,7 +375,8 @@ class Scale:
         out: dict[tuple[str, str], dict[str, Any]] = {}
         for i in range(self.spec.namespaces):
             ns = self.spec.namespace(i)
-            items = self.custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)
+            items = cast(dict[str, Any],
+                         self.custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL))
             for p in items["items"]:
                 out[(ns, p["metadata"]["name"])] = p
         return out
