@@ -14,8 +14,10 @@ import asyncio
 import datetime as dt
 import logging
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -26,6 +28,24 @@ from perfpilot_operator.logic.lease import (
 )
 
 log = logging.getLogger("perfpilot_operator.leader")
+R = TypeVar("R")
+
+
+def lease_thread(name: str) -> ThreadPoolExecutor:
+    """A thread of its own for a Lease loop. On the default executor (6 threads on 2 cores) a
+    renewal queued behind the passes' status patches: on a slow API server it missed the renew
+    deadline, and the replica stopped acting (and, sharded, waited out a new handoff)."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+
+
+async def watched(executor: ThreadPoolExecutor, step: Callable[[], R], every: float,
+                  on_late: Callable[[], None]) -> R:
+    """`step()` on `executor`; while it is not back (a request the API server never answers),
+    `on_late()` every `every` seconds, so a replica steps down on time even then."""
+    fut = asyncio.get_running_loop().run_in_executor(executor, step)
+    while not (await asyncio.wait({fut}, timeout=every))[0]:
+        on_late()
+    return fut.result()
 
 
 @dataclass
@@ -80,10 +100,13 @@ class LeaseElector:
         self._renewed: float | None = None                 # monotonic time of our last write
         self._record: Record | None = None
         self._complained = False
+        self._thread = lease_thread("perfpilot-leader")
+        self._timeout = timings.renew_deadline   # per request: a hung one ends in time
 
     def _read(self) -> dict[str, Any] | None:
         try:
-            lease = self.coord.read_namespaced_lease(self.ld.lease, self.ld.namespace)
+            lease = self.coord.read_namespaced_lease(self.ld.lease, self.ld.namespace,
+                                                     _request_timeout=self._timeout)
         except ApiException as e:
             if e.status == 404:
                 return None
@@ -100,9 +123,11 @@ class LeaseElector:
         lease = client.V1Lease.from_dict(body)
         assert lease is not None
         if record is None:
-            out = self.coord.create_namespaced_lease(self.ld.namespace, lease)
+            out = self.coord.create_namespaced_lease(self.ld.namespace, lease,
+                                                     _request_timeout=self._timeout)
         else:
-            out = self.coord.replace_namespaced_lease(self.ld.lease, self.ld.namespace, lease)
+            out = self.coord.replace_namespaced_lease(self.ld.lease, self.ld.namespace, lease,
+                                                      _request_timeout=self._timeout)
         return Record.from_lease(dict(self.api.sanitize_for_serialization(out)))
 
     def step(self) -> None:
@@ -139,10 +164,13 @@ class LeaseElector:
 
     async def attempt(self) -> None:
         try:
-            await asyncio.to_thread(self.step)
+            await watched(self._thread, self.step, self.timings.retry, self._check_deadline)
             self._complained = False
         except Exception as e:  # noqa: BLE001 - the API server may be away; try again
             self._report(*api_failure(e))
+        self._check_deadline()
+
+    def _check_deadline(self) -> None:
         if self.ld.is_leader and self._renewed is not None and \
                 time.monotonic() - self._renewed > self.timings.renew_deadline:
             # Another replica may take over soon: stop acting before it can start.
@@ -167,7 +195,8 @@ class LeaseElector:
         self.ld.set(False, "")
         record = self._record
         try:
-            await asyncio.to_thread(self._write, record, released_spec(record))
+            await asyncio.get_running_loop().run_in_executor(
+                self._thread, self._write, record, released_spec(record))
             log.info(f"released lease {self.ld.namespace}/{self.ld.lease}")
         except Exception as e:  # noqa: BLE001 - it expires by itself anyway
             log.warning(f"could not release lease {self.ld.namespace}/{self.ld.lease} "

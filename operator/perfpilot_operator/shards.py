@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import hashlib
 import logging
 import time
@@ -25,7 +26,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from perfpilot_operator import metrics as prom
-from perfpilot_operator.leader import api_failure
+from perfpilot_operator.leader import api_failure, lease_thread, watched
 from perfpilot_operator.logic.lease import Action, LeaseTimings, Record, lease_spec, released_spec
 from perfpilot_operator.logic.shards import Ownership, live_members
 
@@ -55,6 +56,8 @@ class MemberLeases:
         self._renewed: float | None = None
         self._record: Record | None = None
         self._complained = False
+        self._thread = lease_thread("perfpilot-members")
+        self._timeout = timings.renew_deadline   # per request: a hung one ends in time
 
     def _body(self, spec: dict[str, Any], record: Record | None) -> client.V1Lease:
         meta: dict[str, Any] = {"name": self.name, "labels": {
@@ -71,7 +74,8 @@ class MemberLeases:
         expired. Returns the live members, this replica included."""
         now = time.monotonic()
         out = self.coord.list_namespaced_lease(self.namespace,
-                                               label_selector=f"{MEMBER_LABEL}={self.group}")
+                                               label_selector=f"{MEMBER_LABEL}={self.group}",
+                                               _request_timeout=self._timeout)
         leases = [dict(self.api.sanitize_for_serialization(i)) for i in out.items]
         records = {le["metadata"]["name"]: Record.from_lease(le) for le in leases}
         for name, rec in records.items():
@@ -85,8 +89,11 @@ class MemberLeases:
             Action.CREATE if mine is None else Action.ACQUIRE)
         spec = lease_spec(mine, self.own.me, action, self.timings, dt.datetime.now(dt.UTC))
         body = self._body(spec, mine)
-        written = (self.coord.create_namespaced_lease(self.namespace, body) if mine is None else
-                   self.coord.replace_namespaced_lease(self.name, self.namespace, body))
+        written = (self.coord.create_namespaced_lease(self.namespace, body,
+                                                      _request_timeout=self._timeout)
+                   if mine is None else
+                   self.coord.replace_namespaced_lease(self.name, self.namespace, body,
+                                                       _request_timeout=self._timeout))
         self._record = Record.from_lease(dict(self.api.sanitize_for_serialization(written)))
         self._renewed = time.monotonic()
         self._observed[self.name] = (self._record.resource_version, self._renewed)
@@ -100,7 +107,8 @@ class MemberLeases:
         for name, (_, seen) in list(self._observed.items()):
             if name != self.name and now - seen > GC_AFTER * self.timings.duration:
                 try:
-                    self.coord.delete_namespaced_lease(name, self.namespace)
+                    self.coord.delete_namespaced_lease(name, self.namespace,
+                                                       _request_timeout=self._timeout)
                 except ApiException as e:
                     if e.status not in (404, 409):
                         raise
@@ -108,7 +116,8 @@ class MemberLeases:
 
     async def attempt(self) -> None:
         try:
-            members = await asyncio.to_thread(self.step)
+            members = await watched(self._thread, self.step, self.timings.retry,
+                                    self._check_deadline)
         except Exception as e:  # noqa: BLE001 - the API server may be away; try again
             status, what = api_failure(e)
             if status == 403:
@@ -129,6 +138,9 @@ class MemberLeases:
                          f"{len(lost)} profile(s) go to others at once, those gained are "
                          f"reconciled here after {self.own.grace:g}s (handoff)")
             prom.SHARD_MEMBERS.labels(self.own.me).set(len(members))
+        self._check_deadline()
+
+    def _check_deadline(self) -> None:
         if self._renewed is None or \
                 time.monotonic() - self._renewed > self.timings.renew_deadline:
             if self.own.healthy:
@@ -148,8 +160,10 @@ class MemberLeases:
         if self._record is None:
             return
         try:
-            await asyncio.to_thread(self.coord.replace_namespaced_lease, self.name,
-                                    self.namespace, self._body(released_spec(self._record),
-                                                               self._record))
+            body = self._body(released_spec(self._record), self._record)
+            await asyncio.get_running_loop().run_in_executor(
+                self._thread, functools.partial(self.coord.replace_namespaced_lease, self.name,
+                                                self.namespace, body,
+                                                _request_timeout=self._timeout))
         except Exception as e:  # noqa: BLE001 - it expires by itself anyway
             log.warning(f"could not release member Lease {self.namespace}/{self.name}: {e}")

@@ -5,6 +5,7 @@ the sharding member Leases (tests/operator/test_leader.py, test_shards.py)."""
 from __future__ import annotations
 
 import copy
+import threading
 from typing import Any
 
 from kubernetes import client
@@ -12,12 +13,16 @@ from kubernetes.client.exceptions import ApiException
 
 
 class FakeLeases:
-    """read/list/create/replace/delete of Leases in one namespace; `down` answers 503."""
+    """read/list/create/replace/delete of Leases in one namespace; `down` answers 503; while
+    `hung` is set, a call blocks until `released` is (a request the API server never answers).
+    Every call must carry a request timeout: without one, a hung request stalls a Lease loop."""
 
     def __init__(self) -> None:
         self.objs: dict[str, dict[str, Any]] = {}
         self.rv = 0
         self.down = False
+        self.hung = False
+        self.released = threading.Event()
         self.api = client.ApiClient()
 
     @property
@@ -26,18 +31,23 @@ class FakeLeases:
         assert len(self.objs) <= 1, list(self.objs)
         return next(iter(self.objs.values()), None)
 
-    def _check(self) -> None:
+    def _check(self, timeout: float | None) -> None:
+        assert timeout is not None and timeout > 0, "a Lease call without _request_timeout"
+        if self.hung:
+            self.released.wait(30)
         if self.down:
             raise ApiException(status=503, reason="Service Unavailable")
 
-    def read_namespaced_lease(self, name: str, namespace: str) -> client.V1Lease:
-        self._check()
+    def read_namespaced_lease(self, name: str, namespace: str,
+                              _request_timeout: float | None = None) -> client.V1Lease:
+        self._check(_request_timeout)
         if name not in self.objs:
             raise ApiException(status=404, reason="Not Found")
         return client.V1Lease.from_dict(copy.deepcopy(self.objs[name]))
 
-    def list_namespaced_lease(self, namespace: str, label_selector: str) -> client.V1LeaseList:
-        self._check()
+    def list_namespaced_lease(self, namespace: str, label_selector: str,
+                              _request_timeout: float | None = None) -> client.V1LeaseList:
+        self._check(_request_timeout)
         key, _, value = label_selector.partition("=")
         items = [copy.deepcopy(o) for o in self.objs.values()
                  if (o["metadata"].get("labels") or {}).get(key) == value]
@@ -50,21 +60,23 @@ class FakeLeases:
         self.objs[body["metadata"]["name"]] = body
         return client.V1Lease.from_dict(copy.deepcopy(body))
 
-    def create_namespaced_lease(self, namespace: str, lease: client.V1Lease) -> client.V1Lease:
-        self._check()
+    def create_namespaced_lease(self, namespace: str, lease: client.V1Lease,
+                                _request_timeout: float | None = None) -> client.V1Lease:
+        self._check(_request_timeout)
         if lease.metadata.name in self.objs:
             raise ApiException(status=409, reason="AlreadyExists")
         return self._store(lease)
 
-    def replace_namespaced_lease(self, name: str, namespace: str, lease: client.V1Lease
-                                 ) -> client.V1Lease:
-        self._check()
+    def replace_namespaced_lease(self, name: str, namespace: str, lease: client.V1Lease,
+                                 _request_timeout: float | None = None) -> client.V1Lease:
+        self._check(_request_timeout)
         if lease.metadata.resource_version != self.objs[name]["metadata"]["resourceVersion"]:
             raise ApiException(status=409, reason="Conflict")
         return self._store(lease)
 
-    def delete_namespaced_lease(self, name: str, namespace: str) -> None:
-        self._check()
+    def delete_namespaced_lease(self, name: str, namespace: str,
+                                _request_timeout: float | None = None) -> None:
+        self._check(_request_timeout)
         if self.objs.pop(name, None) is None:
             raise ApiException(status=404, reason="Not Found")
 

@@ -127,11 +127,12 @@ def test_two_candidates_racing_for_a_free_lease_get_one_leader(clock: Clock) -> 
     orig = fake.read_namespaced_lease
     reads = {"n": 0}
 
-    def stale_read(name: str, namespace: str) -> client.V1Lease:
+    def stale_read(name: str, namespace: str, _request_timeout: float | None = None
+                   ) -> client.V1Lease:
         reads["n"] += 1
         if reads["n"] <= 2:
             raise ApiException(status=404, reason="Not Found")
-        return orig(name, namespace)
+        return orig(name, namespace, _request_timeout=_request_timeout)
 
     fake.read_namespaced_lease = stale_read  # type: ignore[method-assign]
     a.step()
@@ -151,3 +152,52 @@ def test_leadership_events_and_always_leader() -> None:
     ld.set(False, "other")
     assert not ld.elected.is_set() and ld.changed.is_set() and ld.holder == "other"
     assert always_leader("solo").is_leader
+
+
+def test_renewals_do_not_queue_behind_other_work_on_the_default_executor() -> None:
+    """The passes' status patches run on the loop's default executor (6 threads on 2 cores): a
+    renewal queued behind them missed its deadline on a slow API server."""
+    import threading
+
+    fake = FakeLeases()
+    a = elector(fake, "a")
+    busy = threading.Event()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        blocked = [loop.run_in_executor(None, busy.wait, 30) for _ in range(64)]
+        try:
+            await asyncio.wait_for(a.attempt(), timeout=10)
+        finally:
+            busy.set()
+            await asyncio.gather(*blocked)
+    asyncio.run(main())
+    assert a.ld.is_leader
+
+
+def test_a_leader_whose_request_hangs_steps_down_before_the_lease_can_expire() -> None:
+    """A request the API server never answers (the client's timeout ends it, later): the leader
+    still stops acting after the renew deadline, before another replica may take over."""
+    import time
+
+    t = LeaseTimings(duration=4.0, renew_deadline=1.0, retry=0.1)
+    fake = FakeLeases()
+    a = elector(fake, "a")
+    a.timings = t
+    asyncio.run(a.attempt())
+    assert a.ld.is_leader
+    fake.hung = True
+
+    async def main() -> float:
+        attempt = asyncio.create_task(a.attempt())
+        start = time.monotonic()
+        while a.ld.is_leader:
+            await asyncio.sleep(0.02)
+        stepped_down = time.monotonic() - start
+        fake.hung = False
+        fake.released.set()
+        await attempt
+        return stepped_down
+    assert asyncio.run(main()) < t.duration       # bounded by the watchdog, not the hung call
+    asyncio.run(a.attempt())                      # the API answers again: it leads again
+    assert a.ld.is_leader

@@ -181,6 +181,33 @@ def test_a_member_that_cannot_renew_stops_acting_before_others_take_over(clock: 
     assert a.own.acts(KEYS[0], clock.now)
 
 
+def test_a_member_whose_request_hangs_stops_acting_before_others_take_over() -> None:
+    """A request the API server never answers: the watchdog, not the hung call, ends acting."""
+    import time
+
+    t = LeaseTimings(duration=4.0, renew_deadline=1.0, retry=0.1)
+    store = FakeLeases()
+    a = MemberLeases(client.ApiClient(), Ownership(me="op-a", grace=0.0),
+                     namespace="perfpilot-system", group="perfpilot-operator", timings=t)
+    a.coord = store  # type: ignore[assignment]
+    asyncio.run(a.attempt())
+    assert a.own.acts(KEYS[0], time.monotonic())
+    store.hung = True
+
+    async def main() -> float:
+        attempt = asyncio.create_task(a.attempt())
+        start = time.monotonic()
+        while a.own.healthy:
+            await asyncio.sleep(0.02)
+        stopped = time.monotonic() - start
+        store.hung = False
+        store.released.set()
+        await attempt
+        return stopped
+    assert asyncio.run(main()) < t.duration
+    assert a.own.healthy                     # answered again: back, after a new handoff
+
+
 def test_release_hands_the_share_over_at_the_next_poll(clock: Clock) -> None:
     store = FakeLeases()
     a, b = member(store, "op-a"), member(store, "op-b")
