@@ -129,8 +129,8 @@ def test_profiles_are_spread_over_two_replicas_and_move_when_one_dies_and_return
           f"{len(PROFILES)} profiles x {REPLICAS} pods configured by the two replicas", 180)
     both = expected(pair, namespace, {a.identity, b.identity})
     assert both[a.identity] and both[b.identity], f"one replica owns nothing: {both}"
-    until(pair, lambda: shares_are(pair, namespace, both),
-          f"each replica reading exactly its share: {both}", 60)
+    until(pair, lambda: shares_are(pair, namespace, both),      # b's handoff, then a pass
+          f"each replica reading exactly its share: {both}", 120)
     for r in (a, b):
         assert "profiles spread over 2 replica(s)" in pair.log(r)
 
