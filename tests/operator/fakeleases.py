@@ -4,8 +4,11 @@ the sharding member Leases (tests/operator/test_leader.py, test_shards.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import threading
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from kubernetes import client
@@ -30,6 +33,24 @@ class FakeLeases:
         """The one Lease (leader election keeps exactly one), None before it exists."""
         assert len(self.objs) <= 1, list(self.objs)
         return next(iter(self.objs.values()), None)
+
+    def hang_while(self, attempt: Callable[[], Awaitable[None]], acting: Callable[[], bool]
+                   ) -> float:
+        """Seconds from a hung attempt's start until `acting()` turns false; then the API
+        answers again and the attempt finishes."""
+        self.hung = True
+
+        async def main() -> float:
+            task = asyncio.ensure_future(attempt())
+            start = time.monotonic()
+            while acting():
+                await asyncio.sleep(0.02)
+            took = time.monotonic() - start
+            self.hung = False
+            self.released.set()
+            await task
+            return took
+        return asyncio.run(main())
 
     def _check(self, timeout: float | None) -> None:
         assert timeout is not None and timeout > 0, "a Lease call without _request_timeout"

@@ -192,19 +192,7 @@ def test_a_member_whose_request_hangs_stops_acting_before_others_take_over() -> 
     a.coord = store  # type: ignore[assignment]
     asyncio.run(a.attempt())
     assert a.own.acts(KEYS[0], time.monotonic())
-    store.hung = True
-
-    async def main() -> float:
-        attempt = asyncio.create_task(a.attempt())
-        start = time.monotonic()
-        while a.own.healthy:
-            await asyncio.sleep(0.02)
-        stopped = time.monotonic() - start
-        store.hung = False
-        store.released.set()
-        await attempt
-        return stopped
-    assert asyncio.run(main()) < t.duration
+    assert store.hang_while(a.attempt, lambda: a.own.healthy) < t.duration
     assert a.own.healthy                     # answered again: back, after a new handoff
 
 
