@@ -315,14 +315,12 @@ class SharedTier:
         has reconnected and resynchronised. A slow read is only a miss."""
         self.counters.errors += 1
         self.last_error = _describe(exc)
-        if self.cfg.credentials is not None and not self.password:
-            self.last_error += (f" (cache.shared.credentialsSecret {self.cfg.credentials.name}/"
-                                f"{self.cfg.credentials.key} is not in this sidecar's environment: the Secret or "
-                                "key is missing, or the pod started before the setting; restart it)")
-        if self.cfg.ca_secret is not None and not self.ca:
-            self.last_error += (f" (cache.shared.tls.caSecret {self.cfg.ca_secret.name}/{self.cfg.ca_secret.key} "
-                                "is not in this sidecar's environment: the Secret or key is missing, or the pod "
-                                "started before the setting; restart it)")
+        for field, ref, value in (("credentialsSecret", self.cfg.credentials, self.password),
+                                  ("tls.caSecret", self.cfg.ca_secret, self.ca)):
+            if ref is not None and not value:
+                self.last_error += (f" (cache.shared.{field} {ref.name}/{ref.key} is not in this sidecar's "
+                                    "environment: the Secret or key is missing, or the pod started before the "
+                                    "setting; restart it)")
         if (fatal or isinstance(exc, (RedisConnectionError, OSError))) and self.up:
             self.up = False
             self.down_since_ns = time.time_ns()
