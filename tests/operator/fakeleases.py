@@ -110,3 +110,10 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+    @classmethod
+    def over(cls, monkeypatch: Any, module: Any) -> Clock:
+        """A new clock standing in for `module`'s time.monotonic for one test."""
+        clock = cls()
+        monkeypatch.setattr(module.time, "monotonic", clock)
+        return clock

@@ -54,9 +54,7 @@ def test_timings_are_checked() -> None:
 
 @pytest.fixture()
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    c = Clock()
-    monkeypatch.setattr(leader_mod.time, "monotonic", c)
-    return c
+    return Clock.over(monkeypatch, leader_mod)
 
 
 def elector(fake: FakeLeases, identity: str) -> LeaseElector:

@@ -119,9 +119,7 @@ def test_an_unhealthy_replica_stops_and_waits_the_handoff_when_back() -> None:
 
 @pytest.fixture()
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    c = Clock()
-    monkeypatch.setattr(shards_mod.time, "monotonic", c)
-    return c
+    return Clock.over(monkeypatch, shards_mod)
 
 
 def member(store: FakeLeases, me: str) -> MemberLeases:
